@@ -1,0 +1,5 @@
+"""Inference algorithms written against the generative function interface.
+
+Submodules: :mod:`inference.importance`, :mod:`inference.smc`, :mod:`inference.mcmc`,
+:mod:`inference.vi`, :mod:`inference.diagnostics`.
+"""

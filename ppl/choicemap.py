@@ -1,0 +1,648 @@
+"""Choice maps, masked choices and selections.
+
+A :class:`ChoiceMap` is an immutable tree from addresses to values. Addresses are strings;
+nesting (calling a generative function at an address) makes tuples. Choice maps are pytrees: the
+set of addresses is static structure, the values are leaves, so they pass through ``jax.jit``,
+``jax.vmap`` and ``jax.lax.scan`` unchanged.
+
+A :class:`Selection` is a static set of addresses (with prefixes selecting whole subtrees, a
+complement and set algebra). It carries no arrays.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> from ppl import ChoiceMap, select
+    >>> chm = ChoiceMap({"slope": 0.3, ("group", "theta"): jnp.zeros(3)})
+    >>> float(chm["slope"]), chm["group", "theta"].shape
+    (0.3, (3,))
+    >>> "slope" in chm, ("group", "theta") in chm, "noise" in chm
+    (True, True, False)
+    >>> sorted(a for a, _ in chm.filter(select("slope")))
+    ['slope']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import AddressError, fmt_addr
+
+__all__ = [
+    "ChoiceMap",
+    "Masked",
+    "Selection",
+    "select",
+    "select_all",
+    "select_none",
+    "normalize_addr",
+]
+
+
+def normalize_addr(addr) -> tuple:
+    """Turn ``"a"`` or ``("a", "b")`` into a tuple path, checking that every part is a string."""
+    if isinstance(addr, str):
+        return (addr,)
+    if isinstance(addr, tuple):
+        for part in addr:
+            if not isinstance(part, str):
+                raise AddressError(
+                    f"address {addr!r} contains {part!r}, which is not a string: addresses are "
+                    "strings, and nested addresses are tuples of strings such as ('group', 'theta')."
+                )
+        return addr
+    raise AddressError(
+        f"address {addr!r} is not a string or a tuple of strings: write e.g. "
+        "`normal(0.0, 1.0) @ \"x\"` or chm[\"group\", \"theta\"]."
+    )
+
+
+def _external_addr(path: tuple):
+    return path[0] if len(path) == 1 else path
+
+
+def concrete_bool(flag):
+    """Return True/False if ``flag`` is concretely all-true/all-false, else None (traced or mixed)."""
+    if isinstance(flag, jax.core.Tracer):
+        return None
+    arr = np.asarray(flag)
+    if arr.all():
+        return True
+    if not arr.any():
+        return False
+    return None
+
+
+# --------------------------------------------------------------------------------------- Masked
+@jax.tree_util.register_pytree_node_class
+class Masked:
+    """A value that is present only where ``flag`` is true.
+
+    Traces of stochastic branching (``ppl.cond``/``ppl.switch``) hold the choices of every branch,
+    each masked by whether its branch was taken; outside ``jit`` (concrete flags) untaken choices
+    disappear from ``trace.choices``. Constraints may also be masked, e.g. a time series with
+    missing observations: ``ChoiceMap({"y": Masked(ys, observed)})`` where ``observed`` has shape
+    ``(T,)`` (a prefix of the value's shape).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> m = Masked(jnp.array([1.0, 2.0]), jnp.array([True, False]))
+        >>> m.flag.tolist()
+        [True, False]
+    """
+
+    __slots__ = ("value", "flag")
+
+    def __init__(self, value, flag):
+        self.value = value
+        self.flag = flag
+
+    def tree_flatten(self):
+        return (self.value, self.flag), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        obj.value, obj.flag = children
+        return obj
+
+    def __repr__(self):
+        return f"Masked({_short(self.value)}, flag={_short(self.flag)})"
+
+
+def _short(v) -> str:
+    if isinstance(v, jax.core.Tracer):
+        return f"<traced {jnp.dtype(v.dtype).name}{list(v.shape)}>"
+    shape = np.shape(v)
+    if shape == () or int(np.prod(shape)) <= 6:
+        try:
+            return np.array2string(np.asarray(v), precision=4, separator=", ")
+        except Exception:  # pragma: no cover - exotic leaf types
+            return repr(v)
+    return f"{np.asarray(v).dtype.name}{list(shape)}"
+
+
+def mask_and(flag_a, flag_b):
+    if flag_a is True:
+        return flag_b
+    if flag_b is True:
+        return flag_a
+    return jnp.logical_and(flag_a, flag_b)
+
+
+# ------------------------------------------------------------------------------------ ChoiceMap
+_NO_VALUE = None  # sentinel: a node without a value
+
+
+@jax.tree_util.register_pytree_node_class
+class ChoiceMap:
+    """An immutable tree of choices: ``ChoiceMap({"slope": 0.3, ("group", "theta"): arr})``.
+
+    Operations: indexing ``chm["group", "theta"]`` (a leaf value, or the sub-map of an inner
+    node), ``addr in chm``, ``chm | other`` (merge; overlapping addresses are an error),
+    ``chm.filter(selection)``, iteration over ``(address, value)`` pairs (address a string at
+    depth one, a tuple deeper), ``len(chm)``.
+
+    Example:
+        >>> chm = ChoiceMap({"a": 1.0}) | ChoiceMap({("b", "c"): 2.0})
+        >>> [(a, float(v)) for a, v in chm]
+        [('a', 1.0), (('b', 'c'), 2.0)]
+        >>> chm["b"]["c"]
+        2.0
+    """
+
+    __slots__ = ("_value", "_children")
+
+    def __init__(self, mapping=None):
+        self._value = _NO_VALUE
+        self._children = {}
+        if mapping is None:
+            return
+        if isinstance(mapping, ChoiceMap):
+            self._value, self._children = mapping._value, dict(mapping._children)
+            return
+        if not isinstance(mapping, dict):
+            raise TypeError(
+                f"ChoiceMap expects a dict from addresses to values, got {type(mapping).__name__}; "
+                "use ChoiceMap.value(v) for a single value at the root."
+            )
+        result = ChoiceMap.empty()
+        for addr, value in mapping.items():
+            path = normalize_addr(addr)
+            if isinstance(value, dict):
+                value = ChoiceMap(value)
+            sub = value if isinstance(value, ChoiceMap) else ChoiceMap.value(value)
+            result = result | ChoiceMap._nest(path, sub)
+        self._value, self._children = result._value, result._children
+
+    # -- constructors ---------------------------------------------------------------------------
+    @staticmethod
+    def empty() -> "ChoiceMap":
+        """The choice map with no choices.
+
+        Example:
+            >>> ChoiceMap.empty().is_empty()
+            True
+        """
+        return ChoiceMap()
+
+    @staticmethod
+    def value(v) -> "ChoiceMap":
+        """A choice map holding one value at the root address ``()`` (a distribution's choices).
+
+        Example:
+            >>> float(ChoiceMap.value(2.0)[()])
+            2.0
+        """
+        chm = ChoiceMap()
+        chm._value = v
+        return chm
+
+    @staticmethod
+    def _make(value, children: dict) -> "ChoiceMap":
+        chm = object.__new__(ChoiceMap)
+        chm._value = value
+        chm._children = children
+        return chm
+
+    @staticmethod
+    def _nest(path: tuple, sub: "ChoiceMap") -> "ChoiceMap":
+        for part in reversed(path):
+            sub = ChoiceMap._make(_NO_VALUE, {part: sub})
+        return sub
+
+    @staticmethod
+    def from_children(children: dict) -> "ChoiceMap":
+        """Build a choice map from ``{name: ChoiceMap}``, dropping empty children (internal)."""
+        return ChoiceMap._make(_NO_VALUE, {k: v for k, v in children.items() if not v.is_empty()})
+
+    # -- pytree ---------------------------------------------------------------------------------
+    def tree_flatten(self):
+        keys = tuple(sorted(self._children))
+        has_value = self._value is not _NO_VALUE
+        leaves = ((self._value,) if has_value else ()) + tuple(self._children[k] for k in keys)
+        return leaves, (has_value, keys)
+
+    @classmethod
+    def tree_unflatten(cls, aux, leaves):
+        has_value, keys = aux
+        leaves = list(leaves)
+        value = leaves.pop(0) if has_value else _NO_VALUE
+        return cls._make(value, dict(zip(keys, leaves)))
+
+    # -- structure ------------------------------------------------------------------------------
+    def has_value(self) -> bool:
+        """Whether a value sits at this node's root (not a masked-out one)."""
+        if self._value is _NO_VALUE:
+            return False
+        if isinstance(self._value, Masked):
+            return concrete_bool(self._value.flag) is not False
+        return True
+
+    def get_value(self):
+        """The value at the root (a ``Masked`` if the value is conditionally present)."""
+        if self._value is _NO_VALUE:
+            raise AddressError("this choice map has no value at its root address ()")
+        return self._value
+
+    def raw_value(self):
+        """The root value or ``None`` (internal: includes ``Masked`` wrappers)."""
+        return self._value
+
+    def child_names(self) -> tuple:
+        return tuple(self._children)
+
+    def get_submap(self, addr) -> "ChoiceMap":
+        """The sub-map at ``addr`` (empty if absent).
+
+        Example:
+            >>> chm = ChoiceMap({("g", "x"): 1.0})
+            >>> float(chm.get_submap("g")["x"])
+            1.0
+        """
+        path = addr if isinstance(addr, tuple) else (addr,)
+        node = self
+        for part in path:
+            node = node._children.get(part)
+            if node is None:
+                return ChoiceMap.empty()
+        return node
+
+    def is_empty(self) -> bool:
+        """True if the map holds no (possibly present) value."""
+        if self.has_value():
+            return False
+        return all(c.is_empty() for c in self._children.values())
+
+    # -- user API -------------------------------------------------------------------------------
+    def __getitem__(self, addr):
+        path = () if addr == () else normalize_addr(addr)
+        node = self
+        for i, part in enumerate(path):
+            node = node._children.get(part)
+            if node is None:
+                raise AddressError(
+                    f"no choice at address {fmt_addr(path)}: {fmt_addr(path[: i + 1])} is not in "
+                    f"this choice map (it has {sorted(self._children)} at top level)"
+                )
+        if node._value is not _NO_VALUE and not node._children:
+            v = node._value
+            if isinstance(v, Masked):
+                present = concrete_bool(v.flag)
+                if present is False:
+                    raise AddressError(
+                        f"the choice at {fmt_addr(path)} is not present (its branch was not taken)"
+                    )
+                return v.value
+            return v
+        if node.is_empty():
+            raise AddressError(f"no choice at address {fmt_addr(path)}")
+        return node
+
+    def __contains__(self, addr) -> bool:
+        path = () if addr == () else normalize_addr(addr)
+        node = self
+        for part in path:
+            node = node._children.get(part)
+            if node is None:
+                return False
+        return not node.is_empty()
+
+    def __or__(self, other: "ChoiceMap") -> "ChoiceMap":
+        if not isinstance(other, ChoiceMap):
+            return NotImplemented
+        return _merge(self, other, ())
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        for path, value in self.leaves():
+            if isinstance(value, Masked):
+                present = concrete_bool(value.flag)
+                if present is False:
+                    continue
+                value = value.value
+            yield _external_addr(path) if path else (), value
+
+    def leaves(self) -> list[tuple[tuple, Any]]:
+        """All ``(path, value)`` pairs including masked ones (internal)."""
+        out = []
+        self._collect((), out)
+        return out
+
+    def _collect(self, prefix, out):
+        if self._value is not _NO_VALUE:
+            out.append((prefix, self._value))
+        for k in sorted(self._children):
+            self._children[k]._collect(prefix + (k,), out)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def items(self):
+        """List of ``(address, value)`` pairs (see iteration)."""
+        return list(self)
+
+    def addresses(self) -> list:
+        """The addresses present in the map.
+
+        Example:
+            >>> ChoiceMap({"a": 1.0, ("b", "c"): 2.0}).addresses()
+            ['a', ('b', 'c')]
+        """
+        return [a for a, _ in self]
+
+    def to_dict(self) -> dict:
+        """A flat ``{address: value}`` dict."""
+        return dict(self)
+
+    def filter(self, selection: "Selection") -> "ChoiceMap":
+        """The sub-map of choices whose address is selected.
+
+        Example:
+            >>> chm = ChoiceMap({"a": 1.0, "b": 2.0})
+            >>> chm.filter(select("b")).addresses()
+            ['b']
+        """
+        if not isinstance(selection, Selection):
+            raise TypeError(f"filter expects a Selection (see ppl.select), got {selection!r}")
+        value = self._value if (self._value is not _NO_VALUE and selection.has_root()) else _NO_VALUE
+        children = {}
+        for k, c in self._children.items():
+            sub = selection.child(k)
+            if isinstance(sub, _NoneSel):
+                continue
+            f = c.filter(sub)
+            if not f.is_empty():
+                children[k] = f
+        return ChoiceMap._make(value, children)
+
+    def set(self, addr, value) -> "ChoiceMap":
+        """A copy with ``addr`` set to ``value`` (replacing any existing value).
+
+        Example:
+            >>> float(ChoiceMap({"a": 1.0}).set("a", 5.0)["a"])
+            5.0
+        """
+        path = normalize_addr(addr)
+        return _merge(self, ChoiceMap._nest(path, ChoiceMap.value(value)), (), overwrite=True)
+
+    def map(self, fn) -> "ChoiceMap":
+        """Apply ``fn`` to every leaf value (masks are kept)."""
+
+        def f(v):
+            if isinstance(v, Masked):
+                return Masked(fn(v.value), v.flag)
+            return fn(v)
+
+        return _map_nodes(self, f)
+
+    def __repr__(self):
+        lines = ["ChoiceMap"]
+        _render(self, "", lines)
+        return "\n".join(lines) if len(lines) > 1 else "ChoiceMap(empty)"
+
+    def __eq__(self, other):  # structural + value equality, for tests and debugging
+        if not isinstance(other, ChoiceMap):
+            return NotImplemented
+        a, ta = jax.tree_util.tree_flatten(self)
+        b, tb = jax.tree_util.tree_flatten(other)
+        return ta == tb and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+
+    __hash__ = None
+
+
+def _map_nodes(chm: ChoiceMap, f) -> ChoiceMap:
+    value = f(chm._value) if chm._value is not _NO_VALUE else _NO_VALUE
+    return ChoiceMap._make(value, {k: _map_nodes(c, f) for k, c in chm._children.items()})
+
+
+def _merge(a: ChoiceMap, b: ChoiceMap, prefix: tuple, overwrite: bool = False) -> ChoiceMap:
+    if a._value is not _NO_VALUE and b._value is not _NO_VALUE and not overwrite:
+        raise AddressError(
+            f"cannot merge choice maps: both have a value at address {fmt_addr(prefix)}; "
+            "overlapping addresses are ambiguous (use .set(addr, value) to replace a value)"
+        )
+    if (a._value is not _NO_VALUE and b._children) or (b._value is not _NO_VALUE and a._children):
+        if not overwrite:
+            raise AddressError(
+                f"cannot merge choice maps: address {fmt_addr(prefix)} is a value in one and a "
+                "nested map in the other"
+            )
+    value = b._value if b._value is not _NO_VALUE else a._value
+    children = dict(a._children)
+    for k, c in b._children.items():
+        children[k] = _merge(children[k], c, prefix + (k,), overwrite) if k in children else c
+    return ChoiceMap._make(value, children)
+
+
+def _render(chm: ChoiceMap, indent: str, lines: list):
+    if chm.has_value():
+        lines.append(f"{indent}└── {_describe(chm._value)}")
+    keys = [k for k in chm._children if not chm._children[k].is_empty()]
+    for i, k in enumerate(keys):
+        c = chm._children[k]
+        last = i == len(keys) - 1
+        branch = "└── " if last else "├── "
+        if c._value is not _NO_VALUE and not c._children:
+            lines.append(f"{indent}{branch}{k}: {_describe(c._value)}")
+        else:
+            lines.append(f"{indent}{branch}{k}")
+            _render(c, indent + ("    " if last else "│   "), lines)
+
+
+def _describe(v) -> str:
+    if isinstance(v, Masked):
+        if concrete_bool(v.flag) is True:
+            return _describe(v.value)
+        return f"{_describe(v.value)} (masked by {_short(v.flag)})"
+    shape = tuple(np.shape(v)) if not isinstance(v, jax.core.Tracer) else tuple(v.shape)
+    dtype = jnp.result_type(v).name if not isinstance(v, jax.core.Tracer) else jnp.dtype(v.dtype).name
+    return f"{_short(v)}  [{dtype}{list(shape)}]" if shape else f"{_short(v)}  [{dtype}]"
+
+
+# ------------------------------------------------------------------------------------ Selection
+class Selection:
+    """A static set of addresses. Build with :func:`select`, combine with ``|``, ``&``, ``~``.
+
+    Selecting an address selects everything nested under it.
+
+    Example:
+        >>> s = select("slope", ("group", "theta"))
+        >>> s.contains("slope"), s.contains(("group", "theta")), s.contains("noise")
+        (True, True, False)
+        >>> (~s).contains("noise")
+        True
+    """
+
+    def has_root(self) -> bool:  # is the current node itself (the whole subtree) selected
+        raise NotImplementedError
+
+    def child(self, name: str) -> "Selection":
+        raise NotImplementedError
+
+    def contains(self, addr) -> bool:
+        """Whether ``addr`` (or a prefix of it) is selected."""
+        sel = self
+        for part in normalize_addr(addr):
+            if sel.has_root():
+                return True
+            sel = sel.child(part)
+        return sel.has_root()
+
+    def __call__(self, addr) -> bool:
+        return self.contains(addr)
+
+    def __or__(self, other):
+        return _UnionSel(self, other)
+
+    def __and__(self, other):
+        return _InterSel(self, other)
+
+    def __invert__(self):
+        return _ComplementSel(self)
+
+    def is_static_empty(self) -> bool:
+        return isinstance(self, _NoneSel)
+
+
+def _sel_pytree(cls):
+    jax.tree_util.register_pytree_node(cls, lambda s: ((), s), lambda aux, _: aux)
+    return cls
+
+
+@_sel_pytree
+@dataclasses.dataclass(frozen=True)
+class _AllSel(Selection):
+    def has_root(self):
+        return True
+
+    def child(self, name):
+        return self
+
+    def __repr__(self):
+        return "select_all()"
+
+
+@_sel_pytree
+@dataclasses.dataclass(frozen=True)
+class _NoneSel(Selection):
+    def has_root(self):
+        return False
+
+    def child(self, name):
+        return self
+
+    def __repr__(self):
+        return "select_none()"
+
+
+@_sel_pytree
+@dataclasses.dataclass(frozen=True)
+class _AddrSel(Selection):
+    paths: frozenset
+
+    def has_root(self):
+        return () in self.paths
+
+    def child(self, name):
+        if () in self.paths:
+            return _AllSel()
+        rest = frozenset(p[1:] for p in self.paths if p[0] == name)
+        return _AddrSel(rest) if rest else _NoneSel()
+
+    def __repr__(self):
+        return "select(" + ", ".join(repr(_external_addr(p)) for p in sorted(self.paths)) + ")"
+
+
+@_sel_pytree
+@dataclasses.dataclass(frozen=True)
+class _ComplementSel(Selection):
+    inner: Selection
+
+    def has_root(self):
+        return not self.inner.has_root()
+
+    def child(self, name):
+        c = self.inner.child(name)
+        if isinstance(c, _NoneSel):
+            return _AllSel()
+        if isinstance(c, _AllSel):
+            return _NoneSel()
+        return _ComplementSel(c)
+
+    def __repr__(self):
+        return f"~{self.inner!r}"
+
+
+@_sel_pytree
+@dataclasses.dataclass(frozen=True)
+class _UnionSel(Selection):
+    a: Selection
+    b: Selection
+
+    def has_root(self):
+        return self.a.has_root() or self.b.has_root()
+
+    def child(self, name):
+        a, b = self.a.child(name), self.b.child(name)
+        if isinstance(a, _NoneSel):
+            return b
+        if isinstance(b, _NoneSel):
+            return a
+        return _UnionSel(a, b)
+
+    def __repr__(self):
+        return f"({self.a!r} | {self.b!r})"
+
+
+@_sel_pytree
+@dataclasses.dataclass(frozen=True)
+class _InterSel(Selection):
+    a: Selection
+    b: Selection
+
+    def has_root(self):
+        return self.a.has_root() and self.b.has_root()
+
+    def child(self, name):
+        a, b = self.a.child(name), self.b.child(name)
+        if isinstance(a, _NoneSel) or isinstance(b, _NoneSel):
+            return _NoneSel()
+        return _InterSel(a, b)
+
+    def __repr__(self):
+        return f"({self.a!r} & {self.b!r})"
+
+
+def select(*addrs) -> Selection:
+    """Select addresses (strings or tuples); a selected address selects its whole subtree.
+
+    Example:
+        >>> select("x", ("g", "y")).contains(("g", "y"))
+        True
+    """
+    if not addrs:
+        return _NoneSel()
+    return _AddrSel(frozenset(normalize_addr(a) for a in addrs))
+
+
+def select_all() -> Selection:
+    """The selection of every address.
+
+    Example:
+        >>> select_all().contains(("any", "thing"))
+        True
+    """
+    return _AllSel()
+
+
+def select_none() -> Selection:
+    """The empty selection.
+
+    Example:
+        >>> select_none().contains("x")
+        False
+    """
+    return _NoneSel()

@@ -1,0 +1,514 @@
+"""The generative function interface (GFI): the one interface every model implements.
+
+Every distribution, every ``@gen`` function and every combinator is a
+:class:`GenerativeFunction` with the five methods
+
+- ``simulate(key, *args) -> Trace``
+- ``assess(choices, *args) -> (log_density, retval)`` (choices must be complete)
+- ``generate(key, constraints, *args) -> (Trace, log_weight)``
+- ``update(key, trace, constraints, *args) -> (Trace, log_weight, discard)``
+- ``regenerate(key, trace, selection, *args) -> (Trace, log_weight, discard)``
+
+Weights (``q`` is each site's own prior, the internal proposal):
+
+- ``generate``: ``log p(all choices) - log q(unconstrained choices)``, i.e. the log density of
+  the constrained choices given the sampled ones.
+- ``update``/``regenerate``: ``log p(t'; x') - log p(t; x) - log q(fresh) + log q(discarded)``:
+  choices visited in both traces contribute ``new - old`` log density (zero for resampled,
+  selected choices in ``regenerate``); choices newly sampled or discarded because the control
+  path changed contribute nothing, since their prior density cancels with the prior proposal of
+  the forward or reverse move. This makes the MH acceptance ratio and SMC incremental weight one
+  line each.
+
+Calling a GFI method from ordinary Python (not inside another model) traces and compiles it once
+per argument structure with ``jax.jit``: Python ints, bools, strings and other non-array
+arguments of the model are static (Python control flow may depend on them), arrays and floats are
+data (new values do not recompile). Inside a model or inside the user's own ``jax.jit`` the
+methods are traced inline.
+
+Example:
+    >>> import jax, ppl
+    >>> @ppl.gen
+    ... def model(mu):
+    ...     return ppl.normal(mu, 1.0) @ "x"
+    >>> tr = model.simulate(jax.random.key(0), 0.5)
+    >>> logp, _ = model.assess(tr.choices, 0.5)
+    >>> bool(abs(logp - tr.score) < 1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import threading
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .choicemap import ChoiceMap, Selection
+from .errors import AddressError, ModelError, fmt_addr
+
+__all__ = [
+    "GenerativeFunction",
+    "Trace",
+    "Invocation",
+    "Static",
+    "pack_args",
+    "unpack_args",
+    "debug",
+    "current_path",
+    "intercept",
+    "Interceptor",
+]
+
+
+# ------------------------------------------------------------------------------ global state
+class _State(threading.local):
+    def __init__(self):
+        self.path: list[str] = []  # address path of the site being traced
+        self.handlers: list = []  # active @gen handlers (innermost last)
+        self.stage_depth = 0  # > 0 while inside a staged (jitted) GFI call
+        self.interceptors: list = []
+        self.debug = False
+
+
+STATE = _State()
+
+
+def current_path() -> tuple:
+    """The full address path of the site being traced (empty outside models)."""
+    return tuple(STATE.path)
+
+
+@contextlib.contextmanager
+def push_path(addr: str):
+    STATE.path.append(addr)
+    try:
+        yield
+    finally:
+        STATE.path.pop()
+
+
+@contextlib.contextmanager
+def debug(enabled: bool = True):
+    """Debug mode: check distribution parameters and finiteness of every site's log density.
+
+    Parameter checks on concrete (constant) values always run at trace time; debug mode adds
+    run-time checks of traced values, reporting the address of the first bad site. Functions
+    already compiled by the user's own ``jax.jit`` keep the mode they were compiled with.
+
+    Example:
+        >>> import jax, ppl
+        >>> @ppl.gen
+        ... def model(s):
+        ...     return ppl.normal(0.0, s) @ "x"
+        >>> with ppl.debug():
+        ...     try:
+        ...         model.simulate(jax.random.key(0), -1.0)
+        ...     except Exception as e:
+        ...         print("'x'" in str(e))
+        True
+    """
+    old = STATE.debug
+    STATE.debug = enabled
+    try:
+        yield
+    finally:
+        STATE.debug = old
+
+
+# ------------------------------------------------------------------------------ interceptors
+class Interceptor:
+    """Hook into distribution sites during any GFI method (used by inference code).
+
+    ``sample`` replaces drawing a fresh value; ``observe`` maps a given (constrained) value to the
+    value stored in the trace plus an extra log-weight term and the value to report in ``update``'s
+    discard. Subclasses override ``handles(path)`` to pick sites. Interceptors are active for the
+    duration of a ``with ppl.core.intercept(obj):`` block, during tracing.
+
+    Example:
+        >>> import jax, ppl
+        >>> class Zero(Interceptor):
+        ...     def sample(self, path, gf, d, key):
+        ...         return jax.numpy.zeros(d.shape())
+        >>> with intercept(Zero()):
+        ...     tr = ppl.normal.simulate(jax.random.key(0), 3.0, 1.0)
+        >>> float(tr.retval)
+        0.0
+    """
+
+    def handles(self, path: tuple) -> bool:
+        return True
+
+    def sample(self, path, gf, d, key):
+        return gf.draw(d, key)
+
+    def observe(self, path, gf, d, value, old_value):
+        """Return ``(value_for_trace, extra_log_weight, discard_value)``."""
+        return value, 0.0, old_value
+
+
+@contextlib.contextmanager
+def intercept(interceptor: Interceptor):
+    """Activate an :class:`Interceptor` while tracing the enclosed GFI calls."""
+    STATE.interceptors.append(interceptor)
+    try:
+        yield interceptor
+    finally:
+        STATE.interceptors.pop()
+
+
+def active_interceptor(path: tuple):
+    for icpt in reversed(STATE.interceptors):
+        if icpt.handles(path):
+            return icpt
+    return None
+
+
+# ------------------------------------------------------------------------------ static args
+@jax.tree_util.register_pytree_node_class
+class Static:
+    """A non-array value carried as static pytree structure (no leaves)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def tree_flatten(self):
+        return (), self.value
+
+    @classmethod
+    def tree_unflatten(cls, aux, _):
+        return cls(aux)
+
+    def __repr__(self):
+        return f"Static({self.value!r})"
+
+
+def is_data(x) -> bool:
+    """Arrays, tracers, numpy values and Python floats are data; everything else is static."""
+    return isinstance(x, (jax.Array, np.ndarray, np.generic, float, complex, jax.core.Tracer))
+
+
+def pack_args(args):
+    return jax.tree_util.tree_map(lambda x: x if is_data(x) else Static(x), args)
+
+
+def unpack_args(args):
+    return jax.tree_util.tree_map(
+        lambda x: x.value if isinstance(x, Static) else x, args, is_leaf=lambda x: isinstance(x, Static)
+    )
+
+
+# ------------------------------------------------------------------------------ traces
+class Trace:
+    """Base class of traces: ``gf``, ``args``, ``retval``, ``score`` and ``choices``.
+
+    Traces nested inside another trace are stored without their ``args`` and ``retval`` (the parent
+    re-executes its children when it needs them), so compiled programs carry only choices and
+    scores.
+    """
+
+    def get_choices(self) -> ChoiceMap:
+        raise NotImplementedError
+
+    @property
+    def choices(self) -> ChoiceMap:
+        return self.get_choices()
+
+    @property
+    def args(self):
+        return unpack_args(self.packed_args)
+
+    def get_subtrace(self, addr):
+        raise AddressError(f"{type(self).__name__} has no subtrace at {fmt_addr(addr)}")
+
+    def strip(self):
+        return dataclasses.replace(self, packed_args=None, retval=None)
+
+    def __repr__(self):
+        name = getattr(self.gf, "name", type(self.gf).__name__)
+        score = self.score
+        s = f"{float(score):.4f}" if not isinstance(score, jax.core.Tracer) and np.ndim(score) == 0 else "..."
+        body = repr(self.choices).split("\n", 1)
+        tree = body[1] if len(body) > 1 else "(no choices)"
+        return f"Trace of {name} (score={s})\n{tree}"
+
+
+def trace_dataclass(cls):
+    """Register a trace dataclass as a pytree; ``gf`` is static, other fields are data."""
+    cls = dataclasses.dataclass(cls, repr=False, eq=False)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    data = [f for f in fields if f != "gf"]
+    jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=["gf"])
+    return cls
+
+
+# ------------------------------------------------------------------------------ invocation
+class Invocation:
+    """``gf(*args)``: a pending call, traced into the enclosing model by ``@ "addr"``."""
+
+    __slots__ = ("gf", "args")
+
+    def __init__(self, gf, args):
+        self.gf = gf
+        self.args = args
+
+    def __matmul__(self, addr):
+        if not STATE.handlers:
+            raise ModelError(
+                f"`{self.gf.name}(...) @ {addr!r}` was used outside a @gen function; to run a "
+                f"generative function directly call its GFI, e.g. `{self.gf.name}.simulate(key, *args)`."
+            )
+        return STATE.handlers[-1].visit(addr, self.gf, self.args)
+
+    def __repr__(self):
+        return f"Invocation({self.gf.name}, {len(self.args)} args)"
+
+
+def address_hash(addr: str) -> int:
+    return zlib.crc32(addr.encode()) & 0x7FFFFFFF
+
+
+def site_key(key, addr: str):
+    """The key of the site at ``addr``: independent of visiting order, stable across methods."""
+    return jax.random.fold_in(key, address_hash(addr))
+
+
+def _as_choicemap(x, what: str) -> ChoiceMap:
+    if x is None:
+        return ChoiceMap.empty()
+    if isinstance(x, ChoiceMap):
+        return x
+    if isinstance(x, dict):
+        return ChoiceMap(x)
+    raise TypeError(f"{what} must be a ppl.ChoiceMap (or a dict of address -> value), got {type(x).__name__}")
+
+
+def _check_key(key, method):
+    if isinstance(key, (jax.Array, jax.core.Tracer)) and (
+        jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.dtype == jnp.uint32 and key.shape[-1:] == (2,))
+    ):
+        return key
+    raise TypeError(
+        f"{method}: the first argument must be a jax.random key (jax.random.key(0)), got {type(key).__name__}"
+    )
+
+
+# number of leading "data" arguments (before the model's own args) of each GFI method
+_N_DATA = {"simulate": 1, "assess": 1, "generate": 2, "update": 3, "regenerate": 3}
+
+
+def _stage_enabled() -> bool:
+    return STATE.stage_depth == 0 and not STATE.handlers and not STATE.interceptors
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _staged_runner(gf, method, treedef, static_spec, debug_flag, dyn_leaves):
+    leaves = list(static_spec)
+    it = iter(dyn_leaves)
+    leaves = [next(it) if s is _DYN else s.value for s in leaves]
+    data_part, model_part = jax.tree_util.tree_unflatten(treedef, leaves)
+    all_args = tuple(data_part) + tuple(model_part)
+    STATE.stage_depth += 1
+    old_debug = STATE.debug
+    STATE.debug = debug_flag
+    try:
+        return getattr(gf, "_" + method)(*all_args)
+    finally:
+        STATE.stage_depth -= 1
+        STATE.debug = old_debug
+
+
+class _DynMarker:
+    def __repr__(self):
+        return "<dyn>"
+
+
+_DYN = _DynMarker()
+
+
+class _HashableStatic:
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __hash__(self):
+        try:
+            return hash(self.value)
+        except TypeError:
+            return id(self.value)
+
+    def __eq__(self, other):
+        if not isinstance(other, _HashableStatic):
+            return False
+        try:
+            return bool(self.value == other.value) and type(self.value) is type(other.value)
+        except Exception:
+            return self.value is other.value
+
+
+def _staged_call(gf, method: str, all_args: tuple):
+    n_data = _N_DATA[method]
+    data_part, model_part = all_args[:n_data], all_args[n_data:]
+    leaves, treedef = jax.tree_util.tree_flatten((data_part, model_part))
+    n_data_leaves = len(jax.tree_util.tree_leaves(data_part))
+    spec, dyn = [], []
+    for i, leaf in enumerate(leaves):
+        if i < n_data_leaves or is_data(leaf):
+            spec.append(_DYN)
+            dyn.append(leaf)
+        else:
+            spec.append(_HashableStatic(leaf))
+    try:
+        return _staged_runner(gf, method, treedef, tuple(spec), STATE.debug, tuple(dyn))
+    except TypeError as e:
+        if "non-hashable static" in str(e) or "unhashable" in str(e):
+            raise ModelError(
+                f"{gf.name}.{method}: a non-array argument is not hashable ({e}); pass arrays for "
+                "data and hashable Python values (ints, strings, tuples) for static arguments."
+            ) from e
+        raise
+
+
+class GenerativeFunction:
+    """Base class of everything that can be traced at an address with ``gf(*args) @ "addr"``.
+
+    Subclasses implement ``_simulate``, ``_assess``, ``_generate``, ``_update``, ``_regenerate``;
+    the public methods validate inputs and stage (jit) top-level calls.
+
+    Example:
+        >>> import jax, ppl
+        >>> tr = ppl.normal.simulate(jax.random.key(1), 0.0, 1.0)
+        >>> tr.choices[()].shape
+        ()
+    """
+
+    name = "generative_function"
+
+    def __call__(self, *args, **kwargs):
+        if kwargs:
+            raise TypeError(f"{self.name} takes positional arguments only when called in a model")
+        return Invocation(self, args)
+
+    def __matmul__(self, addr):
+        raise ModelError(
+            f"{self.name} was used with @ {addr!r} without being called: write "
+            f"`{self.name}(args...) @ {addr!r}`."
+        )
+
+    # -- public GFI -----------------------------------------------------------------------------
+    def _run(self, method, all_args):
+        if _stage_enabled():
+            return _staged_call(self, method, all_args)
+        return getattr(self, "_" + method)(*all_args)
+
+    def simulate(self, key, *args) -> Trace:
+        """Sample all choices from the prior: returns a :class:`Trace`."""
+        _check_key(key, f"{self.name}.simulate")
+        return self._run("simulate", (key,) + args)
+
+    def assess(self, choices, *args):
+        """``(log p(choices; args), retval)``; ``choices`` must be complete."""
+        choices = _as_choicemap(choices, f"{self.name}.assess: choices")
+        return self._run("assess", (choices,) + args)
+
+    def generate(self, key, constraints, *args):
+        """``(trace, log_weight)`` with ``constraints`` fixed, the rest sampled from the prior."""
+        _check_key(key, f"{self.name}.generate")
+        constraints = _as_choicemap(constraints, f"{self.name}.generate: constraints")
+        return self._run("generate", (key, constraints) + args)
+
+    def update(self, key, trace, constraints, *args):
+        """``(new_trace, log_weight, discard)``: new arguments and/or new values at addresses."""
+        _check_key(key, f"{self.name}.update")
+        constraints = _as_choicemap(constraints, f"{self.name}.update: constraints")
+        if not isinstance(trace, Trace):
+            raise TypeError(f"{self.name}.update: expected a Trace, got {type(trace).__name__}")
+        return self._run("update", (key, trace, constraints) + args)
+
+    def regenerate(self, key, trace, selection, *args):
+        """``(new_trace, log_weight, discard)``: resample the selected choices from the prior."""
+        _check_key(key, f"{self.name}.regenerate")
+        if not isinstance(selection, Selection):
+            raise TypeError(f"{self.name}.regenerate: expected a Selection (ppl.select(...)), got {selection!r}")
+        if not isinstance(trace, Trace):
+            raise TypeError(f"{self.name}.regenerate: expected a Trace, got {type(trace).__name__}")
+        return self._run("regenerate", (key, trace, selection) + args)
+
+    # -- combinator sugar -----------------------------------------------------------------------
+    def repeat(self, n: int):
+        """``n`` independent copies (choices gain a leading axis of size ``n``).
+
+        Example:
+            >>> import jax, ppl
+            >>> tr = ppl.normal.repeat(4).simulate(jax.random.key(0), 0.0, 1.0)
+            >>> tr.choices[()].shape
+            (4,)
+        """
+        from .combinators import repeat
+
+        return repeat(self, n)
+
+    def vmap(self, in_axes=0):
+        """Vectorize over arguments (see :func:`ppl.vmap`)."""
+        from .combinators import vmap
+
+        return vmap(self, in_axes=in_axes)
+
+    # -- helpers for implementations ------------------------------------------------------------
+    def address_shapes(self, *args):
+        """The static structure of this function's choices for ``args`` (via ``jax.eval_shape``)."""
+        key = jax.random.key(0)
+        return jax.eval_shape(lambda k, a: self.simulate(k, *a).choices, key, args)
+
+    def __repr__(self):
+        return f"<generative function {self.name}>"
+
+
+def check_constraints_visited(constraints: ChoiceMap, visited, where: str):
+    """Raise if ``constraints`` holds a top-level name the model never visited."""
+    for name in constraints.child_names():
+        if name not in visited and not constraints.get_submap(name).is_empty():
+            raise AddressError(
+                f"{where}: address {fmt_addr(current_path() + (name,))} is in the constraints but "
+                f"the model never visits it (it visits {sorted(visited)}); remove it or fix the "
+                "spelling."
+            )
+    if constraints.has_value():
+        raise AddressError(
+            f"{where}: a value was given at {fmt_addr(current_path())}, which is a model call, not a "
+            "distribution site; constrain the addresses inside it instead."
+        )
+
+
+def add(a, b):
+    """Add log weights, keeping Python 0.0 out of traced programs where possible."""
+    if isinstance(a, float) and a == 0.0:
+        return b
+    if isinstance(b, float) and b == 0.0:
+        return a
+    return a + b
+
+
+def zero():
+    return jnp.zeros((), dtype=jnp.float32)
+
+
+def tree_select(pred, on_true, on_false):
+    """Elementwise ``where`` over two pytrees of identical structure (pred broadcast on the left)."""
+
+    def sel(a, b):
+        a, b = jnp.asarray(a), jnp.asarray(b)
+        p = jnp.reshape(pred, jnp.shape(pred) + (1,) * (a.ndim - jnp.ndim(pred)))
+        return jnp.where(p, a, b)
+
+    return jax.tree_util.tree_map(sel, on_true, on_false)
+

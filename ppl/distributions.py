@@ -1,0 +1,396 @@
+"""Distributions as generative functions: thin wrappers over ``numpyro.distributions``.
+
+Each wrapper takes the numpyro constructor's parameters, with the same names and positional
+order (``normal(loc, scale)``, ``gamma(concentration, rate)``, ``bernoulli(probs=...)`` or
+``bernoulli(logits=...)``). A site may hold an array (batched parameters): its log density is the
+sum over the whole array in every GFI method. Any numpyro distribution can be used at a site
+with :func:`dist`. Densities and samplers are numpyro's; nothing is re-implemented here.
+
+Example:
+    >>> import jax, jax.numpy as jnp, ppl
+    >>> @ppl.gen
+    ... def model(xs):
+    ...     slope = ppl.normal(0.0, 1.0) @ "slope"
+    ...     return ppl.normal(slope * xs, 0.5) @ "ys"
+    >>> tr = model.simulate(jax.random.key(0), jnp.arange(3.0))
+    >>> tr.choices["ys"].shape
+    (3,)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as nd
+
+from .choicemap import ChoiceMap, Masked, concrete_bool
+from .core import (
+    STATE,
+    GenerativeFunction,
+    Invocation,
+    Trace,
+    active_interceptor,
+    current_path,
+    pack_args,
+    trace_dataclass,
+)
+from .errors import AddressError, NonFiniteError, ParameterError, ShapeError, fmt_addr
+
+__all__ = [
+    "DistributionGF",
+    "DistTrace",
+    "dist",
+    "normal",
+    "half_normal",
+    "log_normal",
+    "gamma",
+    "inverse_gamma",
+    "beta",
+    "exponential",
+    "uniform",
+    "student_t",
+    "cauchy",
+    "laplace",
+    "dirichlet",
+    "mv_normal",
+    "bernoulli",
+    "flip",
+    "binomial",
+    "poisson",
+    "categorical",
+    "geometric",
+]
+
+
+@trace_dataclass
+class DistTrace(Trace):
+    """Trace of a distribution: one value at the root address ``()``."""
+
+    gf: Any
+    packed_args: Any
+    value: Any
+    score: Any
+
+    @property
+    def retval(self):
+        return self.value
+
+    def get_choices(self) -> ChoiceMap:
+        return ChoiceMap.value(self.value)
+
+    def strip(self):
+        return dataclasses.replace(self, packed_args=None)
+
+
+_SAMPLE_DTYPES: dict = {}
+
+
+def _sample_dtype(d):
+    key = (type(d), type(getattr(d, "base_dist", None)))
+    if key not in _SAMPLE_DTYPES:
+        _SAMPLE_DTYPES[key] = jax.eval_shape(d.sample, jax.random.key(0)).dtype
+    return _SAMPLE_DTYPES[key]
+
+
+def _raise_in_callback(ok, message):
+    if not np.all(ok):
+        raise ParameterError(message)
+
+
+def _check_finite_callback(lp, message):
+    if not np.all(np.isfinite(lp)):
+        raise NonFiniteError(message)
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class DistributionGF(GenerativeFunction):
+    """A numpyro distribution family as a generative function.
+
+    ``builder(*args)`` returns the numpyro distribution; arguments given by keyword at the call
+    site (``bernoulli(logits=x)``) are passed by keyword. ``estimator`` is the gradient-estimation
+    strategy requested for this site inside variational programs (see ``inference.vi``).
+
+    Example:
+        >>> import jax
+        >>> tr = normal.simulate(jax.random.key(0), 0.0, 2.0)
+        >>> lp, v = normal.assess(tr.choices, 0.0, 2.0)
+        >>> bool(lp == tr.score)
+        True
+    """
+
+    name: str
+    builder: Callable = None
+    kw_names: tuple = ()
+    estimator: Any = None
+
+    def __call__(self, *args, estimator=None, **kwargs):
+        gf = self
+        if kwargs or estimator is not None:
+            gf = dataclasses.replace(self, kw_names=tuple(kwargs), estimator=estimator)
+        return Invocation(gf, args + tuple(kwargs.values()))
+
+    # -- numpyro distribution -------------------------------------------------------------------
+    def make(self, args):
+        """Build the numpyro distribution for ``args``, validating its parameters."""
+        n_kw = len(self.kw_names)
+        pos = args[: len(args) - n_kw] if n_kw else args
+        kw = dict(zip(self.kw_names, args[len(args) - n_kw :])) if n_kw else {}
+        path = current_path()
+        try:
+            d = self.builder(*pos, **kw)
+        except (ValueError, TypeError) as e:
+            raise ParameterError(
+                f"{self.name} at address {fmt_addr(path)}: cannot build the distribution from "
+                f"its arguments ({e}); check the parameter names and shapes (numpyro's "
+                f"{getattr(self.builder, '__name__', self.name)} signature)."
+            ) from e
+        self._validate(d, path)
+        return d
+
+    def _validate(self, d, path):
+        for pname, constraint in getattr(d, "arg_constraints", {}).items():
+            try:
+                v = getattr(d, pname)
+            except Exception:
+                continue
+            if v is None or isinstance(constraint, type(nd.constraints.dependent)):
+                continue
+            try:
+                ok = constraint(v)
+            except Exception:
+                continue
+            msg = (
+                f"invalid parameter {pname} for {self.name} at address {fmt_addr(path)}: it must "
+                f"satisfy {_describe_constraint(constraint)}"
+            )
+            present = concrete_bool(ok)
+            if present is False or (present is None and not isinstance(ok, jax.core.Tracer)):
+                raise ParameterError(f"{msg}, got {np.asarray(v)}. Fix the value or the computation producing it.")
+            if present is None and STATE.debug:
+                jax.debug.callback(_raise_in_callback, ok, msg)
+
+    def draw(self, d, key):
+        """Draw a value from numpyro distribution ``d`` (no interception)."""
+        return d.sample(key)
+
+    def _sample(self, d, key):
+        path = current_path()
+        icpt = active_interceptor(path)
+        if icpt is not None:
+            return icpt.sample(path, self, d, key)
+        return self.draw(d, key)
+
+    def _log_prob_elems(self, d, v):
+        lp = d.log_prob(v)
+        if STATE.debug:
+            msg = f"non-finite log density at address {fmt_addr(current_path())} ({self.name})"
+            jax.debug.callback(_check_finite_callback, lp, msg)
+        return lp
+
+    def _log_prob(self, d, v):
+        return jnp.sum(self._log_prob_elems(d, v))
+
+    def _coerce(self, d, value):
+        """Check a given value's shape and dtype against the site; never broadcast."""
+        path = current_path()
+        try:
+            arr = jnp.asarray(value)
+        except TypeError as e:
+            raise ShapeError(
+                f"the value given at address {fmt_addr(path)} ({type(value).__name__}) is not an array: {e}"
+            ) from e
+        expected = tuple(d.batch_shape) + tuple(d.event_shape)
+        if tuple(arr.shape) != expected:
+            hint = ""
+            if arr.size == int(np.prod(expected)):
+                hint = f" Reshape it with .reshape({expected}); values are never broadcast."
+            raise ShapeError(
+                f"the value at address {fmt_addr(path)} has shape {tuple(arr.shape)}, but the "
+                f"{self.name} site there has shape {expected} (batch {tuple(d.batch_shape)} + "
+                f"event {tuple(d.event_shape)}).{hint}"
+            )
+        target = _sample_dtype(d)
+        kind = arr.dtype.kind
+        if kind not in "biuf" or (kind == "b" and jnp.issubdtype(target, jnp.floating)):
+            raise ShapeError(
+                f"the value at address {fmt_addr(path)} has dtype {arr.dtype}, which {self.name} "
+                f"cannot take; pass {jnp.dtype(target).name} values."
+            )
+        if kind == "f" and jnp.issubdtype(target, jnp.integer):
+            if not isinstance(arr, jax.core.Tracer) and not bool(jnp.all(arr == jnp.round(arr))):
+                raise ShapeError(
+                    f"the value at address {fmt_addr(path)} has non-integer entries but {self.name} "
+                    "is a discrete distribution; pass integer values."
+                )
+        return arr.astype(target)
+
+    def _observe(self, d, value, old_value):
+        path = current_path()
+        icpt = active_interceptor(path)
+        if icpt is not None:
+            return icpt.observe(path, self, d, value, old_value)
+        return value, 0.0, old_value
+
+    def _masked_flag(self, d, flag):
+        flag = jnp.asarray(flag, dtype=bool)
+        if flag.ndim > len(d.batch_shape) or tuple(d.batch_shape[: flag.ndim]) != tuple(flag.shape):
+            raise ShapeError(
+                f"the mask at address {fmt_addr(current_path())} has shape {flag.shape}, which is "
+                f"not a prefix of the site's batch shape {tuple(d.batch_shape)}"
+            )
+        return flag
+
+    def _masked_value(self, d, masked, other):
+        """Combine a masked constraint with ``other`` values: (value, flag_on_batch_dims)."""
+        flag = self._masked_flag(d, masked.flag)
+        v = self._coerce(d, masked.value)
+        full = jnp.reshape(flag, flag.shape + (1,) * (v.ndim - flag.ndim))
+        return jnp.where(full, v, other), flag
+
+    @staticmethod
+    def _masked_sum(lp_elems, flag):
+        f = jnp.reshape(flag, flag.shape + (1,) * (lp_elems.ndim - flag.ndim))
+        return jnp.sum(jnp.where(f, lp_elems, 0.0))
+
+    def _given(self, choices: ChoiceMap):
+        if choices.child_names() and not choices.is_empty():
+            raise AddressError(
+                f"address {fmt_addr(current_path())} is a {self.name} site, but nested addresses "
+                f"{list(choices.child_names())} were given under it; give one value there."
+            )
+        return choices.raw_value()
+
+    # -- GFI ------------------------------------------------------------------------------------
+    def _simulate(self, key, *args):
+        d = self.make(args)
+        v = self._sample(d, key)
+        return DistTrace(self, pack_args(args), v, self._log_prob(d, v))
+
+    def _assess(self, choices, *args):
+        d = self.make(args)
+        given = self._given(choices)
+        if given is None:
+            raise AddressError(
+                f"assess: no value for address {fmt_addr(current_path())} ({self.name}); assess "
+                "needs every choice of the model. Use generate to sample missing choices."
+            )
+        if isinstance(given, Masked):
+            v = self._coerce(d, given.value)
+            flag = self._masked_flag(d, given.flag)
+            v, _, _ = self._observe(d, v, v)
+            return self._masked_sum(self._log_prob_elems(d, v), flag), v
+        v = self._coerce(d, given)
+        v, extra, _ = self._observe(d, v, v)
+        return self._log_prob(d, v) + extra, v
+
+    def _generate(self, key, constraints, *args):
+        d = self.make(args)
+        given = self._given(constraints)
+        if given is None:
+            v = self._sample(d, key)
+            return DistTrace(self, pack_args(args), v, self._log_prob(d, v)), jnp.zeros(())
+        if isinstance(given, Masked):
+            fresh = self._sample(d, key)
+            v, flag = self._masked_value(d, given, fresh)
+            v, extra, _ = self._observe(d, v, fresh)
+            lp = self._log_prob_elems(d, v)
+            return DistTrace(self, pack_args(args), v, jnp.sum(lp)), self._masked_sum(lp, flag) + extra
+        v = self._coerce(d, given)
+        v, extra, _ = self._observe(d, v, v)
+        lp = self._log_prob(d, v)
+        return DistTrace(self, pack_args(args), v, lp), lp + extra
+
+    def _update(self, key, trace, constraints, *args):
+        d = self.make(args)
+        given = self._given(constraints)
+        old = trace.value
+        if given is None:
+            lp = self._log_prob(d, old)
+            return DistTrace(self, pack_args(args), old, lp), lp - trace.score, ChoiceMap.empty()
+        if isinstance(given, Masked):
+            v, flag = self._masked_value(d, given, old)
+            v, extra, dv = self._observe(d, v, old)
+            lp = self._log_prob(d, v)
+            discard = ChoiceMap.value(Masked(dv, flag))
+            return DistTrace(self, pack_args(args), v, lp), lp + extra - trace.score, discard
+        v = self._coerce(d, given)
+        v, extra, dv = self._observe(d, v, old)
+        lp = self._log_prob(d, v)
+        return DistTrace(self, pack_args(args), v, lp), lp + extra - trace.score, ChoiceMap.value(dv)
+
+    def _regenerate(self, key, trace, selection, *args):
+        d = self.make(args)
+        old = trace.value
+        if selection.has_root():
+            v = self._sample(d, key)
+            lp = self._log_prob(d, v)
+            return DistTrace(self, pack_args(args), v, lp), jnp.zeros(()), ChoiceMap.value(old)
+        lp = self._log_prob(d, old)
+        return DistTrace(self, pack_args(args), old, lp), lp - trace.score, ChoiceMap.empty()
+
+    def __repr__(self):
+        return f"<distribution {self.name}>"
+
+
+def _describe_constraint(c) -> str:
+    name = type(c).__name__.lstrip("_")
+    extras = []
+    for attr in ("lower_bound", "upper_bound"):
+        if hasattr(c, attr):
+            extras.append(f"{attr}={np.asarray(getattr(c, attr)).tolist()}")
+    return name + (f"({', '.join(extras)})" if extras else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class _TreedefBuilder:
+    treedef: Any
+
+    def __call__(self, *leaves):
+        return self.treedef.unflatten(leaves)
+
+
+def dist(d: nd.Distribution) -> Invocation:
+    """Use any numpyro distribution at a site: ``ppl.dist(numpyro.distributions.StudentT(3.0)) @ "x"``.
+
+    Example:
+        >>> import jax, numpyro.distributions as nd, ppl
+        >>> @ppl.gen
+        ... def model():
+        ...     return ppl.dist(nd.StudentT(3.0)) @ "x"
+        >>> model.simulate(jax.random.key(0)).choices["x"].shape
+        ()
+    """
+    if not isinstance(d, nd.Distribution):
+        raise TypeError(f"ppl.dist expects a numpyro distribution instance, got {type(d).__name__}")
+    leaves, treedef = jax.tree_util.tree_flatten(d)
+    gf = DistributionGF(type(d).__name__, _TreedefBuilder(treedef))
+    return Invocation(gf, tuple(leaves))
+
+
+def _flip(p):
+    return nd.Bernoulli(probs=p)
+
+
+normal = DistributionGF("normal", nd.Normal)
+half_normal = DistributionGF("half_normal", nd.HalfNormal)
+log_normal = DistributionGF("log_normal", nd.LogNormal)
+gamma = DistributionGF("gamma", nd.Gamma)
+inverse_gamma = DistributionGF("inverse_gamma", nd.InverseGamma)
+beta = DistributionGF("beta", nd.Beta)
+exponential = DistributionGF("exponential", nd.Exponential)
+uniform = DistributionGF("uniform", nd.Uniform)
+student_t = DistributionGF("student_t", nd.StudentT)
+cauchy = DistributionGF("cauchy", nd.Cauchy)
+laplace = DistributionGF("laplace", nd.Laplace)
+dirichlet = DistributionGF("dirichlet", nd.Dirichlet)
+mv_normal = DistributionGF("mv_normal", nd.MultivariateNormal)
+bernoulli = DistributionGF("bernoulli", nd.Bernoulli)
+flip = DistributionGF("flip", _flip)
+binomial = DistributionGF("binomial", nd.Binomial)
+poisson = DistributionGF("poisson", nd.Poisson)
+categorical = DistributionGF("categorical", nd.Categorical)
+geometric = DistributionGF("geometric", nd.Geometric)

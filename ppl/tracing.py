@@ -1,0 +1,299 @@
+"""The ``@gen`` tracing DSL.
+
+Inside a ``@gen`` function, ``gf(*args) @ "addr"`` traces a call to a generative function (a
+distribution, another ``@gen`` function or a combinator) at an address. The effect handler that
+interprets ``@`` runs while JAX traces the function, so a jitted GFI method compiles to plain JAX:
+no per-site Python work is left in the compiled program.
+
+Example:
+    >>> import jax, jax.numpy as jnp, ppl
+    >>> @ppl.gen
+    ... def group_model(mu, n):
+    ...     return ppl.normal(jnp.full(n, mu), 1.0) @ "theta"
+    >>> @ppl.gen
+    ... def hierarchical(n):
+    ...     mu = ppl.normal(0.0, 5.0) @ "mu"
+    ...     return group_model(mu, n) @ "group"
+    >>> tr = hierarchical.simulate(jax.random.key(0), 3)
+    >>> tr.choices["group", "theta"].shape
+    (3,)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import linecache
+import re
+import traceback
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from .choicemap import ChoiceMap, Selection
+from .core import (
+    STATE,
+    GenerativeFunction,
+    Invocation,
+    Trace,
+    add,
+    check_constraints_visited,
+    current_path,
+    pack_args,
+    push_path,
+    site_key,
+    trace_dataclass,
+)
+from .errors import (
+    AddressError,
+    ModelError,
+    NotGenerativeError,
+    TracedControlFlowError,
+    fmt_addr,
+)
+
+__all__ = ["gen", "GenFn", "GenTrace"]
+
+
+@trace_dataclass
+class GenTrace(Trace):
+    """Trace of a ``@gen`` function: its arguments, return value, score and subtraces by address."""
+
+    gf: Any
+    packed_args: Any
+    retval: Any
+    score: Any
+    subtraces: dict
+
+    def get_choices(self) -> ChoiceMap:
+        children = {}
+        for addr, sub in self.subtraces.items():
+            children[addr] = sub.get_choices()
+        return ChoiceMap.from_children(children)
+
+    def get_subtrace(self, addr):
+        path = addr if isinstance(addr, tuple) else (addr,)
+        tr = self
+        for i, part in enumerate(path):
+            if not isinstance(tr, GenTrace) or part not in tr.subtraces:
+                raise AddressError(f"no subtrace at {fmt_addr(path[: i + 1])}")
+            tr = tr.subtraces[part]
+        return tr
+
+
+class _Handler:
+    """Interprets ``@`` for one execution of a ``@gen`` body in one GFI mode."""
+
+    def __init__(self, gf, mode, key=None, constraints=None, old=None, selection=None):
+        self.gf = gf
+        self.mode = mode
+        self.key = key
+        self.constraints = constraints
+        self.old = old
+        self.selection = selection
+        self.subtraces: dict = {}
+        self.score = 0.0
+        self.weight = 0.0
+        self.discard: dict = {}
+        self.last_addr = None
+
+    def visit(self, addr, gf, args):
+        if not isinstance(addr, str):
+            raise AddressError(
+                f"address {addr!r} in {self.gf.name} is not a string; write `... @ \"name\"` "
+                "(nesting a generative function call makes tuple addresses automatically)."
+            )
+        if addr in self.subtraces:
+            raise AddressError(
+                f"address {fmt_addr(current_path() + (addr,))} is used twice in one execution of "
+                f"{self.gf.name}; every random choice needs its own address (e.g. f\"x_{{i}}\" in a "
+                "loop, or use ppl.vmap / gf.repeat for independent copies)."
+            )
+        if not isinstance(gf, GenerativeFunction):
+            raise NotGenerativeError(
+                f"{gf!r} at address {fmt_addr(current_path() + (addr,))} is not a generative function"
+            )
+        self.last_addr = addr
+        mode = self.mode
+        with push_path(addr):
+            if mode == "assess":
+                lp, retval = gf.assess(self.constraints.get_submap(addr), *args)
+                self.subtraces[addr] = None
+                self.score = add(self.score, lp)
+                return retval
+            key = site_key(self.key, addr)
+            if mode == "simulate":
+                tr = gf.simulate(key, *args)
+            elif mode == "generate":
+                tr, w = gf.generate(key, self.constraints.get_submap(addr), *args)
+                self.weight = add(self.weight, w)
+            elif mode == "update":
+                sub = self.constraints.get_submap(addr)
+                if addr in self.old.subtraces:
+                    tr, w, d = gf.update(key, self.old.subtraces[addr], sub, *args)
+                    if not d.is_empty():
+                        self.discard[addr] = d
+                else:
+                    tr, w = gf.generate(key, sub, *args)
+                self.weight = add(self.weight, w)
+            elif mode == "regenerate":
+                if addr in self.old.subtraces:
+                    tr, w, d = gf.regenerate(key, self.old.subtraces[addr], self.selection.child(addr), *args)
+                    if not d.is_empty():
+                        self.discard[addr] = d
+                    self.weight = add(self.weight, w)
+                else:
+                    tr = gf.simulate(key, *args)
+            else:  # pragma: no cover
+                raise ValueError(mode)
+        self.subtraces[addr] = tr.strip()
+        self.score = add(self.score, tr.score)
+        return tr.retval
+
+
+_ADDR_RE = re.compile(r"""@\s*(['"])(.*?)\1""")
+
+
+def _user_line(exc: BaseException, fn: Callable):
+    """The source line of ``fn`` where ``exc`` was raised, if any."""
+    code = getattr(fn, "__code__", None)
+    for frame, lineno in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        if code is not None and frame.f_code is code:
+            return linecache.getline(code.co_filename, lineno).strip(), lineno
+    return None, None
+
+
+class GenFn(GenerativeFunction):
+    """A generative function written as a Python function with ``@gen``.
+
+    Example:
+        >>> import jax, ppl
+        >>> @ppl.gen
+        ... def coin():
+        ...     p = ppl.beta(1.0, 1.0) @ "p"
+        ...     return ppl.flip(p) @ "toss"
+        >>> sorted(a for a, _ in coin.simulate(jax.random.key(0)).choices)
+        ['p', 'toss']
+    """
+
+    def __init__(self, fn: Callable):
+        if not callable(fn):
+            raise TypeError(f"@gen expects a function, got {fn!r}")
+        self.fn = fn
+        self.name = getattr(fn, "__name__", "gen_fn")
+        functools.update_wrapper(self, fn)
+
+    def _execute(self, handler: _Handler, args):
+        STATE.handlers.append(handler)
+        try:
+            return self.fn(*args)
+        except ModelError:
+            raise
+        except (jax.errors.TracerBoolConversionError, jax.errors.ConcretizationTypeError,
+                jax.errors.TracerIntegerConversionError) as e:
+            line, lineno = _user_line(e, self.fn)
+            where = f" (line {lineno}: `{line}`)" if line else ""
+            last = handler.last_addr
+            after = f" after address {fmt_addr(current_path() + (last,))}" if last else ""
+            raise TracedControlFlowError(
+                f"{self.name}: Python control flow or a Python conversion depends on a sampled "
+                f"(traced) value{after}{where}. Sampled values are JAX tracers: use ppl.cond / "
+                "ppl.switch for stochastic branching, jnp.where for elementwise choices, and pass "
+                "static values (Python ints) as model arguments for loops."
+            ) from e
+        except TypeError as e:
+            msg = str(e)
+            if "@" in msg or "matmul" in msg:
+                line, lineno = _user_line(e, self.fn)
+                m = _ADDR_RE.search(line or "")
+                if m:
+                    addr = m.group(2)
+                    raise NotGenerativeError(
+                        f"{self.name}, line {lineno}: the value used with @ {addr!r} at address "
+                        f"{fmt_addr(current_path() + (addr,))} is not a generative function call "
+                        f"(`{line}`). Use a distribution such as ppl.normal(...), ppl.dist(numpyro_dist), "
+                        "or decorate the called function with @ppl.gen."
+                    ) from e
+            raise
+        finally:
+            STATE.handlers.pop()
+
+    def _finish_check(self, handler, constraints, method):
+        check_constraints_visited(constraints, handler.subtraces, f"{self.name}.{method}")
+
+    def _make_trace(self, args, retval, handler):
+        return GenTrace(self, pack_args(args), retval, handler.score if handler.subtraces else jnp.zeros(()),
+                        handler.subtraces)
+
+    def _simulate(self, key, *args):
+        h = _Handler(self, "simulate", key=key)
+        retval = self._execute(h, args)
+        return self._make_trace(args, retval, h)
+
+    def _assess(self, choices, *args):
+        h = _Handler(self, "assess", constraints=choices)
+        retval = self._execute(h, args)
+        self._finish_check(h, choices, "assess")
+        return (h.score if h.subtraces else jnp.zeros(())), retval
+
+    def _generate(self, key, constraints, *args):
+        h = _Handler(self, "generate", key=key, constraints=constraints)
+        retval = self._execute(h, args)
+        self._finish_check(h, constraints, "generate")
+        w = h.weight if not isinstance(h.weight, float) else jnp.zeros(())
+        return self._make_trace(args, retval, h), w
+
+    def _update(self, key, trace, constraints, *args):
+        self._check_trace(trace, "update")
+        h = _Handler(self, "update", key=key, constraints=constraints, old=trace)
+        retval = self._execute(h, args)
+        self._finish_check(h, constraints, "update")
+        return self._edit_result(args, retval, h, trace)
+
+    def _regenerate(self, key, trace, selection, *args):
+        self._check_trace(trace, "regenerate")
+        h = _Handler(self, "regenerate", key=key, old=trace, selection=selection)
+        retval = self._execute(h, args)
+        return self._edit_result(args, retval, h, trace)
+
+    def _edit_result(self, args, retval, h, trace):
+        discard = dict(h.discard)
+        for addr, sub in trace.subtraces.items():
+            if addr not in h.subtraces:  # removed because the control path changed
+                discard[addr] = sub.get_choices()
+        w = h.weight if not isinstance(h.weight, float) else jnp.zeros(())
+        return self._make_trace(args, retval, h), w, ChoiceMap.from_children(discard)
+
+    def _check_trace(self, trace, method):
+        if not isinstance(trace, GenTrace) or trace.gf is not self:
+            owner = getattr(getattr(trace, "gf", None), "name", type(trace).__name__)
+            raise ModelError(
+                f"{self.name}.{method} at {fmt_addr(current_path())}: got a trace of {owner}, not "
+                f"of {self.name}"
+            )
+
+    def __call__(self, *args, **kwargs):
+        if kwargs:
+            raise TypeError(
+                f"{self.name}: pass arguments positionally when calling a generative function in a model"
+            )
+        return Invocation(self, args)
+
+    def __repr__(self):
+        return f"<@gen {self.name}>"
+
+
+def gen(fn: Callable) -> GenFn:
+    """Decorate a Python function as a generative function.
+
+    Example:
+        >>> import jax, ppl
+        >>> @ppl.gen
+        ... def model():
+        ...     return ppl.normal(0.0, 1.0) @ "x"
+        >>> float(model.simulate(jax.random.key(0)).retval) == float(
+        ...     model.simulate(jax.random.key(0)).choices["x"])
+        True
+    """
+    return GenFn(fn)
