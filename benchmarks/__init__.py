@@ -1,0 +1,1 @@
+"""Benchmarks: speed as ratios against hand-written JAX (and NumPyro/GenJAX where available)."""
