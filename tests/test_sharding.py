@@ -30,8 +30,8 @@ def test_sharded_particles_identical_to_single_device():
     key = jax.random.key(3)
     ref_tr, ref_w = jax.jit(_particles, static_argnums=2)(key, xs, 64)
     mesh = device_mesh()
-    with batch_sharding(mesh):
-        tr, w = jax.jit(_particles, static_argnums=2)(key, xs, 64)
+    with batch_sharding(mesh):  # a fresh function: compiled caches are keyed on the function
+        tr, w = jax.jit(lambda k, x: _particles(k, x, 64))(key, xs)
     assert len(w.sharding.device_set) == 4
     np.testing.assert_array_equal(np.asarray(w), np.asarray(ref_w))
     np.testing.assert_array_equal(np.asarray(tr.choices["slope"]), np.asarray(ref_tr.choices["slope"]))
