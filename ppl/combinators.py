@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as nd
 
+from . import keys
 from .choicemap import ChoiceMap, Masked, concrete_bool, mask_and, select_none, _NO_VALUE
 from .core import (
     GenerativeFunction,
@@ -129,45 +130,49 @@ class VmapGF(GenerativeFunction):
         return sizes.pop()
 
     def _prep(self, args, key=None):
+        """Axes, size, per-copy keys and their in_axes (lane keys when the key is a plain key)."""
         axes = self._axes(args)
         n = self._size(args, axes)
-        keys = jax.random.split(key, n) if key is not None else None
-        return axes, n, keys
+        if key is None:
+            return axes, n, None, None
+        if isinstance(key, keys.LaneKey):
+            return axes, n, keys.split(key, n), 0
+        return axes, n, keys.lanes(key, n), keys.LANE_AXES
 
     def _trace(self, args, tr, retval):
         return VmapTrace(self, pack_args(args), retval, _sum(tr.score), tr.strip())
 
     def _simulate(self, key, *args):
-        axes, n, keys = self._prep(args, key)
-        tr, rv = jax.vmap(lambda k, *a: _with_retval(self.gf.simulate(k, *a)), in_axes=(0, *axes))(keys, *args)
+        axes, n, ks, kax = self._prep(args, key)
+        tr, rv = jax.vmap(lambda k, *a: _with_retval(self.gf.simulate(k, *a)), in_axes=(kax, *axes))(ks, *args)
         return self._trace(args, tr, rv)
 
     def _assess(self, choices, *args):
-        axes, n, _ = self._prep(args)
+        axes, n, _, _ = self._prep(args)
         _leading_check(choices, n, f"{self.name}.assess")
         lp, rv = jax.vmap(self.gf.assess, in_axes=(0, *axes))(choices, *args)
         return _sum(lp), rv
 
     def _generate(self, key, constraints, *args):
-        axes, n, keys = self._prep(args, key)
+        axes, n, ks, kax = self._prep(args, key)
         _leading_check(constraints, n, f"{self.name}.generate")
 
         def one(k, c, *a):
             tr, w = self.gf.generate(k, c, *a)
             return tr.strip(), tr.retval, w
 
-        tr, rv, w = jax.vmap(one, in_axes=(0, 0, *axes))(keys, constraints, *args)
+        tr, rv, w = jax.vmap(one, in_axes=(kax, 0, *axes))(ks, constraints, *args)
         return VmapTrace(self, pack_args(args), rv, _sum(tr.score), tr), _sum(w)
 
     def _edit(self, fn, key, trace, arg, args):
-        axes, n, keys = self._prep(args, key)
+        axes, n, ks, kax = self._prep(args, key)
 
         def one(k, t, c, *a):
             tr, w, d = fn(k, t, c, *a)
             return tr.strip(), tr.retval, w, d
 
         arg_axis = 0 if isinstance(arg, ChoiceMap) else None
-        tr, rv, w, d = jax.vmap(one, in_axes=(0, 0, arg_axis, *axes))(keys, trace.inner, arg, *args)
+        tr, rv, w, d = jax.vmap(one, in_axes=(kax, 0, arg_axis, *axes))(ks, trace.inner, arg, *args)
         return VmapTrace(self, pack_args(args), rv, _sum(tr.score), tr), _sum(w), d
 
     def _update(self, key, trace, constraints, *args):
@@ -284,7 +289,7 @@ class ScanGF(GenerativeFunction):
             c2, y = self._split_retval(tr.retval, c)
             return c2, (tr.strip(), y)
 
-        cT, (inner, ys) = self._scan(body, carry, xs, jax.random.split(key, T), T)
+        cT, (inner, ys) = self._scan(body, carry, xs, keys.split(key, T), T)
         return ScanTrace(self, pack_args((carry, xs)), (cT, ys), _sum(inner.score), inner)
 
     def _assess(self, choices, carry, xs):
@@ -310,7 +315,7 @@ class ScanGF(GenerativeFunction):
             c2, y = self._split_retval(tr.retval, c)
             return c2, (tr.strip(), y, w)
 
-        cT, (inner, ys, ws) = self._scan(body, carry, xs, (jax.random.split(key, T), constraints), T)
+        cT, (inner, ys, ws) = self._scan(body, carry, xs, (keys.split(key, T), constraints), T)
         return ScanTrace(self, pack_args((carry, xs)), (cT, ys), _sum(inner.score), inner), _sum(ws)
 
     def _edit(self, fn, key, trace, arg, carry, xs):
@@ -332,7 +337,7 @@ class ScanGF(GenerativeFunction):
             c2, y = self._split_retval(tr.retval, c)
             return c2, (tr.strip(), y, w, d)
 
-        extra = (jax.random.split(key, T), trace.inner, arg if is_chm else None)
+        extra = (keys.split(key, T), trace.inner, arg if is_chm else None)
         cT, (inner, ys, ws, ds) = self._scan(body, carry, xs, extra, T)
         return ScanTrace(self, pack_args((carry, xs)), (cT, ys), _sum(inner.score), inner), _sum(ws), ds
 
@@ -735,7 +740,7 @@ class MixGF(GenerativeFunction):
 
     def _simulate(self, key, logits, *args):
         self._check(args)
-        k1, k2 = jax.random.split(key)
+        k1, k2 = keys.split(key)
         with push_path("component"):
             comp = _categorical_logits.simulate(k1, logits)
         br = self._switch.simulate(k2, comp.value, *args)
@@ -750,7 +755,7 @@ class MixGF(GenerativeFunction):
 
     def _generate(self, key, constraints, logits, *args):
         self._check(args)
-        k1, k2 = jax.random.split(key)
+        k1, k2 = keys.split(key)
         with push_path("component"):
             comp, w1 = _categorical_logits.generate(k1, constraints.get_submap("component"), logits)
         br, w2 = self._switch.generate(k2, _without(constraints, "component"), comp.value, *args)
@@ -759,7 +764,7 @@ class MixGF(GenerativeFunction):
 
     def _edit(self, key, trace, arg, logits, args, mode):
         self._check(args)
-        k1, k2 = jax.random.split(key)
+        k1, k2 = keys.split(key)
         with push_path("component"):
             if mode == "update":
                 comp, w1, d1 = _categorical_logits.update(k1, trace.component, arg.get_submap("component"), logits)

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import keys
 from .choicemap import ChoiceMap, Selection
 from .errors import AddressError, ModelError, fmt_addr
 
@@ -278,7 +279,7 @@ def address_hash(addr: str) -> int:
 
 def site_key(key, addr: str):
     """The key of the site at ``addr``: independent of visiting order, stable across methods."""
-    return jax.random.fold_in(key, address_hash(addr))
+    return keys.fold_in(key, address_hash(addr))
 
 
 def _as_choicemap(x, what: str) -> ChoiceMap:
@@ -292,9 +293,7 @@ def _as_choicemap(x, what: str) -> ChoiceMap:
 
 
 def _check_key(key, method):
-    if isinstance(key, (jax.Array, jax.core.Tracer)) and (
-        jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.dtype == jnp.uint32 and key.shape[-1:] == (2,))
-    ):
+    if keys.is_key(key):
         return key
     raise TypeError(
         f"{method}: the first argument must be a jax.random key (jax.random.key(0)), got {type(key).__name__}"

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as nd
 
+from . import keys
 from .choicemap import ChoiceMap, Masked, concrete_bool
 from .core import (
     STATE,
@@ -174,8 +175,8 @@ class DistributionGF(GenerativeFunction):
                 jax.debug.callback(_raise_in_callback, ok, msg)
 
     def draw(self, d, key):
-        """Draw a value from numpyro distribution ``d`` (no interception)."""
-        return d.sample(key)
+        """Draw a value from numpyro distribution ``d`` (no interception; plain or lane key)."""
+        return keys.draw(d, key)
 
     def _sample(self, d, key):
         path = current_path()
