@@ -325,6 +325,25 @@ def _staged_runner(gf, method, treedef, static_spec, debug_flag, dyn_leaves):
         STATE.debug = old_debug
 
 
+_CALLBACK_ERRORS: list = []
+_CALLBACK_LOCK = threading.Lock()
+
+
+def raise_from_callback(err: ModelError):
+    """Raise ``err`` inside a host callback (debug mode), remembering it so that the staged call
+    that ran the callback re-raises the same :class:`ModelError` instead of XLA's runtime error."""
+    with _CALLBACK_LOCK:
+        _CALLBACK_ERRORS.append(err)
+    raise err
+
+
+def pop_callback_error():
+    with _CALLBACK_LOCK:
+        err = _CALLBACK_ERRORS[0] if _CALLBACK_ERRORS else None
+        _CALLBACK_ERRORS.clear()
+    return err
+
+
 class _DynMarker:
     def __repr__(self):
         return "<dyn>"
@@ -366,8 +385,15 @@ def _staged_call(gf, method: str, all_args: tuple):
             dyn.append(leaf)
         else:
             spec.append(_HashableStatic(leaf))
+    if _CALLBACK_ERRORS:  # stale, from a failed call under the user's own jit
+        pop_callback_error()
     try:
         return _staged_runner(gf, method, treedef, tuple(spec), STATE.debug, tuple(dyn))
+    except jax.errors.JaxRuntimeError as e:
+        err = pop_callback_error()
+        if err is not None:  # a debug-mode check failed at run time: raise the ppl error itself
+            raise err from e
+        raise
     except TypeError as e:
         if "non-hashable static" in str(e) or "unhashable" in str(e):
             raise ModelError(

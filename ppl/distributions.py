@@ -37,6 +37,7 @@ from .core import (
     active_interceptor,
     current_path,
     pack_args,
+    raise_from_callback,
     trace_dataclass,
 )
 from .errors import AddressError, NonFiniteError, ParameterError, ShapeError, fmt_addr
@@ -97,14 +98,21 @@ def _sample_dtype(d):
     return _SAMPLE_DTYPES[key]
 
 
-def _raise_in_callback(ok, message):
+def _raise_in_callback(ok, value, message):
     if not np.all(ok):
-        raise ParameterError(message)
+        bad = np.asarray(value)[~np.broadcast_to(np.asarray(ok), np.shape(value))] if np.ndim(value) else value
+        raise_from_callback(ParameterError(f"{message}, got {np.asarray(bad).ravel()[:5]} (debug-mode "
+                                           "run-time check). Fix the value or the computation producing it."))
+
+
+def _integer_callback(v, message):
+    if not np.all(np.asarray(v) == np.round(np.asarray(v))):
+        raise_from_callback(ShapeError(message))
 
 
 def _check_finite_callback(lp, message):
     if not np.all(np.isfinite(lp)):
-        raise NonFiniteError(message)
+        raise_from_callback(NonFiniteError(message))
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -172,7 +180,7 @@ class DistributionGF(GenerativeFunction):
             if present is False or (present is None and not isinstance(ok, jax.core.Tracer)):
                 raise ParameterError(f"{msg}, got {np.asarray(v)}. Fix the value or the computation producing it.")
             if present is None and STATE.debug:
-                jax.debug.callback(_raise_in_callback, ok, msg)
+                jax.debug.callback(_raise_in_callback, ok, v, msg)
 
     def draw(self, d, key):
         """Draw a value from numpyro distribution ``d`` (no interception; plain or lane key)."""
@@ -222,11 +230,13 @@ class DistributionGF(GenerativeFunction):
                 f"cannot take; pass {jnp.dtype(target).name} values."
             )
         if kind == "f" and jnp.issubdtype(target, jnp.integer):
-            if not isinstance(arr, jax.core.Tracer) and not bool(jnp.all(arr == jnp.round(arr))):
-                raise ShapeError(
-                    f"the value at address {fmt_addr(path)} has non-integer entries but {self.name} "
-                    "is a discrete distribution; pass integer values."
-                )
+            msg = (f"the value at address {fmt_addr(path)} has non-integer entries but {self.name} "
+                   "is a discrete distribution; pass integer values.")
+            if not isinstance(arr, jax.core.Tracer):
+                if not bool(jnp.all(arr == jnp.round(arr))):
+                    raise ShapeError(msg)
+            elif STATE.debug:
+                jax.debug.callback(_integer_callback, arr, msg)
         return arr.astype(target)
 
     def _observe(self, d, value, old_value):
