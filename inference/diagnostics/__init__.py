@@ -1,0 +1,6 @@
+"""Diagnostics: ESS, R-hat and ArviZ export (:mod:`inference.diagnostics.mcmc`), and correctness
+checks (:mod:`inference.diagnostics.checks`: unbiasedness z-tests, moment tests, compile counter).
+
+Submodules are imported on demand (``from inference.diagnostics import checks``) so that this
+package imports nothing heavy.
+"""

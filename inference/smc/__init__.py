@@ -1,0 +1,40 @@
+"""Sequential Monte Carlo: particle collections, composable steps and complete algorithms.
+
+Building blocks (pure, jit-able): :func:`init`, :func:`extend`, :func:`resample`,
+:func:`resample_if`, :func:`rejuvenate`, :func:`change`. Algorithms: :func:`particle_filter`
+(``ppl.scan`` state-space models), :func:`tempered` (annealed importance sampling / tempered SMC),
+:func:`csmc` and :func:`particle_gibbs` (conditional SMC with ancestor sampling),
+:func:`backward_sample` (particle smoother), :func:`pmmh`, :func:`resample_move`, and parameter
+learning (:func:`fisher_gradient`, :func:`fit_parameters`).
+
+Example:
+    >>> import jax, jax.numpy as jnp, ppl
+    >>> from inference import smc
+    >>> @ppl.gen
+    ... def step(x, _):
+    ...     x = ppl.normal(0.9 * x, 1.0) @ "x"
+    ...     ppl.normal(x, 0.5) @ "y"
+    ...     return x, None
+    >>> model = ppl.scan(step, length=20)
+    >>> ys = ppl.ChoiceMap({"y": jnp.zeros(20)})
+    >>> res = smc.particle_filter(jax.random.key(0), model, (0.0, None), ys, 200)
+    >>> res.ess.shape, bool(jnp.isfinite(res.log_marginal_likelihood()))
+    ((20,), True)
+"""
+
+from .particles import ParticleCollection
+from .resampling import SCHEMES, ess, log_normalize, offspring_counts, resample_indices
+from .steps import change, extend, init, rejuvenate, resample, resample_if
+from ._util import AllParticlesDeadError
+
+__all__ = [
+    "ParticleCollection", "SCHEMES", "ess", "log_normalize", "offspring_counts", "resample_indices",
+    "init", "extend", "resample", "resample_if", "rejuvenate", "change", "AllParticlesDeadError",
+]
+
+try:  # algorithms (added module by module)
+    from .filters import FilterResult, particle_filter  # noqa: F401
+
+    __all__ += ["FilterResult", "particle_filter"]
+except ImportError:  # pragma: no cover
+    pass

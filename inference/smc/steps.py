@@ -1,0 +1,242 @@
+"""Composable SMC steps: pure, jit-able functions from particle collections to particle collections.
+
+- :func:`init`: importance sampling from the prior or a proposal generative function;
+- :func:`extend`: move every particle to new model arguments and new observations by ``update``
+  (optionally proposing the new choices with a proposal generative function);
+- :func:`resample` and :func:`resample_if` (adaptive, below an ESS fraction);
+- :func:`rejuvenate`: any MCMC kernel ``kernel(key, trace) -> (trace, info)``, weights unchanged;
+- :func:`change`: move particles to a new target model (tempering, annealing, bridging).
+
+Particles are vectorized with lane keys (:mod:`ppl.keys`): the whole particle axis draws its
+random numbers from one shared key per site, as hand-written JAX does, so the particle axis is
+cheap; each particle still gets independent values and the same key gives the same bits.
+
+Proposal calling conventions (proposals are generative functions):
+
+- ``init``: ``proposal.simulate(key, *proposal_args)``; the weight is
+  ``log p(x, obs) - log q(x)`` through ``model.generate(key, obs | q.choices, *args)``.
+- ``extend``: ``proposal.simulate(key, trace, *proposal_args)`` with the particle's current
+  trace; the weight is ``update``'s weight minus ``log q``.
+
+Example:
+    >>> import jax, jax.numpy as jnp, ppl
+    >>> from inference import smc
+    >>> @ppl.gen
+    ... def model(n):
+    ...     mu = ppl.normal(0.0, 1.0) @ "mu"
+    ...     for i in range(n):
+    ...         ppl.normal(mu, 1.0) @ f"y{i}"
+    >>> key = jax.random.key(0)
+    >>> ps = smc.init(key, model, (1,), ppl.ChoiceMap({"y0": 0.5}), 1000)
+    >>> ps = smc.resample(jax.random.key(1), ps, "systematic")
+    >>> ps = smc.extend(jax.random.key(2), ps, (2,), ppl.ChoiceMap({"y1": 1.5}))
+    >>> ps.traces.choices["y1"].shape
+    (1000,)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ppl import keys as pkeys
+from ppl.choicemap import ChoiceMap, select
+
+from ._util import as_choicemap, check_alive
+from .particles import ParticleCollection, gather
+from .resampling import log_normalize, resample_indices
+
+__all__ = ["init", "extend", "resample", "resample_if", "rejuvenate", "change"]
+
+
+def _lanes(key, n):
+    return pkeys.lanes(key, n), pkeys.LANE_AXES
+
+
+def init(key, model, args, observations, n_particles: int, proposal=None, proposal_args=()):
+    """Importance sampling: ``n_particles`` weighted traces of ``model(*args)`` given observations.
+
+    With ``proposal=None`` the unobserved choices come from the prior and the weight is the
+    likelihood of the observations. Otherwise ``proposal.simulate(key, *proposal_args)`` proposes
+    choices (which must not include observed addresses; choices it leaves out are sampled from the
+    prior) and the weight is ``log p(x, obs) - log q(x)``.
+
+    Example:
+        >>> import jax, ppl
+        >>> from inference import smc
+        >>> ps = smc.init(jax.random.key(0), ppl.normal, (0.0, 1.0), None, 10)
+        >>> ps.log_weights.tolist() == [0.0] * 10
+        True
+    """
+    obs = as_choicemap(observations)
+    n = int(n_particles)
+    args = tuple(args)
+    if proposal is None:
+        ks, ax = _lanes(key, n)
+        traces, w = jax.vmap(lambda k: model.generate(k, obs, *args), in_axes=(ax,))(ks)
+    else:
+        kq, kp = jax.random.split(key)
+
+        def one(kq, kp):
+            q = proposal.simulate(kq, *proposal_args)
+            tr, w = model.generate(kp, obs | q.choices, *args)
+            return tr, w - q.score
+
+        (lq, ax), (lp, _) = _lanes(kq, n), _lanes(kp, n)
+        traces, w = jax.vmap(one, in_axes=(ax, ax))(lq, lp)
+    w = jnp.broadcast_to(jnp.asarray(w, jnp.float32), (n,))
+    return ParticleCollection(traces, w, jnp.zeros((), jnp.float32), jnp.zeros((), bool))
+
+
+def extend(key, ps: ParticleCollection, args, observations=None, proposal=None, proposal_args=()):
+    """Move every particle to new arguments and observations with ``update``; reweight.
+
+    The incremental weight is ``update``'s weight (new minus old log density; choices new to the
+    trace are drawn from the prior, or from ``proposal.simulate(key, trace, *proposal_args)`` whose
+    log density is then subtracted).
+
+    Example:
+        >>> import jax, ppl
+        >>> from inference import smc
+        >>> @ppl.gen
+        ... def model(n):
+        ...     for i in range(n):
+        ...         ppl.normal(0.0, 1.0) @ f"x{i}"
+        >>> ps = smc.init(jax.random.key(0), model, (1,), None, 5)
+        >>> ps = smc.extend(jax.random.key(1), ps, (2,))
+        >>> sorted(a for a, _ in ps.traces.choices)
+        ['x0', 'x1']
+    """
+    obs = as_choicemap(observations)
+    args = tuple(args)
+    n = ps.n_particles
+
+    def one(k, tr):
+        if proposal is None:
+            new, w, _ = tr.gf.update(k, tr, obs, *args)
+            return new, w
+        kq, ku = pkeys.split(k)
+        q = proposal.simulate(kq, tr, *proposal_args)
+        new, w, _ = tr.gf.update(ku, tr, obs | q.choices, *args)
+        return new, w - q.score
+
+    ks, ax = _lanes(key, n)
+    traces, w = jax.vmap(one, in_axes=(ax, 0))(ks, ps.traces)
+    return ParticleCollection(traces, ps.log_weights + w, ps.log_z, ps.dead)
+
+
+def resample(key, ps: ParticleCollection, scheme: str = "systematic"):
+    """Resample by ``scheme``; weights become equal and log Z-hat is carried in ``log_z``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ppl
+        >>> from inference import smc
+        >>> ps = smc.init(jax.random.key(0), ppl.normal, (0.0, 1.0), ppl.ChoiceMap.value(0.3), 4)
+        >>> before = ps.log_marginal_likelihood()
+        >>> after = smc.resample(jax.random.key(1), ps).log_marginal_likelihood()
+        >>> bool(jnp.allclose(before, after))
+        True
+    """
+    n = ps.n_particles
+    _, lse, dead = log_normalize(ps.log_weights)
+    idx = resample_indices(key, ps.log_weights, scheme)
+    check_alive(dead, "smc.resample")
+    return ParticleCollection(
+        gather(ps.traces, idx),
+        jnp.zeros_like(ps.log_weights),
+        ps.log_z + lse - jnp.log(float(n)),
+        jnp.logical_or(ps.dead, dead),
+    )
+
+
+def resample_if(key, ps: ParticleCollection, ess_fraction: float = 0.5, scheme: str = "systematic"):
+    """Resample only when the ESS is below ``ess_fraction * N`` (adaptive resampling).
+
+    Example:
+        >>> import jax, ppl
+        >>> from inference import smc
+        >>> ps = smc.init(jax.random.key(0), ppl.normal, (0.0, 1.0), None, 8)
+        >>> smc.resample_if(jax.random.key(1), ps, 0.5).log_weights.tolist() == [0.0] * 8
+        True
+    """
+    n = ps.n_particles
+    need = ps.ess() < ess_fraction * n
+    _, lse, dead = log_normalize(ps.log_weights)
+    idx = jnp.where(need, resample_indices(key, ps.log_weights, scheme), jnp.arange(n, dtype=jnp.int32))
+    check_alive(dead, "smc.resample_if")
+    return ParticleCollection(
+        gather(ps.traces, idx),
+        jnp.where(need, 0.0, ps.log_weights),
+        jnp.where(need, ps.log_z + lse - jnp.log(float(n)), ps.log_z),
+        jnp.logical_or(ps.dead, need & dead),
+    )
+
+
+def rejuvenate(key, ps: ParticleCollection, kernel):
+    """Apply ``kernel(key, trace) -> (trace, info)`` to every particle; weights are unchanged.
+
+    Returns ``(particles, infos)`` (``infos`` vectorized over particles). The kernel must leave
+    the particles' target (the traces' model given their observations) invariant.
+
+    Example:
+        >>> import jax, ppl
+        >>> from inference import smc
+        >>> def mh(key, tr):
+        ...     k1, k2 = jax.random.split(key)
+        ...     new, w, _ = tr.gf.regenerate(k1, tr, ppl.select("x"), *tr.args)
+        ...     acc = jax.numpy.log(jax.random.uniform(k2)) < w
+        ...     return jax.tree_util.tree_map(lambda a, b: jax.numpy.where(acc, a, b), new, tr), acc
+        >>> @ppl.gen
+        ... def model():
+        ...     x = ppl.normal(0.0, 1.0) @ "x"
+        ...     ppl.normal(x, 1.0) @ "y"
+        >>> ps = smc.init(jax.random.key(0), model, (), ppl.ChoiceMap({"y": 1.0}), 16)
+        >>> ps, acc = smc.rejuvenate(jax.random.key(1), ps, mh)
+        >>> acc.shape
+        (16,)
+    """
+    ks = jax.random.split(key, ps.n_particles)
+    traces, info = jax.vmap(kernel)(ks, ps.traces)
+    return ParticleCollection(traces, ps.log_weights, ps.log_z, ps.dead), info
+
+
+def _addresses(chm: ChoiceMap):
+    return [p for p, _ in chm.leaves()]
+
+
+def change(key, ps: ParticleCollection, model, args, observations=None, translate=None):
+    """Move particles to a new target ``model(*args)`` given ``observations``; reweight.
+
+    Each particle's choices (mapped by ``translate(choices) -> choices`` if given, with the
+    addresses in ``observations`` replaced by the observed values) constrain
+    ``model.generate``; choices the new model needs but does not get are drawn from its prior.
+    The incremental weight is ``generate``'s weight minus the old trace's score, i.e.
+    ``log p_new(x, obs_new) - log p_old(x, obs_old)`` when every choice carries over. Used for
+    tempering / annealing (a model with a temperature argument) and for bridging models.
+
+    Example:
+        >>> import jax, ppl
+        >>> from inference import smc
+        >>> @ppl.gen
+        ... def model(s):
+        ...     return ppl.normal(0.0, s) @ "x"
+        >>> ps = smc.init(jax.random.key(0), model, (2.0,), None, 1000)
+        >>> ps = smc.change(jax.random.key(1), ps, model, (1.0,))
+        >>> bool(abs(ps.log_marginal_likelihood()) < 0.2)   # both normalized: Z ratio is 1
+        True
+    """
+    obs = as_choicemap(observations)
+    args = tuple(args)
+    paths = _addresses(obs)
+    keep = ~select(*paths) if paths else None
+
+    def one(k, tr):
+        ch = tr.choices if translate is None else translate(tr.choices)
+        if keep is not None:
+            ch = ch.filter(keep)
+        new, w = model.generate(k, ch | obs, *args)
+        return new, w - tr.score
+
+    ks, ax = _lanes(key, ps.n_particles)
+    traces, w = jax.vmap(one, in_axes=(ax, 0))(ks, ps.traces)
+    return ParticleCollection(traces, ps.log_weights + w, ps.log_z, ps.dead)
