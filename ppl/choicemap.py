@@ -486,8 +486,10 @@ class Selection:
         """Whether ``addr`` (or a prefix of it) is selected."""
         sel = self
         for part in normalize_addr(addr):
-            if sel.has_root():
+            if isinstance(sel, _AllSel):
                 return True
+            if isinstance(sel, _NoneSel):
+                return False
             sel = sel.child(part)
         return sel.has_root()
 

@@ -236,7 +236,12 @@ class Trace:
     def __repr__(self):
         name = getattr(self.gf, "name", type(self.gf).__name__)
         score = self.score
-        s = f"{float(score):.4f}" if not isinstance(score, jax.core.Tracer) and np.ndim(score) == 0 else "..."
+        if isinstance(score, jax.core.Tracer):
+            s = f"<traced {jnp.dtype(score.dtype).name}{list(score.shape)}>"
+        elif np.ndim(score) == 0:
+            s = f"{float(score):.4f}"
+        else:  # a batch of traces (vmapped)
+            s = f"{jnp.result_type(score).name}{list(np.shape(score))}"
         body = repr(self.choices).split("\n", 1)
         tree = body[1] if len(body) > 1 else "(no choices)"
         return f"Trace of {name} (score={s})\n{tree}"
