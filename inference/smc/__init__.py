@@ -32,9 +32,6 @@ __all__ = [
     "init", "extend", "resample", "resample_if", "rejuvenate", "change", "AllParticlesDeadError",
 ]
 
-try:  # algorithms (added module by module)
-    from .filters import FilterResult, particle_filter  # noqa: F401
+from .filters import FilterResult, genealogy, particle_filter
 
-    __all__ += ["FilterResult", "particle_filter"]
-except ImportError:  # pragma: no cover
-    pass
+__all__ += ["FilterResult", "genealogy", "particle_filter"]

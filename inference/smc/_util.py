@@ -54,7 +54,17 @@ def staged(static_argnames: tuple, packed_argnames: tuple = ()):
         def wrapper(*a, **kw):
             for name in packed_argnames:
                 kw[name] = pack_args(tuple(kw[name]) if isinstance(kw[name], list) else kw[name])
-            return jitted(*a, _debug=bool(STATE.debug), **kw)
+            from ppl.core import _CALLBACK_ERRORS, pop_callback_error
+
+            if _CALLBACK_ERRORS:
+                pop_callback_error()
+            try:
+                return jitted(*a, _debug=bool(STATE.debug), **kw)
+            except jax.errors.JaxRuntimeError as e:
+                err = pop_callback_error()
+                if err is not None:  # a debug-mode check failed at run time: raise the ppl error
+                    raise err from e
+                raise
 
         wrapper.jitted = jitted
         return wrapper
@@ -63,12 +73,14 @@ def staged(static_argnames: tuple, packed_argnames: tuple = ()):
 
 
 def _raise_dead(dead, where):
+    from ppl.core import raise_from_callback
+
     if np.any(dead):
-        raise AllParticlesDeadError(
+        raise_from_callback(AllParticlesDeadError(
             f"{where}: every particle has weight zero (log weight -inf or NaN); the evidence "
             "estimate is 0. Check that the observations are possible under the model (e.g. in "
             "the support of the likelihood), use more particles, or a better proposal."
-        )
+        ))
 
 
 def check_alive(dead, where: str):

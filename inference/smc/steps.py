@@ -115,7 +115,7 @@ def extend(key, ps: ParticleCollection, args, observations=None, proposal=None, 
         if proposal is None:
             new, w, _ = tr.gf.update(k, tr, obs, *args)
             return new, w
-        kq, ku = pkeys.split(k)
+        kq, ku = pkeys.fold_in(k, 1), pkeys.fold_in(k, 2)
         q = proposal.simulate(kq, tr, *proposal_args)
         new, w, _ = tr.gf.update(ku, tr, obs | q.choices, *args)
         return new, w - q.score

@@ -1,0 +1,309 @@
+"""Particle filters for ``ppl.scan`` state-space models, one ``lax.scan`` under ``jit``.
+
+The filter runs the scan's *step* generative function through the GFI inside its own
+``lax.scan`` over time (``ppl.scan``'s ``update`` cannot change the number of steps). At step
+``t`` every particle's carry is extended with ``step.generate(key, obs_t, carry, x_t)`` (bootstrap:
+the weight is the likelihood of ``obs_t``), or with a guided proposal
+``proposal.simulate(key, carry, x_t, obs_t)`` whose choices are scored by
+``step.generate(key, obs_t | q.choices, carry, x_t)`` minus ``log q``. Resampling happens before
+step ``t > 0`` when the ESS is below ``ess_threshold * N`` (``1.0``: every step).
+
+The particle axis uses lane keys (:mod:`ppl.keys`): all particles draw a site's random numbers
+from one key, so the compiled filter does the same work as a hand-written one.
+
+Example:
+    >>> import jax, jax.numpy as jnp, ppl
+    >>> from inference import smc
+    >>> @ppl.gen
+    ... def step(x, _):
+    ...     x = ppl.normal(0.8 * x, 1.0) @ "x"
+    ...     ppl.normal(x, 1.0) @ "y"
+    ...     return x, None
+    >>> model = ppl.scan(step, length=10)
+    >>> obs = ppl.ChoiceMap({"y": jnp.linspace(-1.0, 1.0, 10)})
+    >>> res = smc.particle_filter(jax.random.key(0), model, (0.0, None), obs, 500)
+    >>> res.choices["x"].shape, res.ess.shape, bool(res.all_dead)
+    ((10, 500), (10,), False)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ppl import keys as pkeys
+from ppl.combinators import ScanGF
+from ppl.errors import ModelError, ShapeError
+
+from ._util import as_choicemap, check_alive, pack_args, staged, unpack_args
+from .particles import gather
+from .resampling import ess as _ess
+from .resampling import log_normalize, resample_indices
+
+__all__ = ["FilterResult", "particle_filter", "check_ssm", "step_slices", "genealogy"]
+
+
+@dataclasses.dataclass(eq=False)
+class FilterResult:
+    """Output of :func:`particle_filter` (a pytree; every per-step field has a leading time axis).
+
+    - ``choices``: the step's latent choices (fully observed addresses are left out) per time and
+      particle, leaves ``(T, N, ...)``, before the resampling of the next step (filtering
+      particles);
+    - ``log_weights``: ``(T, N)`` filtering log weights (normalized at resampling steps);
+    - ``ancestors``: ``(T, N)`` index of each particle's parent at ``t - 1`` (identity at t=0);
+    - ``carries``: the carry after each step, leaves ``(T, N, ...)``;
+    - ``ess``: ``(T,)`` ESS after each step's weighting; ``resampled``: ``(T,)`` flags;
+    - ``log_z``: log Z-hat; ``log_z_steps``: ``(T,)`` running log Z-hat after each step;
+    - ``all_dead``: True if at some step every particle had weight zero (then log Z-hat = -inf).
+    """
+
+    choices: Any
+    log_weights: Any
+    ancestors: Any
+    carries: Any
+    ess: Any
+    resampled: Any
+    log_z: Any
+    log_z_steps: Any
+    all_dead: Any
+
+    def log_marginal_likelihood(self):
+        """log Z-hat, the log of an unbiased estimate of ``p(observations)``."""
+        return self.log_z
+
+    @property
+    def final_log_weights(self):
+        return self.log_weights[-1]
+
+    def filtered_mean(self, fn=None):
+        """``E[fn(choices_t) | y_{1:t}]`` for every ``t`` (default: each choice), shape ``(T, ...)``.
+
+        Example:
+            >>> import jax, jax.numpy as jnp, ppl
+            >>> from inference import smc
+            >>> @ppl.gen
+            ... def step(x, _):
+            ...     x = ppl.normal(x, 1.0) @ "x"
+            ...     ppl.normal(x, 1.0) @ "y"
+            ...     return x, None
+            >>> obs = ppl.ChoiceMap({"y": jnp.ones(5)})
+            >>> res = smc.particle_filter(jax.random.key(0), ppl.scan(step, length=5), (0.0, None), obs, 100)
+            >>> res.filtered_mean(lambda ch: ch["x"]).shape
+            (5,)
+        """
+        fn = (lambda ch: ch) if fn is None else fn
+        w = jnp.exp(log_normalize(self.log_weights)[0])  # (T, N)
+        vals = jax.vmap(jax.vmap(fn))(self.choices)
+        return jax.tree_util.tree_map(lambda v: jnp.einsum("tn,tn...->t...", w, v.astype(w.dtype)), vals)
+
+    @jax.jit
+    def trajectories(self):
+        """Genealogy tracing: every final particle's full path, leaves ``(N, T, ...)``.
+
+        With the final ``log_weights`` these are weighted draws from the smoothing distribution
+        (the genealogy smoother; paths coalesce for long series).
+        """
+        return genealogy(self.choices, self.ancestors)
+
+    def sample_trajectory(self, key):
+        """One trajectory (leaves ``(T, ...)``) drawn by the final weights through the genealogy."""
+        b = resample_indices(key, self.log_weights[-1], "multinomial", n_out=1)[0]
+        return _trace_back(self.choices, self.ancestors, b)
+
+
+jax.tree_util.register_dataclass(
+    FilterResult,
+    data_fields=[f.name for f in dataclasses.fields(FilterResult)],
+    meta_fields=[],
+)
+
+
+def _trace_back_indices(ancestors, final_idx):
+    """Indices ``(T, ...)`` of the path ending at ``final_idx`` (any shape) through ``ancestors``."""
+
+    def body(idx, a_t):
+        return a_t[idx], idx
+
+    _, path = jax.lax.scan(body, final_idx, ancestors, reverse=True)
+    return path
+
+
+def _trace_back(choices, ancestors, b):
+    path = _trace_back_indices(ancestors, b)  # (T,)
+    return jax.tree_util.tree_map(lambda x: jax.vmap(lambda xt, i: xt[i])(x, path), choices)
+
+
+@jax.jit
+def genealogy(choices, ancestors):
+    """Paths of all particles through the ancestry: leaves ``(T, N, ...)`` -> ``(N, T, ...)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> ch = {"x": jnp.array([[0.0, 1.0], [2.0, 3.0]])}
+        >>> genealogy(ch, jnp.array([[0, 1], [1, 1]]))["x"].tolist()
+        [[1.0, 2.0], [1.0, 3.0]]
+    """
+    n = jnp.shape(ancestors)[1]
+    path = _trace_back_indices(ancestors, jnp.arange(n))  # (T, N)
+    out = jax.tree_util.tree_map(lambda x: jax.vmap(lambda xt, i: jnp.take(xt, i, axis=0))(x, path), choices)
+    return jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), out)
+
+
+def check_ssm(model, what: str):
+    if not isinstance(model, ScanGF):
+        raise ModelError(
+            f"{what} needs a ppl.scan(step, ...) state-space model, got {getattr(model, 'name', model)!r}; "
+            "build the model as ppl.scan(step, length=T) and pass (init_carry, xs) as args. For other "
+            "models compose smc.init / smc.extend / smc.resample / smc.rejuvenate."
+        )
+    return model.step
+
+
+def step_slices(model, args, observations, what):
+    """``(step, carry0, xs, T, obs)`` with the observation leaves checked to have leading size T."""
+    step = check_ssm(model, what)
+    if len(args) != 2:
+        raise ModelError(f"{what}: a ppl.scan model takes (init_carry, xs) as args, got {len(args)} args")
+    carry0, xs = args
+    T = model._T(xs)
+    obs = as_choicemap(observations)
+    for path, v in obs.leaves():
+        leaves = jax.tree_util.tree_leaves(v)
+        for leaf in leaves:
+            if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != T:
+                raise ShapeError(
+                    f"{what}: the observations at {path!r} have shape {jnp.shape(leaf)}; per-step "
+                    f"observations need a leading time axis of size T={T} (stack them over time)."
+                )
+    return step, carry0, xs, T, obs
+
+
+def broadcast_carry(carry0, n):
+    return jax.tree_util.tree_map(lambda c: jnp.broadcast_to(jnp.asarray(c), (n,) + jnp.shape(c)), carry0)
+
+
+def propagate(step, key, carries, x_t, obs_t, n, proposal=None):
+    """Extend ``n`` carries by one step: ``(choices, new_carries, log_incremental_weights)``."""
+    ks, ax = pkeys.lanes(key, n), pkeys.LANE_AXES
+    if proposal is None:
+        def one(k, c):
+            tr, w = step.generate(k, obs_t, c, x_t)
+            return tr.choices, tr.retval[0], w
+    else:
+        def one(k, c):
+            kq, kp = pkeys.fold_in(k, 1), pkeys.fold_in(k, 2)
+            q = proposal.simulate(kq, c, x_t, obs_t)
+            tr, w = step.generate(kp, obs_t | q.choices, c, x_t)
+            return tr.choices, tr.retval[0], w - q.score
+    ch, new, w = jax.vmap(one, in_axes=(ax, 0))(ks, carries)
+    return ch, new, jnp.broadcast_to(jnp.asarray(w, jnp.float32), (n,))
+
+
+def latent_part(ch, obs):
+    """Drop fully observed addresses (not masked ones) from per-particle choices."""
+    from ppl.choicemap import Masked, select
+
+    paths = [p for p, v in obs.leaves() if not isinstance(v, Masked) and p]
+    return ch.filter(~select(*paths)) if paths else ch
+
+
+def _filter(key, model, args, observations, n_particles, proposal, resampling, ess_threshold, history):
+    step, carry0, xs, T, obs = step_slices(model, args, observations, "smc.particle_filter")
+    n = int(n_particles)
+    log_n = jnp.log(float(n))
+    always = ess_threshold >= 1.0
+    arange = jnp.arange(n, dtype=jnp.int32)
+
+    def body(state, inp):
+        carries, lw, log_z, dead, _ = state
+        t, k, obs_t, x_t = inp
+        k_res, k_prop = jax.random.split(k)
+        _, lse, now_dead = log_normalize(lw)
+        need = t > 0 if always else (t > 0) & (_ess(lw) < ess_threshold * n)
+        if always:
+            anc = jnp.where(need, resample_indices(k_res, lw, resampling), arange)
+        else:
+            anc = jax.lax.cond(need, lambda: resample_indices(k_res, lw, resampling), lambda: arange)
+        carries = gather(carries, anc)
+        log_z = jnp.where(need, log_z + lse - log_n, log_z)
+        dead = dead | (need & now_dead)
+        lw = jnp.where(need, 0.0, lw)
+        ch, carries, w = propagate(step, k_prop, carries, x_t, obs_t, n, proposal)
+        lw = lw + w
+        _, lse_now, dead_now = log_normalize(lw)
+        ch = latent_part(ch, obs_t)
+        hist = (ch, lw, anc, carries) if history else ()
+        out = (hist, _ess(lw), need, log_z + lse_now - log_n)
+        return (carries, lw, log_z, dead | dead_now, (ch, anc) if not history else ()), out
+
+    carries0 = broadcast_carry(carry0, n)
+    state0 = (carries0, jnp.zeros(n, jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros((), bool))
+    inputs = (jnp.arange(T), jax.random.split(key, T), obs, xs)
+    if not history:  # carry the last step's particles instead of stacking every step
+        sl = jax.tree_util.tree_map(lambda x: x[0], (obs, xs))
+        ch_s = jax.eval_shape(lambda: latent_part(propagate(step, key, carries0, sl[1], sl[0], n, proposal)[0], sl[0]))
+        state0 = state0 + ((jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), ch_s),
+                            jnp.arange(n, dtype=jnp.int32)),)
+    else:
+        state0 = state0 + ((),)
+    (carries, lw, log_z, dead, last), (hist, ess, resampled, lz_steps) = jax.lax.scan(body, state0, inputs, length=T)
+    if history:
+        ch, lws, anc, cs = hist
+    else:
+        expand = lambda tree: jax.tree_util.tree_map(lambda x: x[None], tree)  # noqa: E731
+        ch, anc = expand(last[0]), expand(last[1])
+        lws, cs = lw[None], expand(carries)
+    check_alive(dead, "smc.particle_filter")
+    return FilterResult(ch, lws, anc, cs, ess, resampled, lz_steps[-1], lz_steps, dead)
+
+
+_filter_staged = staged(("model", "n_particles", "proposal", "resampling", "ess_threshold", "history"), ("args",))(
+    _filter
+)
+
+
+def particle_filter(key, model, args, observations, n_particles: int, proposal=None, resampling: str = "systematic",
+                    ess_threshold: float = 1.0, history: bool = True) -> FilterResult:
+    """Bootstrap (or guided) particle filter for a ``ppl.scan`` model with per-step observations.
+
+    ``args = (init_carry, xs)`` are the scan model's arguments; ``observations`` is a ChoiceMap of
+    arrays stacked over time (leading axis ``T``), e.g. ``ChoiceMap({"y": ys})``. A guided
+    ``proposal`` is a generative function called as ``proposal.simulate(key, carry, x_t, obs_t)``
+    (``obs_t`` the step's observation ChoiceMap) whose choices cover some or all of the step's
+    latent choices. Resampling (``"systematic"``, ``"stratified"``, ``"multinomial"``,
+    ``"residual"``) happens before a step when the ESS is below ``ess_threshold * N``.
+
+    The whole filter is one ``lax.scan`` compiled once per model, proposal, ``N``, scheme and
+    threshold; new observations or arguments of the same shapes do not recompile.
+    ``history=False`` keeps only the last step's particles (per-step fields then have a time axis
+    of length 1, except ``ess``, ``resampled`` and ``log_z_steps``), which saves memory and time
+    when only the evidence or the final filtering distribution is needed. If every
+    particle dies the result's ``all_dead`` is True and log Z-hat is ``-inf`` (in ``ppl.debug()``
+    mode an :class:`~inference.smc.AllParticlesDeadError` is raised).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ppl
+        >>> from inference import smc
+        >>> @ppl.gen
+        ... def step(z, _):
+        ...     z = ppl.normal(z, 0.3) @ "z"
+        ...     ppl.poisson(jnp.exp(z)) @ "count"
+        ...     return z, None
+        >>> counts = jnp.array([1, 0, 2, 3, 5, 4, 6, 8])
+        >>> res = smc.particle_filter(jax.random.key(0), ppl.scan(step, length=8), (0.0, None),
+        ...                           ppl.ChoiceMap({"count": counts}), 300, ess_threshold=0.5)
+        >>> bool(res.resampled.sum() < 8), res.log_z_steps.shape
+        (True, (8,))
+    """
+    from ppl.choicemap import ChoiceMap  # noqa: F401
+
+    if resampling not in ("multinomial", "stratified", "systematic", "residual"):
+        raise ValueError(f"unknown resampling scheme {resampling!r}")
+    return _filter_staged(
+        key, model=model, args=tuple(args), observations=as_choicemap(observations), n_particles=int(n_particles),
+        proposal=proposal, resampling=resampling, ess_threshold=float(ess_threshold), history=bool(history),
+    )
