@@ -386,7 +386,10 @@ class SwitchTrace(Trace):
 
 
 def concrete_index(index):
-    if isinstance(index, jax.core.Tracer) or np.ndim(index) != 0:
+    """The branch index as a Python int when it is concrete (not traced, not a shape struct)."""
+    if not isinstance(index, (jax.Array, np.ndarray, np.generic, int)) or isinstance(index, jax.core.Tracer):
+        return None
+    if np.ndim(index) != 0:
         return None
     return int(index)
 
