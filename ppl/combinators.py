@@ -467,12 +467,21 @@ class SwitchGF(GenerativeFunction):
         return jnp.clip(idx.astype(jnp.int32), 0, len(self.branches) - 1)
 
     def _shapes(self, args):
-        """Per branch: (stripped trace struct, retval struct, choice selection)."""
+        """Per branch: (stripped trace struct, retval struct, choice-map struct).
+
+        The choice-map struct is computed while tracing (flags of nested branches are tracers), so
+        it lists every address a branch may visit; leaves that are conditionally present (nested
+        branches) are ``Masked``.
+        """
         out = []
         for b in self.branches:
-            tr_s, rv_s = jax.eval_shape(lambda k, a, b=b: _with_retval(b.simulate(k, *a)), jax.random.key(0), args)
-            out.append((tr_s, rv_s))
-        rvs = [jax.tree_util.tree_map(lambda s: (s.shape, s.dtype), r) for _, r in out]
+
+            def f(k, a, b=b):
+                tr = b.simulate(k, *a)
+                return tr.strip(), tr.retval, tr.get_choices()
+
+            out.append(jax.eval_shape(f, jax.random.key(0), args))
+        rvs = [jax.tree_util.tree_map(lambda s: (s.shape, s.dtype), r) for _, r, _ in out]
         if any(r != rvs[0] for r in rvs[1:]):
             raise ShapeError(
                 f"{self.name} at {fmt_addr(current_path())}: branches return different shapes "
@@ -483,9 +492,7 @@ class SwitchGF(GenerativeFunction):
     def _route(self, constraints, shapes, what):
         """Split constraints per branch by the addresses each branch visits."""
         parts, covered = [], set()
-        for tr_s, _ in shapes:
-            struct = tr_s.get_choices()
-            paths = {p for p, _ in struct.leaves()}
+        for _, _, struct in shapes:
             sel = _paths_selection(struct)
             part = constraints.filter(sel) if sel is not None else constraints
             parts.append(part)
@@ -522,8 +529,9 @@ class SwitchGF(GenerativeFunction):
         cidx = concrete_index(idx)
 
         def fn(b):
-            tr_s, rv_s = shapes[b]
-            needed = {p for p, _ in tr_s.get_choices().leaves()}
+            _, rv_s, struct = shapes[b]
+            # unconditionally visited addresses (masked ones belong to nested branches)
+            needed = {p for p, v in struct.leaves() if not isinstance(v, Masked)}
             have = {p for p, _ in parts[b].leaves()}
             missing = sorted(needed - have)
 
@@ -734,8 +742,8 @@ class MixGF(GenerativeFunction):
         return SwitchGF(self.components)
 
     def _check(self, args):
-        for tr_s, _ in self._switch._shapes(args):
-            if "component" in tr_s.get_choices().child_names():
+        for _, _, struct in self._switch._shapes(args):
+            if "component" in struct.child_names():
                 raise AddressError(
                     f"{self.name} at {fmt_addr(current_path())}: a component uses the address "
                     "'component', which the mixture reserves for the component index; rename it."

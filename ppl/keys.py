@@ -54,6 +54,15 @@ class LaneKey:
     def shape(self):
         return jnp.shape(self.lane)
 
+    def __getitem__(self, i):
+        return LaneKey(self.base[i], self.lane[i])
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
     def __repr__(self):
         return f"LaneKey(lanes={jnp.shape(self.lane)})"
 
