@@ -94,6 +94,11 @@ def resample_indices(key, log_weights, scheme: str = "systematic", n_out: int | 
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown resampling scheme {scheme!r}; choose one of {SCHEMES}")
+    return _resample_jit(key, log_weights, scheme, None if n_out is None else int(n_out))
+
+
+@jax.jit(static_argnames=("scheme", "n_out"))
+def _resample_jit(key, log_weights, scheme, n_out):
     lw, _, dead = log_normalize(log_weights)
     n = lw.shape[0]
     m = n if n_out is None else int(n_out)
