@@ -143,6 +143,10 @@ class Interceptor:
         0.0
     """
 
+    #: If True, ``observe`` receives given values before the site's shape/dtype check (e.g. an
+    #: unconstrained vector of another shape) and the value it returns is checked instead.
+    raw_values = False
+
     def handles(self, path: tuple) -> bool:
         return True
 

@@ -246,6 +246,18 @@ class DistributionGF(GenerativeFunction):
             return icpt.observe(path, self, d, value, old_value)
         return value, 0.0, old_value
 
+    def _observe_given(self, d, given, old_value):
+        """Coerce and observe an unmasked given value. An interceptor with ``raw_values = True``
+        receives the value as given (e.g. unconstrained, possibly of another shape) and the value
+        it returns for the trace is coerced instead."""
+        path = current_path()
+        icpt = active_interceptor(path)
+        if icpt is not None and getattr(icpt, "raw_values", False):
+            v, extra, dv = icpt.observe(path, self, d, given, given if old_value is None else old_value)
+            return self._coerce(d, v), extra, dv
+        v = self._coerce(d, given)
+        return self._observe(d, v, v if old_value is None else old_value)
+
     def _masked_flag(self, d, flag):
         flag = jnp.asarray(flag, dtype=bool)
         if flag.ndim > len(d.batch_shape) or tuple(d.batch_shape[: flag.ndim]) != tuple(flag.shape):
@@ -294,8 +306,7 @@ class DistributionGF(GenerativeFunction):
             flag = self._masked_flag(d, given.flag)
             v, _, _ = self._observe(d, v, v)
             return self._masked_sum(self._log_prob_elems(d, v), flag), v
-        v = self._coerce(d, given)
-        v, extra, _ = self._observe(d, v, v)
+        v, extra, _ = self._observe_given(d, given, None)
         return self._log_prob(d, v) + extra, v
 
     def _generate(self, key, constraints, *args):
@@ -310,8 +321,7 @@ class DistributionGF(GenerativeFunction):
             v, extra, _ = self._observe(d, v, fresh)
             lp = self._log_prob_elems(d, v)
             return DistTrace(self, pack_args(args), v, jnp.sum(lp)), self._masked_sum(lp, flag) + extra
-        v = self._coerce(d, given)
-        v, extra, _ = self._observe(d, v, v)
+        v, extra, _ = self._observe_given(d, given, None)
         lp = self._log_prob(d, v)
         return DistTrace(self, pack_args(args), v, lp), lp + extra
 
@@ -328,8 +338,7 @@ class DistributionGF(GenerativeFunction):
             lp = self._log_prob(d, v)
             discard = ChoiceMap.value(Masked(dv, flag))
             return DistTrace(self, pack_args(args), v, lp), lp + extra - trace.score, discard
-        v = self._coerce(d, given)
-        v, extra, dv = self._observe(d, v, old)
+        v, extra, dv = self._observe_given(d, given, old)
         lp = self._log_prob(d, v)
         return DistTrace(self, pack_args(args), v, lp), lp + extra - trace.score, ChoiceMap.value(dv)
 

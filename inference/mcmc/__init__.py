@@ -1,0 +1,35 @@
+"""MCMC: kernels over traces, kernel combinators and a multi-chain runner.
+
+Kernels are pure functions ``kernel(key, trace) -> (trace, info)`` built by :func:`mh`,
+:func:`mala`, :func:`hmc`, :func:`nuts` (NumPyro's NUTS) and :func:`gibbs`; combine them with
+:func:`cycle`, :func:`mixture` and :func:`repeat`; run chains with :func:`run`. Gradient kernels
+move constrained choices (positive, unit interval, simplex) in unconstrained space.
+
+Example:
+    >>> import jax, jax.numpy as jnp, ppl
+    >>> from inference import mcmc
+    >>> @ppl.gen
+    ... def model(xs):
+    ...     slope = ppl.normal(0.0, 1.0) @ "slope"
+    ...     noise = ppl.gamma(2.0, 2.0) @ "noise"
+    ...     return ppl.normal(slope * xs, noise) @ "ys"
+    >>> xs = jnp.linspace(-1, 1, 20)
+    >>> tr, _ = model.generate(jax.random.key(0), ppl.ChoiceMap({"ys": 0.7 * xs}), xs)
+    >>> res = mcmc.run(jax.random.key(1), mcmc.nuts(ppl.select("slope", "noise")), tr, 200, burn_in=200)
+    >>> bool(abs(res.choices["slope"].mean() - 0.7) < 0.2)
+    True
+"""
+
+from .base import Kernel, accept
+from .combinators import Cycle, Mixture, Repeat, cycle, mixture, repeat
+from .gradient import HMC, MALA, hmc, mala
+from .kernels import MH, Gibbs, MHProposal, gibbs, mh
+from .nuts import NUTS, nuts
+from .runner import MCMCResult, init_chains, run, sample
+from .transforms import UnconstrainedView
+
+__all__ = [
+    "Kernel", "accept", "mh", "mala", "hmc", "nuts", "gibbs", "cycle", "mixture", "repeat", "run",
+    "sample", "init_chains", "MCMCResult", "UnconstrainedView", "MH", "MHProposal", "MALA", "HMC",
+    "NUTS", "Gibbs", "Cycle", "Mixture", "Repeat",
+]

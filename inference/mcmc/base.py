@@ -1,0 +1,152 @@
+"""The kernel protocol shared by every MCMC kernel and combinator.
+
+A kernel is a frozen dataclass (hashable, so the runner compiles once per kernel and shapes)
+with two pure functions over pytrees:
+
+- ``init(key, trace, n_warmup) -> state``: the kernel's own state (adaptation, caches); ``()``
+  for stateless kernels. ``n_warmup`` (a Python int) is the number of burn-in steps during which
+  adaptive kernels adapt.
+- ``step(key, trace, state, synced) -> (trace, state, info)``: one transition. ``synced`` says
+  whether ``state`` was produced together with ``trace`` (no other kernel changed the trace in
+  between), so cached densities and gradients may be reused.
+
+Calling a kernel, ``kernel(key, trace) -> (trace, info)``, runs one transition from a fresh state
+(no adaptation): that is the composable interface (``smc.rejuvenate`` takes any such function).
+
+Example:
+    >>> import jax, ppl
+    >>> from inference import mcmc
+    >>> @ppl.gen
+    ... def model():
+    ...     return ppl.normal(0.0, 1.0) @ "x"
+    >>> tr = model.simulate(jax.random.key(0))
+    >>> tr2, info = mcmc.mh(ppl.select("x"))(jax.random.key(1), tr)
+    >>> sorted(info)
+    ['accept_prob', 'accepted']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from ppl.choicemap import Masked, Selection
+from ppl.core import Trace, tree_select
+from ppl.errors import AddressError, ModelError, fmt_addr
+
+__all__ = ["Kernel", "accept", "select_trace", "index_trace", "selected_paths", "check_selection"]
+
+
+class Kernel:
+    """Base class of MCMC kernels (see the module docstring for the protocol)."""
+
+    name = "kernel"
+
+    def init(self, key, trace, n_warmup: int = 0):
+        """The kernel's initial state for ``trace`` (``()`` for stateless kernels)."""
+        return ()
+
+    def step(self, key, trace, state, synced: bool = False):
+        """One transition: ``(trace, state, info)``."""
+        raise NotImplementedError
+
+    def __call__(self, key, trace):
+        return _call(self, key, trace)
+
+
+@jax.jit(static_argnums=0)
+def _call(kernel, key, trace):
+    k1, k2 = jax.random.split(key)
+    state = kernel.init(k1, trace, 0)
+    trace, _, info = kernel.step(k2, trace, state, True)
+    return trace, info
+
+
+def accept(key, log_alpha, new, old):
+    """Metropolis-Hastings accept/reject between two traces of the same structure.
+
+    Returns ``(trace, info)`` with ``info = {"accept_prob", "accepted"}``; a NaN ratio rejects.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> tr, info = accept(jax.random.key(0), jnp.array(0.0), jnp.ones(2), jnp.zeros(2))
+        >>> bool(info["accepted"]), tr.tolist()
+        (True, [1.0, 1.0])
+    """
+    log_alpha = jnp.where(jnp.isnan(log_alpha), -jnp.inf, log_alpha)
+    acc = jnp.log(jax.random.uniform(key)) < log_alpha
+    out = select_trace(acc, new, old)
+    return out, {"accept_prob": jnp.exp(jnp.minimum(log_alpha, 0.0)), "accepted": acc}
+
+
+def _keep_args(fn, new, old):
+    if isinstance(new, Trace) and dataclasses.is_dataclass(new):
+        fields = {f.name: fn(getattr(new, f.name), getattr(old, f.name))
+                  for f in dataclasses.fields(new) if f.name not in ("gf", "packed_args")}
+        return dataclasses.replace(old, **fields)
+    return fn(new, old)
+
+
+def select_trace(pred, new, old):
+    """``where(pred, new, old)`` over traces (or any pytrees); a trace keeps ``old``'s model
+    arguments, so that chains vmapped over traces share one copy of the data."""
+    return _keep_args(lambda a, b: tree_select(pred, a, b), new, old)
+
+
+def index_trace(batched, j, like):
+    """Entry ``j`` of a batch of traces, keeping ``like``'s model arguments."""
+    return _keep_args(lambda a, b: jax.tree_util.tree_map(lambda x: x[j], a), batched, like)
+
+
+def _explicit_paths(sel: Selection):
+    """Addresses named explicitly in a selection (for 'names no address' errors)."""
+    out = []
+    paths = getattr(sel, "paths", None)
+    if paths is not None:
+        out.extend(paths)
+    for attr in ("a", "b"):
+        sub = getattr(sel, attr, None)
+        if isinstance(sub, Selection) and type(sel).__name__ == "_UnionSel":
+            out.extend(_explicit_paths(sub))
+    return out
+
+
+def check_selection(trace, selection, who: str):
+    """Raise an :class:`ppl.AddressError` if ``selection`` names an address absent from ``trace``."""
+    if not isinstance(selection, Selection):
+        raise TypeError(f"{who}: expected a ppl.Selection (ppl.select(...)), got {selection!r}")
+    leaves = [p for p, _ in trace.choices.leaves()]
+    for p in _explicit_paths(selection):
+        if not any(q[: len(p)] == p for q in leaves):
+            top = sorted({q[0] for q in leaves if q})
+            raise AddressError(
+                f"{who}: the selection names address {fmt_addr(p)}, but the model "
+                f"{getattr(trace.gf, 'name', '')} has no choice there (its top-level addresses are "
+                f"{top}); fix the spelling or the selection."
+            )
+    chosen = [(p, v) for p, v in trace.choices.leaves() if p and selection.contains(p)]
+    if not chosen:
+        raise AddressError(f"{who}: the selection {selection!r} selects no choice of the trace")
+    return chosen
+
+
+def selected_paths(trace, selection, who: str, continuous: bool = False):
+    """Paths of the selected choices; with ``continuous`` check they are real-valued and present."""
+    chosen = check_selection(trace, selection, who)
+    if continuous:
+        for p, v in chosen:
+            if isinstance(v, Masked):
+                raise ModelError(
+                    f"{who}: the choice at {fmt_addr(p)} is conditionally present (inside a "
+                    "ppl.cond/switch/mix branch); gradient-based kernels move choices that are "
+                    "always present. Use mcmc.mh for it, or move the site out of the branch."
+                )
+            if not jnp.issubdtype(jnp.result_type(v), jnp.floating):
+                raise ModelError(
+                    f"{who}: the choice at {fmt_addr(p)} is discrete ({jnp.result_type(v).name}); "
+                    "gradient-based kernels (mala, hmc, nuts) need continuous choices. Use "
+                    "mcmc.gibbs or mcmc.mh for it and combine kernels with mcmc.cycle."
+                )
+    return tuple(p for p, _ in chosen)

@@ -1,0 +1,142 @@
+"""NUTS on the selected continuous choices, using NumPyro's implementation.
+
+The potential energy handed to ``numpyro.infer.hmc.hmc(potential_fn_gen=..., algo="NUTS")`` is
+``-log p`` of the model over the selected sites in unconstrained space, given the trace's other
+choices (see :mod:`inference.mcmc.transforms`). NumPyro's warm-up adaptation (dual-averaging step
+size, windowed diagonal or dense mass matrix) runs during the runner's burn-in; afterwards the
+adapted values are frozen. The kernel's state is NumPyro's ``HMCState``.
+
+Example:
+    >>> import jax, jax.numpy as jnp, ppl
+    >>> from inference import mcmc
+    >>> @ppl.gen
+    ... def model():
+    ...     mu = ppl.normal(0.0, 1.0) @ "mu"
+    ...     ppl.normal(mu, 1.0) @ "y"
+    >>> tr, _ = model.generate(jax.random.key(0), ppl.ChoiceMap({"y": 1.0}))
+    >>> res = mcmc.run(jax.random.key(1), mcmc.nuts(ppl.select("mu")), tr, 100, burn_in=100)
+    >>> res.choices["mu"].shape
+    (1, 100)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from numpyro.infer.hmc import ParamInfo
+from numpyro.infer.hmc import hmc as numpyro_hmc
+
+from ppl.choicemap import Selection
+
+from .base import Kernel, selected_paths
+from .gradient import _sel
+from .transforms import UnconstrainedView
+
+__all__ = ["nuts", "NUTS", "NUTSState"]
+
+# NumPyro's init_kernel configures its sample_kernel through closure variables (warm-up length,
+# tree depth): keep one (init, sample) pair per kernel and warm-up length.
+_PAIRS: dict = {}
+_LOCK = threading.Lock()
+
+
+@dataclasses.dataclass(frozen=True)
+class NUTS(Kernel):
+    """The No-U-Turn sampler from NumPyro on the selected continuous choices (see :func:`nuts`)."""
+
+    selection: Selection
+    step_size: float = 1.0
+    adapt_step_size: bool = True
+    adapt_mass_matrix: bool = True
+    dense_mass: bool = False
+    target_accept_prob: float = 0.8
+    max_tree_depth: int = 10
+    name = "nuts"
+
+    def _view(self, trace):
+        paths = selected_paths(trace, self.selection, "mcmc.nuts", continuous=True)
+        return UnconstrainedView(trace.gf, paths, "mcmc.nuts")
+
+    def _pair(self, n_warmup):
+        """NumPyro's (init_kernel, sample_kernel) for this kernel and warm-up length."""
+        k = (self, n_warmup)
+        with _LOCK:
+            if k not in _PAIRS:
+                gen = lambda trace: self._view(trace).potential(trace)  # noqa: E731
+                _PAIRS[k] = numpyro_hmc(potential_fn_gen=gen, algo="NUTS")
+            return _PAIRS[k]
+
+    def _init_kw(self, n_warmup):
+        return dict(
+            num_warmup=n_warmup,
+            step_size=self.step_size,
+            adapt_step_size=self.adapt_step_size and n_warmup > 0,
+            adapt_mass_matrix=self.adapt_mass_matrix and n_warmup > 0,
+            dense_mass=self.dense_mass,
+            target_accept_prob=self.target_accept_prob,
+            max_tree_depth=self.max_tree_depth,
+        )
+
+    def init(self, key, trace, n_warmup=0):
+        view = self._view(trace)
+        init_kernel, _ = self._pair(n_warmup)
+        u = view.read(trace)
+        pe, g = jax.value_and_grad(view.potential(trace))(u)
+        st = init_kernel(ParamInfo(u, pe, g), model_args=(trace,), rng_key=key, **self._init_kw(n_warmup))
+        return NUTSState(st, n_warmup)
+
+    def step(self, key, trace, state, synced=False):
+        view = self._view(trace)
+        init_kernel, sample_kernel = self._pair(state.n_warmup)
+        st = state.hmc
+        if not synced:
+            u = view.read(trace)
+            pe, g = jax.value_and_grad(view.potential(trace))(u)
+            st = st._replace(z=u, potential_energy=pe, z_grad=g)
+        st = st._replace(rng_key=key)
+        new = sample_kernel(st, model_args=(trace,))
+        out, _ = view.write(trace, new.z)
+        info = {
+            "accept_prob": new.accept_prob,
+            "accepted": jnp.logical_not(new.diverging),
+            "diverging": new.diverging,
+            "num_steps": new.num_steps,
+            "step_size": new.adapt_state.step_size,
+        }
+        return out, NUTSState(new, state.n_warmup), info
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class NUTSState:
+    """NumPyro's ``HMCState`` plus the (static) warm-up length it was initialized with."""
+
+    hmc: Any
+    n_warmup: int = dataclasses.field(metadata=dict(static=True), default=0)
+
+
+def nuts(selection, step_size: float = 1.0, adapt_step_size: bool = True, adapt_mass_matrix: bool = True,
+         dense_mass: bool = False, target_accept_prob: float = 0.8, max_tree_depth: int = 10) -> NUTS:
+    """NUTS (NumPyro's implementation) on the selected continuous choices.
+
+    Step size and a diagonal (or, with ``dense_mass=True``, dense) mass matrix adapt during
+    ``mcmc.run``'s burn-in, as in NumPyro's ``NUTS``; without burn-in (or when called directly as
+    ``kernel(key, trace)``) the given ``step_size`` and a unit mass matrix are used. Discrete or
+    branch-local selected choices raise a :class:`ppl.ModelError` naming the site.
+
+    Example:
+        >>> import jax, ppl
+        >>> @ppl.gen
+        ... def model():
+        ...     return ppl.log_normal(0.0, 1.0) @ "s"
+        >>> tr = model.simulate(jax.random.key(0))
+        >>> tr2, info = nuts(ppl.select("s"), step_size=0.5)(jax.random.key(1), tr)
+        >>> bool(tr2.choices["s"] > 0)
+        True
+    """
+    return NUTS(_sel(selection), float(step_size), bool(adapt_step_size), bool(adapt_mass_matrix),
+                bool(dense_mass), float(target_accept_prob), int(max_tree_depth))

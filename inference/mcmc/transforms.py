@@ -1,0 +1,104 @@
+"""Unconstrained views of a trace for gradient-based kernels.
+
+Gradient kernels move the selected continuous choices in unconstrained space: a positive site
+``x`` is moved as ``u = log x``, a unit-interval site as ``logit x``, a simplex site by
+stick-breaking (one coordinate fewer), each with the log-Jacobian of ``x = T(u)`` added to the
+density. ``T = numpyro.distributions.transforms.biject_to(d.support)`` is chosen *inside* the
+model's execution, at the site, so a support that depends on other choices (``uniform(0, b)``
+with a sampled ``b``) is handled. This is done with a :class:`ppl.core.Interceptor` on
+``update``:
+
+- read mode: ``update`` with the current values, whose discard holds ``T^{-1}(x)`` (the
+  current unconstrained values, read in the same pass as the rest of the model);
+- write mode: given unconstrained ``u``, the site stores ``T(u)`` and adds ``log|det J_T(u)|``
+  to the weight, so ``weight + old score`` is the log density of ``u``.
+
+Example:
+    >>> import jax, jax.numpy as jnp, ppl
+    >>> @ppl.gen
+    ... def model():
+    ...     return ppl.gamma(2.0, 1.0) @ "s"
+    >>> tr = model.simulate(jax.random.key(0))
+    >>> view = UnconstrainedView(tr.gf, (("s",),))
+    >>> u = view.read(tr)
+    >>> bool(jnp.allclose(jnp.exp(u[("s",)]), tr.choices["s"]))
+    True
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from numpyro.distributions.transforms import biject_to
+
+from ppl.choicemap import ChoiceMap
+from ppl.core import Interceptor, intercept
+from ppl.errors import ModelError, fmt_addr
+
+__all__ = ["UnconstrainedView"]
+
+_KEY = None
+
+
+def _const_key():
+    return jax.random.key(0)
+
+
+class _Unconstrain(Interceptor):
+    raw_values = True
+
+    def __init__(self, paths, read: bool, who: str):
+        self.paths = frozenset(paths)
+        self.read = read
+        self.who = who
+
+    def handles(self, path):
+        return path in self.paths
+
+    def observe(self, path, gf, d, value, old_value):
+        if getattr(d.support, "is_discrete", False):
+            raise ModelError(
+                f"{self.who}: the site at {fmt_addr(path)} ({gf.name}) is discrete; gradient-based "
+                "kernels need continuous sites. Use mcmc.gibbs or mcmc.mh for it."
+            )
+        t = biject_to(d.support)
+        if self.read:
+            return old_value, 0.0, t.inv(old_value)
+        x = t(value)
+        ldj = jnp.sum(t.log_abs_det_jacobian(value, x))
+        return x, ldj, old_value
+
+
+class UnconstrainedView:
+    """Read, score and write the selected sites of traces of ``model`` in unconstrained space.
+
+    ``u`` is a dict ``{path: array}`` (a pytree), one entry per selected site.
+    """
+
+    def __init__(self, model, paths, who: str = "mcmc"):
+        self.model = model
+        self.paths = tuple(paths)
+        self.who = who
+
+    def read(self, trace):
+        """Current unconstrained values of the selected sites."""
+        chm = ChoiceMap({p: trace.choices[p] for p in self.paths})
+        with intercept(_Unconstrain(self.paths, True, self.who)):
+            _, _, discard = self.model.update(_const_key(), trace, chm, *trace.args)
+        return {p: discard[p] for p in self.paths}
+
+    def write(self, trace, u):
+        """``(new_trace, log_density)``: the trace with the selected sites at ``T(u)``, and the
+        log density of ``u`` (model log density plus log-Jacobians)."""
+        chm = ChoiceMap({p: u[p] for p in self.paths})
+        with intercept(_Unconstrain(self.paths, False, self.who)):
+            new, w, _ = self.model.update(_const_key(), trace, chm, *trace.args)
+        return new, w + trace.score
+
+    def log_density(self, trace, u):
+        """Log density of ``u`` given the other choices of ``trace`` (differentiable in ``u``)."""
+        return self.write(trace, u)[1]
+
+    def potential(self, trace):
+        """``u -> -log density`` (NumPyro's potential-energy convention)."""
+        return lambda u: -self.log_density(trace, u)
