@@ -33,5 +33,7 @@ __all__ = [
 ]
 
 from .filters import FilterResult, genealogy, particle_filter
+from .csmc import CSMCResult, PGResult, backward_sample, csmc, particle_gibbs
 
-__all__ += ["FilterResult", "genealogy", "particle_filter"]
+__all__ += ["FilterResult", "genealogy", "particle_filter", "CSMCResult", "PGResult", "backward_sample", "csmc",
+            "particle_gibbs"]

@@ -1,0 +1,291 @@
+"""Conditional SMC with ancestor sampling, particle Gibbs, and the backward-sampling smoother.
+
+All three work on ``ppl.scan`` state-space models through the step's GFI:
+
+- :func:`csmc`: one conditional SMC sweep that keeps a reference trajectory as the last particle;
+  with ``ancestor_sampling=True`` (PGAS) the reference's ancestor at each step is redrawn with
+  weights ``w_{t-1}^i p(x_t^ref, y_t | carry_{t-1}^i)`` (``step.assess``). The new reference is drawn
+  from the final weights through the genealogy. The kernel leaves the smoothing distribution
+  ``p(x_{1:T} | y_{1:T})`` invariant.
+- :func:`particle_gibbs`: iterated CSMC, one ``lax.scan`` over iterations under ``jit``.
+- :func:`backward_sample`: forward-filtering backward-simulation (FFBSi) smoothed trajectories from
+  a :class:`~inference.smc.FilterResult`.
+
+Ancestor sampling and backward simulation assume the model is Markov in its choices: the step's
+new carry is a function of the step's own choices (and ``x_t``), not of older carries (for example
+``carry = state``), so that ``step.assess(choices_t, carry_{t-1}^i, x_t)`` is the whole dependence of
+the future on the ancestor.
+
+Reference trajectories are ChoiceMaps of the step's latent (unobserved) choices stacked over time.
+
+Example:
+    >>> import jax, jax.numpy as jnp, ppl
+    >>> from inference import smc
+    >>> @ppl.gen
+    ... def step(x, _):
+    ...     x = ppl.normal(0.9 * x, 1.0) @ "x"
+    ...     ppl.normal(x, 1.0) @ "y"
+    ...     return x, None
+    >>> model = ppl.scan(step, length=15)
+    >>> obs = ppl.ChoiceMap({"y": jnp.sin(jnp.arange(15.0))})
+    >>> chain = smc.particle_gibbs(jax.random.key(0), model, (0.0, None), obs, 20, n_iter=50)
+    >>> chain.references["x"].shape
+    (50, 15)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ._util import staged
+from .filters import (
+    _trace_back,
+    broadcast_carry,
+    latent_part,
+    particle_filter,
+    propagate,
+    step_slices,
+)
+from .particles import gather
+from .resampling import log_normalize, resample_indices
+
+__all__ = ["CSMCResult", "csmc", "particle_gibbs", "PGResult", "backward_sample"]
+
+
+@dataclasses.dataclass(eq=False)
+class CSMCResult:
+    """One conditional SMC sweep: the new ``reference`` (leaves ``(T, ...)``), the particle history
+    (``choices`` ``(T, N, ...)``, ``log_weights``, ``ancestors``) and ``log_z`` (log Z-hat of the
+    conditional sweep)."""
+
+    reference: Any
+    choices: Any
+    log_weights: Any
+    ancestors: Any
+    log_z: Any
+
+
+@dataclasses.dataclass(eq=False)
+class PGResult:
+    """Particle Gibbs chain: ``references`` (leaves ``(n_iter, T, ...)``) and ``log_z`` per iteration."""
+
+    references: Any
+    log_z: Any
+
+    def smoothing_mean(self, fn=None, burn_in: int = 0):
+        """Average of ``fn(reference)`` (default: the reference itself) over the chain after burn-in."""
+        refs = jax.tree_util.tree_map(lambda x: x[burn_in:], self.references)
+        vals = refs if fn is None else jax.vmap(fn)(refs)
+        return jax.tree_util.tree_map(lambda v: jnp.mean(v, axis=0), vals)
+
+
+for _cls in (CSMCResult, PGResult):
+    jax.tree_util.register_dataclass(_cls, data_fields=[f.name for f in dataclasses.fields(_cls)], meta_fields=[])
+
+
+def _ref_weight(step, key, ref_t, obs_t, carry, x_t):
+    """(trace choices, new carry, bootstrap weight) of the reference step given ``carry``."""
+    tr, w_joint = step.generate(key, ref_t | obs_t, carry, x_t)
+    _, w_lat = step.generate(key, ref_t, carry, x_t)  # log p(latents | carry): the bootstrap proposal
+    return tr.retval[0], w_joint - w_lat
+
+
+def _sweep(key, step, carry0, xs, T, obs, reference, n, ancestor_sampling):
+    log_n = jnp.log(float(n))
+    last = n - 1
+    arange = jnp.arange(n, dtype=jnp.int32)
+
+    def body(state, inp):
+        carries, lw, log_z = state
+        t, k, obs_t, x_t, ref_t = inp
+        k_res, k_as, k_prop, k_ref = jax.random.split(k, 4)
+        _, lse, _ = log_normalize(lw)
+        anc = resample_indices(k_res, lw, "multinomial")
+        if ancestor_sampling:
+            lp = jax.vmap(lambda c: step.assess(ref_t | obs_t, c, x_t)[0])(carries)
+            logits = log_normalize(lw)[0] + lp
+            logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
+            a_ref = jax.random.categorical(k_as, logits).astype(jnp.int32)
+        else:
+            a_ref = jnp.int32(last)
+        anc = anc.at[last].set(a_ref)
+        anc = jnp.where(t > 0, anc, arange)
+        log_z = jnp.where(t > 0, log_z + lse - log_n, log_z)
+        lw = jnp.where(t > 0, 0.0, lw)
+        carries = gather(carries, anc)
+        ch, new_carries, w = propagate(step, k_prop, carries, x_t, obs_t, n)
+        ch = latent_part(ch, obs_t)
+        c_last = jax.tree_util.tree_map(lambda c: c[last], carries)
+        ref_carry, w_ref = _ref_weight(step, k_ref, ref_t, obs_t, c_last, x_t)
+        ch = jax.tree_util.tree_map(lambda a, r: a.at[last].set(r), ch, ref_t)
+        new_carries = jax.tree_util.tree_map(lambda a, r: a.at[last].set(r), new_carries, ref_carry)
+        w = w.at[last].set(w_ref)
+        lw = lw + w
+        return (new_carries, lw, log_z), (ch, lw, anc)
+
+    state0 = (broadcast_carry(carry0, n), jnp.zeros(n, jnp.float32), jnp.zeros((), jnp.float32))
+    k_scan, k_pick = jax.random.split(key)
+    inputs = (jnp.arange(T), jax.random.split(k_scan, T), obs, xs, reference)
+    (_, lw, log_z), (ch, lws, anc) = jax.lax.scan(body, state0, inputs, length=T)
+    _, lse, _ = log_normalize(lw)
+    b = jax.random.categorical(k_pick, log_normalize(lw)[0]).astype(jnp.int32)
+    new_ref = _trace_back(ch, anc, b)
+    return CSMCResult(new_ref, ch, lws, anc, log_z + lse - log_n)
+
+
+def _csmc(key, model, args, observations, n_particles, reference, ancestor_sampling):
+    step, carry0, xs, T, obs = step_slices(model, args, observations, "smc.csmc")
+    return _sweep(key, step, carry0, xs, T, obs, reference, int(n_particles), ancestor_sampling)
+
+
+_csmc_staged = staged(("model", "n_particles", "ancestor_sampling"), ("args",))(_csmc)
+
+
+def csmc(key, model, args, observations, n_particles: int, reference, ancestor_sampling: bool = True) -> CSMCResult:
+    """One conditional SMC sweep around ``reference`` (latent choices stacked over time).
+
+    Returns a :class:`CSMCResult` whose ``reference`` is the next state of the particle Gibbs
+    chain. Resampling is multinomial (conditional multinomial resampling).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ppl
+        >>> from inference import smc
+        >>> @ppl.gen
+        ... def step(x, _):
+        ...     x = ppl.normal(x, 1.0) @ "x"
+        ...     ppl.normal(x, 1.0) @ "y"
+        ...     return x, None
+        >>> model, obs = ppl.scan(step, length=5), ppl.ChoiceMap({"y": jnp.ones(5)})
+        >>> ref = ppl.ChoiceMap({"x": jnp.zeros(5)})
+        >>> out = smc.csmc(jax.random.key(0), model, (0.0, None), obs, 10, ref)
+        >>> out.reference["x"].shape, out.choices["x"].shape
+        ((5,), (5, 10))
+    """
+    from ._util import as_choicemap
+
+    return _csmc_staged(
+        key, model=model, args=tuple(args), observations=as_choicemap(observations), n_particles=int(n_particles),
+        reference=as_choicemap(reference), ancestor_sampling=bool(ancestor_sampling),
+    )
+
+
+def _pg(key, model, args, observations, n_particles, n_iter, init_reference, ancestor_sampling):
+    step, carry0, xs, T, obs = step_slices(model, args, observations, "smc.particle_gibbs")
+    n = int(n_particles)
+    k0, k_chain = jax.random.split(key)
+    if init_reference is None:
+        ref0 = _sweep_init(k0, model, args, obs, n)
+    else:
+        ref0 = init_reference
+
+    def body(ref, k):
+        out = _sweep(k, step, carry0, xs, T, obs, ref, n, ancestor_sampling)
+        return out.reference, (out.reference, out.log_z)
+
+    _, (refs, lz) = jax.lax.scan(body, ref0, jax.random.split(k_chain, n_iter))
+    return PGResult(refs, lz)
+
+
+def _sweep_init(key, model, args, obs, n):
+    k1, k2 = jax.random.split(key)
+    from .filters import _filter
+
+    res = _filter(k1, model, args, obs, n, None, "systematic", 1.0, True)
+    return res.sample_trajectory(k2)
+
+
+_pg_staged = staged(("model", "n_particles", "n_iter", "ancestor_sampling"), ("args",))(_pg)
+
+
+def particle_gibbs(key, model, args, observations, n_particles: int, n_iter: int, init_reference=None,
+                   ancestor_sampling: bool = True) -> PGResult:
+    """Particle Gibbs (with ancestor sampling by default): ``n_iter`` iterated CSMC sweeps.
+
+    The initial reference is drawn from a bootstrap particle filter unless given. Returns a
+    :class:`PGResult` whose ``references`` form a Markov chain with the smoothing distribution
+    ``p(x_{1:T} | y_{1:T})`` as its stationary distribution.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ppl
+        >>> from inference import smc
+        >>> @ppl.gen
+        ... def step(x, _):
+        ...     x = ppl.normal(x, 1.0) @ "x"
+        ...     ppl.normal(x, 1.0) @ "y"
+        ...     return x, None
+        >>> obs = ppl.ChoiceMap({"y": jnp.ones(5)})
+        >>> pg = smc.particle_gibbs(jax.random.key(0), ppl.scan(step, length=5), (0.0, None), obs, 8, 20)
+        >>> pg.smoothing_mean()["x"].shape
+        (5,)
+    """
+    from ._util import as_choicemap
+
+    return _pg_staged(
+        key, model=model, args=tuple(args), observations=as_choicemap(observations), n_particles=int(n_particles),
+        n_iter=int(n_iter), init_reference=None if init_reference is None else as_choicemap(init_reference),
+        ancestor_sampling=bool(ancestor_sampling),
+    )
+
+
+def _backward(key, model, args, observations, result, n_samples):
+    step, carry0, xs, T, obs = step_slices(model, args, observations, "smc.backward_sample")
+    if jnp.shape(result.log_weights)[0] != T:
+        raise ValueError("smc.backward_sample needs a particle_filter result with history=True")
+
+    def one(k):
+        k_last, k_back = jax.random.split(k)
+        b_last = jax.random.categorical(k_last, log_normalize(result.log_weights[-1])[0]).astype(jnp.int32)
+
+        def body(b_next, inp):
+            kt, t = inp
+            ch_next = jax.tree_util.tree_map(lambda x: x[t + 1, b_next], result.choices)
+            obs_next = jax.tree_util.tree_map(lambda x: x[t + 1], obs)
+            x_next = jax.tree_util.tree_map(lambda x: x[t + 1], xs)
+            carries_t = jax.tree_util.tree_map(lambda x: x[t], result.carries)
+            lp = jax.vmap(lambda c: step.assess(ch_next | obs_next, c, x_next)[0])(carries_t)
+            logits = log_normalize(result.log_weights[t])[0] + lp
+            logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
+            b = jax.random.categorical(kt, logits).astype(jnp.int32)
+            return b, b
+
+        ts = jnp.arange(T - 1)
+        _, bs = jax.lax.scan(body, b_last, (jax.random.split(k_back, T - 1), ts), reverse=True)
+        idx = jnp.concatenate([bs, b_last[None]])
+        return jax.tree_util.tree_map(lambda x: jax.vmap(lambda xt, i: xt[i])(x, idx), result.choices)
+
+    return jax.vmap(one)(jax.random.split(key, n_samples))
+
+
+_backward_staged = staged(("model", "n_samples"), ("args",))(_backward)
+
+
+def backward_sample(key, model, args, observations, result, n_samples: int):
+    """Forward-filtering backward-simulation: ``n_samples`` smoothed trajectories (leaves ``(M, T, ...)``).
+
+    ``result`` is the :func:`~inference.smc.particle_filter` output (``history=True``) for the
+    same model, arguments and observations. Each draw is an (approximately) exact sample of
+    ``p(x_{1:T} | y_{1:T})``; unlike genealogy tracing, the draws do not collapse onto a few paths.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ppl
+        >>> from inference import smc
+        >>> @ppl.gen
+        ... def step(x, _):
+        ...     x = ppl.normal(x, 1.0) @ "x"
+        ...     ppl.normal(x, 1.0) @ "y"
+        ...     return x, None
+        >>> model, obs = ppl.scan(step, length=6), ppl.ChoiceMap({"y": jnp.ones(6)})
+        >>> res = smc.particle_filter(jax.random.key(0), model, (0.0, None), obs, 50)
+        >>> smc.backward_sample(jax.random.key(1), model, (0.0, None), obs, res, 4)["x"].shape
+        (4, 6)
+    """
+    from ._util import as_choicemap
+
+    return _backward_staged(
+        key, model=model, args=tuple(args), observations=as_choicemap(observations), result=result,
+        n_samples=int(n_samples),
+    )
