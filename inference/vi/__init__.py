@@ -4,7 +4,9 @@ An *expectation program* is a Python function ``f(key, params, *args)`` that sam
 ``ppl`` generative functions and returns a scalar. :func:`expectation` compiles it into unbiased
 estimators of ``E[f]`` and of its gradient with respect to ``params``; each sampling site picks a
 gradient strategy (:data:`reparam`, :func:`reinforce`, :data:`enum`, :data:`mvd`), set at the site
-(``estimator=``) or from outside (:func:`with_estimators`). See ``docs/vi.md``.
+(``estimator=``) or from outside (:func:`with_estimators`). Objectives (:func:`elbo`,
+:func:`iwelbo`, :func:`hvi`, :func:`iwhvi`, :func:`diwhvi`, :func:`rws`, :func:`vimco`) are
+expectation programs themselves; :func:`fit` optimizes them with optax. See ``docs/vi.md``.
 
 Example:
     >>> import jax, ppl
@@ -20,8 +22,14 @@ Example:
     True
 """
 
-from .adev import Expectation, expectation, with_estimators
+from .adev import Expectation, MapMean, expectation, map_mean, with_estimators
 from .estimators import EstimatorError, Strategy, enum, mvd, reinforce, reparam
+from .fit import FitResult, Minibatch, fit, minibatch
+from .marginal import Normalized, detached, marginal, normalize
+from .objectives import diwhvi, elbo, hvi, iwelbo, iwhvi, rws, sleep_q, vimco, wake_p, wake_q
 
-__all__ = ["expectation", "Expectation", "with_estimators", "reparam", "reinforce", "enum", "mvd",
-           "Strategy", "EstimatorError"]
+__all__ = ["expectation", "Expectation", "with_estimators", "map_mean", "MapMean",
+           "reparam", "reinforce", "enum", "mvd", "Strategy", "EstimatorError",
+           "fit", "FitResult", "minibatch", "Minibatch",
+           "marginal", "normalize", "Normalized", "detached",
+           "elbo", "iwelbo", "hvi", "iwhvi", "diwhvi", "rws", "wake_p", "wake_q", "sleep_q", "vimco"]

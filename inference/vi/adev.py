@@ -56,6 +56,7 @@ from ppl import keys as _keys
 from ppl.core import STATE, GenerativeFunction, Interceptor, current_path, intercept, pack_args, unpack_args
 from ppl.errors import ModelError, fmt_addr
 
+from .marginal import DETACH
 from .estimators import (
     Enum,
     EstimatorError,
@@ -69,7 +70,7 @@ from .estimators import (
     mvd_requests,
 )
 
-__all__ = ["expectation", "Expectation", "with_estimators"]
+__all__ = ["expectation", "Expectation", "with_estimators", "map_mean", "MapMean"]
 
 _sg = jax.lax.stop_gradient
 
@@ -207,6 +208,8 @@ class _ADEV(Interceptor):
         occ = self.counts.get(path, 0)
         self.counts[path] = occ + 1
         sid = (path, occ)
+        if DETACH.depth:
+            return _sg(gf.draw(d, key))
         strategy = self._strategy(path, gf, d)
         check_applicable(strategy, path, gf, d)
         if sid in self.forced:
@@ -367,17 +370,16 @@ class Expectation:
         return f"<expectation {self.name}>"
 
     # -- implementation ------------------------------------------------------------------------
+    def _surrogate(self, key, params, args, mode):
+        return _run(_Ctx(self.fn, self.name, key, params, tuple(args)), {}, mode)
+
     def _value(self, key, params, args):
         _check_params(params, self.name)
-        return _run(_Ctx(self.fn, self.name, key, params, tuple(args)), {}, "value")
+        return self._surrogate(key, params, args, "value")
 
     def _vg(self, key, params, args):
         _check_params(params, self.name)
-
-        def surrogate(p):
-            return _run(_Ctx(self.fn, self.name, key, p, tuple(args)), {}, "grad")
-
-        return jax.value_and_grad(surrogate)(params)
+        return jax.value_and_grad(lambda p: self._surrogate(key, params=p, args=args, mode="grad"))(params)
 
     def _value_packed(self, key, params, packed):
         return self._value(key, params, unpack_args(packed))
@@ -389,7 +391,7 @@ class Expectation:
     def estimate(self, key, params, *args):
         """An unbiased estimate of ``E[f]`` (enumerated sites are summed exactly)."""
         if _inside_program():
-            return _check_scalar(self.fn(key, params, *args), self.name)
+            return _check_scalar(self(key, params, *args), self.name)
         if _tracing():
             return self._value(key, params, args)
         return self._jit_value(key, params, pack_args(args))
@@ -408,6 +410,63 @@ class Expectation:
     def grad_estimate(self, key, params, *args):
         """An unbiased estimate of ``d/dparams E[f]`` (a pytree like ``params``)."""
         return self.value_and_grad_estimate(key, params, *args)[1]
+
+
+class MapMean(Expectation):
+    """The mean over a batch of independent copies of a per-datum expectation (see :func:`map_mean`)."""
+
+    def __init__(self, inner: Expectation, in_axes=0):
+        if not isinstance(inner, Expectation):
+            inner = Expectation(inner)
+        self.inner = inner
+        self.in_axes = in_axes
+        super().__init__(inner.fn)
+        self.name = f"map_mean({inner.name})"
+
+    def __call__(self, key, params, *args):
+        return self._mean(key, params, args, lambda k, p, a: self.inner.fn(k, p, *a))
+
+    def _axes(self, args):
+        if isinstance(self.in_axes, (tuple, list)):
+            if len(self.in_axes) != len(args):
+                raise EstimatorError(f"{self.name}: in_axes has {len(self.in_axes)} entries for {len(args)} arguments")
+            return tuple(self.in_axes)
+        return (self.in_axes,) * len(args)
+
+    def _mean(self, key, params, args, fn):
+        axes = self._axes(args)
+        sizes = {jnp.shape(leaf)[ax] for a, ax in zip(args, axes) if ax is not None
+                 for leaf in jax.tree_util.tree_leaves(a)}
+        if len(sizes) != 1:
+            raise EstimatorError(f"{self.name}: the mapped arguments need one common leading size, got {sorted(sizes)}")
+        n = sizes.pop()
+        ks = jax.random.split(_plain_key(key), n)
+        vals = jax.vmap(lambda k, *a: fn(k, params, a), in_axes=(0, *axes))(ks, *args)
+        return jnp.mean(vals)
+
+    def _surrogate(self, key, params, args, mode):
+        return self._mean(key, params, tuple(args), lambda k, p, a: self.inner._surrogate(k, p, a, mode))
+
+
+def map_mean(objective, in_axes=0) -> MapMean:
+    """Average a per-datum expectation over a batch: ``mean_i objective(key_i, params, *args_i)``.
+
+    ``in_axes`` says which arguments are mapped (leading axis; ``None`` = shared). Each datum's
+    program gets its own surrogate (so every strategy works per datum, including reinforce, enum
+    and mvd) and the gradient is taken once of their mean: no per-example gradients.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ppl
+        >>> from inference import vi
+        >>> @vi.expectation
+        ... def per_datum(key, theta, x):
+        ...     b = ppl.flip.simulate(key, jax.nn.sigmoid(theta)).retval   # reinforce by default
+        ...     return -(b - x) ** 2
+        >>> obj = vi.map_mean(per_datum, in_axes=(0,))
+        >>> obj.estimate(jax.random.key(0), 0.0, jnp.array([0.0, 1.0, 1.0])).shape
+        ()
+    """
+    return MapMean(objective, in_axes)
 
 
 def expectation(fn: Callable) -> Expectation:
