@@ -35,5 +35,10 @@ __all__ = [
 from .filters import FilterResult, genealogy, particle_filter
 from .csmc import CSMCResult, PGResult, backward_sample, csmc, particle_gibbs
 
+from .pmmh import PMMHResult, pmmh, random_walk
+from .tempered import TemperedResult, ais, power_schedule, resample_move, tempered
+
+__all__ += ["PMMHResult", "pmmh", "random_walk", "TemperedResult", "ais", "power_schedule", "resample_move",
+            "tempered"]
 __all__ += ["FilterResult", "genealogy", "particle_filter", "CSMCResult", "PGResult", "backward_sample", "csmc",
             "particle_gibbs"]

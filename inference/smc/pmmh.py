@@ -1,0 +1,129 @@
+"""Particle marginal Metropolis-Hastings (PMMH): MH over static parameters with the particle filter's
+evidence estimate in place of the likelihood (a pseudo-marginal method: the chain targets the exact
+posterior ``p(theta | y)`` because Z-hat is unbiased).
+
+The parameters are the choices of a ``prior`` generative function; ``args_fn(prior_retval)`` builds
+the state-space model's arguments ``(init_carry, xs)`` from the prior's return value. Moves are
+Gaussian random walks on the prior's continuous choices; a proposal outside the prior's support
+must have log density ``-inf`` under the prior (it is then rejected).
+
+Example:
+    >>> import jax, jax.numpy as jnp, ppl
+    >>> from inference import smc
+    >>> @ppl.gen
+    ... def step(carry, _):
+    ...     x, a = carry
+    ...     x = ppl.normal(a * x, 1.0) @ "x"
+    ...     ppl.normal(x, 1.0) @ "y"
+    ...     return (x, a), None
+    >>> @ppl.gen
+    ... def prior():
+    ...     return ppl.normal(0.5, 0.5) @ "a"
+    >>> obs = ppl.ChoiceMap({"y": jnp.sin(jnp.arange(10.0))})
+    >>> out = smc.pmmh(jax.random.key(0), prior, ppl.scan(step, length=10), lambda a: ((0.0, a), None),
+    ...                obs, n_particles=50, n_samples=30, step_size=0.2)
+    >>> out.samples["a"].shape, out.log_z.shape
+    ((30,), (30,))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ._util import as_choicemap, staged
+from .filters import _filter, check_ssm
+
+__all__ = ["PMMHResult", "pmmh", "random_walk"]
+
+
+@dataclasses.dataclass(eq=False)
+class PMMHResult:
+    """PMMH chain: ``samples`` (the prior's choices, leaves ``(n_samples, ...)``), ``accepted``
+    flags, ``log_z`` (the evidence estimate attached to each state) and ``acceptance_rate``."""
+
+    samples: Any
+    accepted: Any
+    log_z: Any
+
+    @property
+    def acceptance_rate(self):
+        return jnp.mean(self.accepted.astype(jnp.float32))
+
+
+jax.tree_util.register_dataclass(PMMHResult, data_fields=["samples", "accepted", "log_z"], meta_fields=[])
+
+
+def random_walk(key, choices, step_size):
+    """Add ``step_size * N(0, 1)`` noise to every floating-point leaf of a choice map.
+
+    Example:
+        >>> import jax, ppl
+        >>> ch = random_walk(jax.random.key(0), ppl.ChoiceMap({"a": 1.0, "n": 3}), 0.1)
+        >>> int(ch["n"]), bool(ch["a"] != 1.0)
+        (3, True)
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(choices)
+    ks = jax.random.split(key, max(len(leaves), 1))
+    out = []
+    for k, v in zip(ks, leaves):
+        v = jnp.asarray(v)
+        if jnp.issubdtype(v.dtype, jnp.floating):
+            v = v + step_size * jax.random.normal(k, v.shape, v.dtype)
+        out.append(v)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _pmmh(key, prior, model, args_fn, observations, n_particles, n_samples, step_size, init, resampling, burn_in,
+          thin):
+    check_ssm(model, "smc.pmmh")
+    k0, k1, k_chain = jax.random.split(key, 3)
+    ch0 = prior.simulate(k0).choices if init is None else init
+
+    def log_target(k, ch):
+        lp, rv = prior.assess(ch)
+        res = _filter(k, model, tuple(args_fn(rv)), observations, n_particles, None, resampling, 1.0, False)
+        lz = jnp.where(jnp.isfinite(lp), res.log_z, -jnp.inf)
+        return lp, lz
+
+    lp0, lz0 = log_target(k1, ch0)
+
+    def body(state, k):
+        ch, lp, lz = state
+        kp, kf, ku = jax.random.split(k, 3)
+        new = random_walk(kp, ch, step_size)
+        lp_new, lz_new = log_target(kf, new)
+        log_alpha = lp_new + lz_new - lp - lz
+        acc = jnp.log(jax.random.uniform(ku)) < jnp.where(jnp.isnan(log_alpha), -jnp.inf, log_alpha)
+        state = jax.tree_util.tree_map(lambda a, b: jnp.where(acc, a, b), (new, lp_new, lz_new), (ch, lp, lz))
+        return state, (state[0], acc, state[2])
+
+    n_total = burn_in + n_samples * thin
+    _, (chs, acc, lzs) = jax.lax.scan(body, (ch0, lp0, lz0), jax.random.split(k_chain, n_total))
+    keep = lambda x: x[burn_in:][thin - 1 :: thin]  # noqa: E731
+    return PMMHResult(jax.tree_util.tree_map(keep, chs), keep(acc), keep(lzs))
+
+
+_pmmh_staged = staged(("prior", "model", "args_fn", "n_particles", "n_samples", "resampling", "burn_in", "thin"))(
+    _pmmh
+)
+
+
+def pmmh(key, prior, model, args_fn, observations, n_particles: int, n_samples: int, step_size=0.1, init=None,
+         resampling: str = "systematic", burn_in: int = 0, thin: int = 1) -> PMMHResult:
+    """Particle marginal Metropolis-Hastings over the choices of ``prior`` (see the module docs).
+
+    ``args_fn(prior_retval) -> (init_carry, xs)`` builds the ``ppl.scan`` model's arguments; every
+    MH step runs a bootstrap particle filter with ``n_particles`` particles. ``step_size`` is the
+    random-walk scale (a float; it is data, so changing it does not recompile). ``init`` is an
+    optional starting ChoiceMap of the prior's choices. One ``lax.scan`` under ``jit``.
+    """
+    return _pmmh_staged(
+        key, prior=prior, model=model, args_fn=args_fn, observations=as_choicemap(observations),
+        n_particles=int(n_particles), n_samples=int(n_samples), step_size=jnp.asarray(step_size, jnp.float32),
+        init=None if init is None else as_choicemap(init), resampling=resampling, burn_in=int(burn_in),
+        thin=int(thin),
+    )
