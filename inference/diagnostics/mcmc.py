@@ -114,7 +114,8 @@ def summary(result, var_names=None, **kw):
     idata = result.to_arviz() if hasattr(result, "to_arviz") else result
     if var_names is None and hasattr(result, "choices"):
         post = _posterior_dict(result.choices)
-        var_names = [k for k, v in post.items() if np.nanstd(v.astype(float)) > 0] or None
+        var_names = [k for k, v in post.items()
+                     if v.ndim >= 2 and np.nanmax(np.nanstd(v.astype(float), axis=(0, 1)), initial=0.0) > 0] or None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return az.summary(idata, var_names=var_names, **kw)

@@ -144,6 +144,8 @@ class _Inspect(Interceptor):
 
 
 def _concrete(x):
+    if x is None:
+        return None
     try:
         return np.asarray(x)
     except Exception:
