@@ -40,5 +40,8 @@ from .tempered import TemperedResult, ais, power_schedule, resample_move, temper
 
 __all__ += ["PMMHResult", "pmmh", "random_walk", "TemperedResult", "ais", "power_schedule", "resample_move",
             "tempered"]
+from .learning import FitResult, fisher_gradient, fit_parameters, score_climbing_step
+
+__all__ += ["FitResult", "fisher_gradient", "fit_parameters", "score_climbing_step"]
 __all__ += ["FilterResult", "genealogy", "particle_filter", "CSMCResult", "PGResult", "backward_sample", "csmc",
             "particle_gibbs"]
