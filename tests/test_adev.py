@@ -260,6 +260,7 @@ def test_strategies_mix_and_nest():
     assert all(float(a[k]) == float(b[k]) for k in a)
 
 
+@pytest.mark.statistical
 def test_batched_site_enum_and_mvd():
     """Array-valued discrete sites: joint enumeration and per-element MVD."""
 
@@ -301,6 +302,7 @@ def test_batched_site_enum_and_mvd():
 
 
 # ------------------------------------------------------------------------ variance ordering
+@pytest.mark.statistical
 def test_variance_ordering():
     var = lambda g: {k: float(jnp.var(v)) for k, v in g.items()}
     rep = var(estimates(gauss_elbo(vi.reparam), GP, n=4000))
