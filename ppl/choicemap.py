@@ -66,8 +66,10 @@ def _external_addr(path: tuple):
 
 def concrete_bool(flag):
     """Return True/False if ``flag`` is concretely all-true/all-false, else None (traced or mixed)."""
-    if isinstance(flag, jax.core.Tracer):
+    if isinstance(flag, (jax.core.Tracer, jax.ShapeDtypeStruct)):
         return None
+    if flag is True or flag is False:
+        return flag
     arr = np.asarray(flag)
     if arr.all():
         return True

@@ -416,7 +416,7 @@ def _merge_masked(parts) -> ChoiceMap:
     for flag, chm in parts:
         for path, v in _mask_tree(chm, flag).leaves():
             leaves.setdefault(path, []).append(v)
-    out = ChoiceMap.empty()
+    merged = []
     for path, vs in leaves.items():
         if len(vs) == 1:
             v = vs[0]
@@ -434,8 +434,35 @@ def _merge_masked(parts) -> ChoiceMap:
             v = Masked(value, flag)
         if isinstance(v, Masked) and concrete_bool(v.flag) is True:
             v = v.value
-        out = out | ChoiceMap._nest(path, ChoiceMap.value(v)) if path else ChoiceMap.value(v)
-    return out
+        merged.append((path, v))
+    return _from_leaves(merged)
+
+
+def _from_leaves(items) -> ChoiceMap:
+    """Build a choice map from ``(path, leaf)`` pairs in one pass (linear in the number of leaves)."""
+    root = [_NO_VALUE, {}]
+    for path, v in items:
+        node = root
+        for i, part in enumerate(path):
+            if node[0] is not _NO_VALUE:
+                raise _conflict(path[:i])
+            node = node[1].setdefault(part, [_NO_VALUE, {}])
+        if node[0] is not _NO_VALUE or node[1]:
+            raise _conflict(path)
+        node[0] = v
+
+    def make(node):
+        return ChoiceMap._make(node[0], {k: make(c) for k, c in node[1].items()})
+
+    return make(root)
+
+
+def _conflict(path):
+    return ModelError(
+        f"address {fmt_addr(current_path() + tuple(path))} is a distribution site in one branch and "
+        "holds nested choices in another branch of a ppl.cond/ppl.switch/ppl.mix; give the branches' "
+        "choices distinct addresses."
+    )
 
 
 def _paths_selection(chm_struct: ChoiceMap):
@@ -618,7 +645,7 @@ class SwitchGF(GenerativeFunction):
 def _expand_discard(old: ChoiceMap, d: ChoiceMap) -> ChoiceMap:
     """Give discard ``d`` the structure of ``old`` (addresses absent from ``d`` masked out)."""
     dl = dict(d.leaves())
-    out = ChoiceMap.empty()
+    out = []
     for path, v in old.leaves():
         if path in dl:
             dv = dl[path]
@@ -626,17 +653,13 @@ def _expand_discard(old: ChoiceMap, d: ChoiceMap) -> ChoiceMap:
         else:
             base = v.value if isinstance(v, Masked) else v
             m = Masked(base, jnp.zeros(jnp.shape(v.flag) if isinstance(v, Masked) else (), bool))
-        out = out | (ChoiceMap._nest(path, ChoiceMap.value(m)) if path else ChoiceMap.value(m))
-    return out
+        out.append((path, m))
+    return _from_leaves(out)
 
 
 def _drop_absent(chm: ChoiceMap) -> ChoiceMap:
-    out = ChoiceMap.empty()
-    for path, v in chm.leaves():
-        if isinstance(v, Masked) and concrete_bool(v.flag) is False:
-            continue
-        out = out | (ChoiceMap._nest(path, ChoiceMap.value(v)) if path else ChoiceMap.value(v))
-    return out
+    return _from_leaves([(p, v) for p, v in chm.leaves()
+                         if not (isinstance(v, Masked) and concrete_bool(v.flag) is False)])
 
 
 class _BranchCall:

@@ -266,7 +266,7 @@ class GenFn(GenerativeFunction):
         return self._make_trace(args, retval, h), w, ChoiceMap.from_children(discard)
 
     def _check_trace(self, trace, method):
-        if not isinstance(trace, GenTrace) or trace.gf is not self:
+        if not isinstance(trace, GenTrace) or trace.gf != self:
             owner = getattr(getattr(trace, "gf", None), "name", type(trace).__name__)
             raise ModelError(
                 f"{self.name}.{method} at {fmt_addr(current_path())}: got a trace of {owner}, not "
@@ -280,8 +280,61 @@ class GenFn(GenerativeFunction):
             )
         return Invocation(self, args)
 
+    # Two @gen functions are equal when they run the same code with the same captured objects,
+    # so a helper model defined inside another model's body (a new object at every execution)
+    # keeps traces' static structure stable across executions (jit caches, lax.switch/scan).
+    def _identity(self):
+        fn = self.fn
+        code = getattr(fn, "__code__", None)
+        if code is None:
+            return (fn,)
+        cells = tuple(c.cell_contents if _cell_filled(c) else _EMPTY for c in (fn.__closure__ or ()))
+        return (code, fn.__defaults__, cells)
+
+    def __eq__(self, other):
+        if self is other:
+            return True
+        if not isinstance(other, GenFn):
+            return NotImplemented
+        a, b = self._identity(), other._identity()
+        if len(a) != len(b) or a[0] is not b[0]:
+            return False
+        if len(a) == 1:
+            return False
+        return _same_objects(a[1] or (), b[1] or ()) and _same_objects(a[2], b[2])
+
+    def __hash__(self):
+        return hash(getattr(self.fn, "__code__", self.fn))
+
     def __repr__(self):
         return f"<@gen {self.name}>"
+
+
+_EMPTY = object()
+
+
+def _cell_filled(cell):
+    try:
+        cell.cell_contents
+        return True
+    except ValueError:
+        return False
+
+
+def _same_objects(xs, ys) -> bool:
+    if len(xs) != len(ys):
+        return False
+    for x, y in zip(xs, ys):
+        if x is y:
+            continue
+        if isinstance(x, GenerativeFunction) and isinstance(y, GenerativeFunction):
+            if x != y:
+                return False
+            continue
+        if type(x) is type(y) and isinstance(x, (int, float, str, bool, bytes, type(None))) and x == y:
+            continue
+        return False
+    return True
 
 
 def gen(fn: Callable) -> GenFn:
