@@ -33,7 +33,7 @@ from __future__ import annotations
 import jax
 
 from .smc import steps as _steps
-from .smc._util import pack_args, unpack_args
+from .smc._util import staged
 from .smc.particles import ParticleCollection
 from .smc.resampling import resample_indices
 
@@ -41,10 +41,10 @@ __all__ = ["sample", "sir", "log_marginal_likelihood", "ParticleCollection"]
 
 
 def _sample(key, model, args, observations, n_particles, proposal, proposal_args):
-    return _steps.init(key, model, unpack_args(args), observations, n_particles, proposal, unpack_args(proposal_args))
+    return _steps.init(key, model, args, observations, n_particles, proposal, proposal_args)
 
 
-_sample_jit = jax.jit(_sample, static_argnames=("model", "n_particles", "proposal"))
+_sample_staged = staged(("model", "n_particles", "proposal"), ("args", "proposal_args"))(_sample)
 
 
 def sample(key, model, args, observations, n_particles: int = 1000, proposal=None, proposal_args=()):
@@ -61,9 +61,9 @@ def sample(key, model, args, observations, n_particles: int = 1000, proposal=Non
     """
     from .smc._util import as_choicemap
 
-    return _sample_jit(
-        key, model, pack_args(tuple(args)), as_choicemap(observations), int(n_particles), proposal,
-        pack_args(tuple(proposal_args)),
+    return _sample_staged(
+        key, model=model, args=tuple(args), observations=as_choicemap(observations), n_particles=int(n_particles),
+        proposal=proposal, proposal_args=tuple(proposal_args),
     )
 
 

@@ -41,12 +41,14 @@ def staged(static_argnames: tuple, packed_argnames: tuple = ()):
         def inner(*a, _debug=False, **kw):
             old = STATE.debug
             STATE.debug = _debug
+            STATE.stage_depth += 1  # GFI calls inside trace inline (no nested jit per call)
             try:
                 for name in packed_argnames:
                     kw[name] = unpack_args(kw[name])
                 return fn(*a, **kw)
             finally:
                 STATE.debug = old
+                STATE.stage_depth -= 1
 
         jitted = jax.jit(inner, static_argnames=tuple(static_argnames) + ("_debug",))
 

@@ -40,8 +40,7 @@ from ppl.errors import ModelError, ShapeError
 
 from ._util import as_choicemap, check_alive, pack_args, staged, unpack_args
 from .particles import gather
-from .resampling import ess as _ess
-from .resampling import log_normalize, resample_indices
+from .resampling import ess_from_normalized, indices_from_normalized, log_normalize, resample_indices
 
 __all__ = ["FilterResult", "particle_filter", "check_ssm", "step_slices", "genealogy"]
 
@@ -219,29 +218,30 @@ def _filter(key, model, args, observations, n_particles, proposal, resampling, e
     arange = jnp.arange(n, dtype=jnp.int32)
 
     def body(state, inp):
-        carries, lw, log_z, dead, _ = state
+        carries, lw, lwn, lse, now_dead, log_z, dead, last = state
         t, k, obs_t, x_t = inp
         k_res, k_prop = jax.random.split(k)
-        _, lse, now_dead = log_normalize(lw)
-        need = t > 0 if always else (t > 0) & (_ess(lw) < ess_threshold * n)
+        need = t > 0 if always else (t > 0) & (ess_from_normalized(lwn, now_dead) < ess_threshold * n)
         if always:
-            anc = jnp.where(need, resample_indices(k_res, lw, resampling), arange)
+            anc = jnp.where(need, indices_from_normalized(k_res, lwn, now_dead, resampling), arange)
         else:
-            anc = jax.lax.cond(need, lambda: resample_indices(k_res, lw, resampling), lambda: arange)
+            anc = jax.lax.cond(need, lambda: indices_from_normalized(k_res, lwn, now_dead, resampling), lambda: arange)
         carries = gather(carries, anc)
         log_z = jnp.where(need, log_z + lse - log_n, log_z)
         dead = dead | (need & now_dead)
         lw = jnp.where(need, 0.0, lw)
         ch, carries, w = propagate(step, k_prop, carries, x_t, obs_t, n, proposal)
         lw = lw + w
-        _, lse_now, dead_now = log_normalize(lw)
+        lwn, lse, now_dead = log_normalize(lw)
         ch = latent_part(ch, obs_t)
         hist = (ch, lw, anc, carries) if history else ()
-        out = (hist, _ess(lw), need, log_z + lse_now - log_n)
-        return (carries, lw, log_z, dead | dead_now, (ch, anc) if not history else ()), out
+        out = (hist, ess_from_normalized(lwn, now_dead), need, log_z + lse - log_n)
+        new_state = (carries, lw, lwn, lse, now_dead, log_z, dead | now_dead, (ch, anc) if not history else ())
+        return new_state, out
 
     carries0 = broadcast_carry(carry0, n)
-    state0 = (carries0, jnp.zeros(n, jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros((), bool))
+    lw0 = jnp.zeros(n, jnp.float32)
+    state0 = (carries0, lw0) + tuple(log_normalize(lw0)) + (jnp.zeros((), jnp.float32), jnp.zeros((), bool))
     inputs = (jnp.arange(T), jax.random.split(key, T), obs, xs)
     if not history:  # carry the last step's particles instead of stacking every step
         sl = jax.tree_util.tree_map(lambda x: x[0], (obs, xs))
@@ -250,7 +250,8 @@ def _filter(key, model, args, observations, n_particles, proposal, resampling, e
                             jnp.arange(n, dtype=jnp.int32)),)
     else:
         state0 = state0 + ((),)
-    (carries, lw, log_z, dead, last), (hist, ess, resampled, lz_steps) = jax.lax.scan(body, state0, inputs, length=T)
+    (carries, lw, _, _, _, log_z, dead, last), (hist, ess, resampled, lz_steps) = jax.lax.scan(
+        body, state0, inputs, length=T)
     if history:
         ch, lws, anc, cs = hist
     else:

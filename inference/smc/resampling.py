@@ -100,6 +100,11 @@ def resample_indices(key, log_weights, scheme: str = "systematic", n_out: int | 
 @jax.jit(static_argnames=("scheme", "n_out"))
 def _resample_jit(key, log_weights, scheme, n_out):
     lw, _, dead = log_normalize(log_weights)
+    return indices_from_normalized(key, lw, dead, scheme, n_out)
+
+
+def indices_from_normalized(key, lw, dead, scheme, n_out=None):
+    """:func:`resample_indices` from already normalized log weights and the ``dead`` flag."""
     n = lw.shape[0]
     m = n if n_out is None else int(n_out)
     w = jnp.exp(lw)
@@ -113,8 +118,15 @@ def _resample_jit(key, log_weights, scheme, n_out):
         else:  # systematic
             u = (jnp.arange(m) + jax.random.uniform(key, ())) / m
         idx = _invert(jnp.cumsum(w), u, w)
-    identity = jnp.arange(m, dtype=jnp.int32) % n
+    identity = jnp.arange(m, dtype=jnp.int32)
+    if m != n:
+        identity = identity % n
     return jnp.where(dead, identity, idx)
+
+
+def ess_from_normalized(lw, dead):
+    """:func:`ess` from already normalized log weights and the ``dead`` flag."""
+    return jnp.where(dead, 0.0, jnp.exp(-jax.nn.logsumexp(2.0 * lw, axis=-1)))
 
 
 def _residual(key, w, m):
