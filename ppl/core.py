@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import threading
 import zlib
 from typing import Any
@@ -344,6 +345,17 @@ def raise_from_callback(err: ModelError):
     with _CALLBACK_LOCK:
         _CALLBACK_ERRORS.append(err)
     raise err
+
+
+class _QuietModelErrors(logging.Filter):
+    """Keep JAX from logging a traceback for ppl's own debug-mode errors (they are re-raised)."""
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, ModelError)
+
+
+logging.getLogger("jax._src.debugging").addFilter(_QuietModelErrors())
 
 
 def pop_callback_error():

@@ -1,0 +1,233 @@
+"""Modeling-core benchmarks: GFI overhead vs hand-written JAX, and first-call (trace + compile) time.
+
+1. Steady state: jitted ``simulate``, ``assess`` and ``generate`` of a linear regression (1,000
+   observations) and of an HMM written with ``ppl.scan`` (200 steps), against the same computation
+   written by hand in JAX with numpyro densities. Candidates are timed interleaved in one process
+   (see ``harness.time_interleaved``); the table reports ratios ppl / hand-written.
+2. First call: trace + compile + run of ``simulate``, ``generate`` and ``update`` for models with
+   10, 100 and 1,000 scalar sites created in a Python loop.
+
+Run: ``python -m benchmarks.bench_core`` (writes ``benchmarks/results/bench_core.{md,json}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as nd
+
+import ppl
+from ppl import ChoiceMap, gen, select
+
+from .harness import block, time_first_call, time_interleaved, write_results
+
+# ------------------------------------------------------------------------------ regression
+N_OBS = 1000
+XS = jnp.linspace(-3.0, 3.0, N_OBS)
+
+
+@gen
+def regression(xs):
+    slope = ppl.normal(0.0, 1.0) @ "slope"
+    intercept = ppl.normal(0.0, 2.0) @ "intercept"
+    noise = ppl.gamma(2.0, 2.0) @ "noise"
+    return ppl.normal(slope * xs + intercept, noise) @ "ys"
+
+
+def hand_reg_simulate(key, xs):
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    d_s, d_i, d_n = nd.Normal(0.0, 1.0), nd.Normal(0.0, 2.0), nd.Gamma(2.0, 2.0)
+    s, i, n = d_s.sample(k1), d_i.sample(k2), d_n.sample(k3)
+    d_y = nd.Normal(s * xs + i, n)
+    ys = d_y.sample(k4)
+    score = d_s.log_prob(s) + d_i.log_prob(i) + d_n.log_prob(n) + d_y.log_prob(ys).sum()
+    return {"slope": s, "intercept": i, "noise": n, "ys": ys}, score
+
+
+def hand_reg_logp(s, i, n, ys, xs):
+    return (nd.Normal(0.0, 1.0).log_prob(s) + nd.Normal(0.0, 2.0).log_prob(i) + nd.Gamma(2.0, 2.0).log_prob(n)
+            + nd.Normal(s * xs + i, n).log_prob(ys).sum())
+
+
+def hand_reg_assess(ch, xs):
+    return hand_reg_logp(ch["slope"], ch["intercept"], ch["noise"], ch["ys"], xs)
+
+
+def hand_reg_generate(key, ys, xs):
+    k1, k2, k3 = jax.random.split(key, 3)
+    s = nd.Normal(0.0, 1.0).sample(k1)
+    i = nd.Normal(0.0, 2.0).sample(k2)
+    n = nd.Gamma(2.0, 2.0).sample(k3)
+    lik = nd.Normal(s * xs + i, n).log_prob(ys).sum()
+    score = nd.Normal(0.0, 1.0).log_prob(s) + nd.Normal(0.0, 2.0).log_prob(i) + nd.Gamma(2.0, 2.0).log_prob(n) + lik
+    return {"slope": s, "intercept": i, "noise": n, "ys": ys}, score, lik
+
+
+# ------------------------------------------------------------------------------ HMM
+T = 200
+LOG_TRANS = jnp.log(jnp.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.05, 0.15, 0.8]]))
+MEANS = jnp.array([-2.0, 0.0, 2.0])
+
+
+@gen
+def hmm_step(z, _):
+    z = ppl.categorical(logits=LOG_TRANS[z]) @ "z"
+    ppl.normal(MEANS[z], 0.7) @ "y"
+    return z, None
+
+
+HMM = ppl.scan(hmm_step, length=T)
+
+
+def hand_hmm_simulate(key, z0):
+    def step(z, k):
+        k1, k2 = jax.random.split(k)
+        dz = nd.Categorical(logits=LOG_TRANS[z])
+        z2 = dz.sample(k1)
+        dy = nd.Normal(MEANS[z2], 0.7)
+        y = dy.sample(k2)
+        return z2, (z2, y, dz.log_prob(z2) + dy.log_prob(y))
+
+    _, (zs, ys, lps) = jax.lax.scan(step, z0, jax.random.split(key, T))
+    return {"z": zs, "y": ys}, lps.sum()
+
+
+def hand_hmm_assess(ch, z0):
+    def step(z, zy):
+        z2, y = zy
+        return z2, nd.Categorical(logits=LOG_TRANS[z]).log_prob(z2) + nd.Normal(MEANS[z2], 0.7).log_prob(y)
+
+    _, lps = jax.lax.scan(step, z0, (ch["z"], ch["y"]))
+    return lps.sum()
+
+
+def hand_hmm_generate(key, ys, z0):
+    def step(z, ky):
+        k, y = ky
+        dz = nd.Categorical(logits=LOG_TRANS[z])
+        z2 = dz.sample(k)
+        ly = nd.Normal(MEANS[z2], 0.7).log_prob(y)
+        return z2, (z2, dz.log_prob(z2) + ly, ly)
+
+    _, (zs, lps, lys) = jax.lax.scan(step, z0, (jax.random.split(key, T), ys))
+    return {"z": zs, "y": ys}, lps.sum(), lys.sum()
+
+
+# ------------------------------------------------------------------------------ steady state
+def steady_state(n_rounds: int, n_inner: int) -> list[dict]:
+    key = jax.random.key(0)
+    rows = []
+    z0 = jnp.asarray(0)
+
+    reg_tr = regression.simulate(key, XS)
+    reg_ch = reg_tr.choices
+    reg_dict = {a: reg_ch[a] for a in ("slope", "intercept", "noise", "ys")}
+    reg_obs = ChoiceMap({"ys": reg_ch["ys"]})
+    hmm_tr = HMM.simulate(key, z0, None)
+    hmm_ch = hmm_tr.choices
+    hmm_dict = {"z": hmm_ch["z"], "y": hmm_ch["y"]}
+    hmm_obs = ChoiceMap({"y": hmm_ch["y"]})
+
+    cases = {
+        ("regression", "simulate"): (jax.jit(lambda k, xs: regression.simulate(k, xs)), (key, XS),
+                                     jax.jit(hand_reg_simulate), (key, XS)),
+        ("regression", "assess"): (jax.jit(lambda ch, xs: regression.assess(ch, xs)[0]), (reg_ch, XS),
+                                   jax.jit(hand_reg_assess), (reg_dict, XS)),
+        ("regression", "generate"): (jax.jit(lambda k, o, xs: regression.generate(k, o, xs)), (key, reg_obs, XS),
+                                     jax.jit(hand_reg_generate), (key, reg_ch["ys"], XS)),
+        ("hmm", "simulate"): (jax.jit(lambda k, z: HMM.simulate(k, z, None)), (key, z0),
+                              jax.jit(hand_hmm_simulate), (key, z0)),
+        ("hmm", "assess"): (jax.jit(lambda ch, z: HMM.assess(ch, z, None)[0]), (hmm_ch, z0),
+                            jax.jit(hand_hmm_assess), (hmm_dict, z0)),
+        ("hmm", "generate"): (jax.jit(lambda k, o, z: HMM.generate(k, o, z, None)), (key, hmm_obs, z0),
+                              jax.jit(hand_hmm_generate), (key, hmm_ch["y"], z0)),
+    }
+    fns = {}
+    for (model, method), (f_ppl, a_ppl, f_hand, a_hand) in cases.items():
+        fns[(model, method, "ppl")] = (lambda f=f_ppl, a=a_ppl: f(*a))
+        fns[(model, method, "hand")] = (lambda f=f_hand, a=a_hand: f(*a))
+    times = time_interleaved(fns, n_rounds=n_rounds, n_inner=n_inner)
+    for model, method in cases:
+        tp, th = times[(model, method, "ppl")], times[(model, method, "hand")]
+        rows.append({"benchmark": f"{model}.{method}", "ppl_us": tp * 1e6, "hand_us": th * 1e6,
+                     "ratio": tp / th})
+    return rows
+
+
+# ------------------------------------------------------------------------------ first call
+def chain_model(n: int):
+    @gen
+    def many():
+        x = jnp.zeros(())
+        for i in range(n):
+            x = ppl.normal(0.9 * x, 1.0) @ f"x{i}"
+        return x
+
+    return many
+
+
+def first_call(sizes) -> list[dict]:
+    rows = []
+    key = jax.random.key(0)
+    for n in sizes:
+        row = {"sites": n}
+
+        def make_sim(n=n):
+            m = chain_model(n)
+            return lambda: m.simulate(key)
+
+        def make_gen(n=n):
+            m = chain_model(n)
+            obs = ChoiceMap({f"x{i}": 0.1 for i in range(0, n, 2)})
+            return lambda: m.generate(key, obs)
+
+        def make_upd(n=n):
+            m = chain_model(n)
+            with jax.ensure_compile_time_eval():
+                pass
+            tr = m.simulate(key)
+            block(tr)
+            jax.clear_caches()
+            obs = ChoiceMap({"x0": 0.5})
+            return lambda: m.update(key, tr, obs)
+
+        for name, make in (("simulate_s", make_sim), ("generate_s", make_gen), ("update_s", make_upd)):
+            row[name] = _first_call_after_setup(make)
+        rows.append(row)
+    return rows
+
+
+def _first_call_after_setup(make) -> float:
+    """Like ``harness.time_first_call`` but lets ``make`` run (and compile) setup work first."""
+    jax.clear_caches()
+    f = make()
+    t0 = time.perf_counter()
+    block(f())
+    return time.perf_counter() - t0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer rounds and sizes (smoke run)")
+    args = p.parse_args(argv)
+    n_rounds, n_inner = (5, 5) if args.quick else (40, 20)
+    sizes = (10, 100) if args.quick else (10, 100, 1000)
+    rows = steady_state(n_rounds, n_inner)
+    notes = (
+        "Steady state: median seconds per call of jitted functions, ppl vs hand-written JAX with numpyro "
+        f"densities, timed interleaved ({n_rounds} rounds x {n_inner} calls). Regression: {N_OBS} "
+        f"observations; HMM: ppl.scan over {T} steps, 3 states. Target ratio <= 1.05."
+    )
+    write_results("bench_core", rows, notes)
+    fc = first_call(sizes)
+    write_results("bench_core_first_call", fc, "First call (trace + compile + run, caches cleared) of the "
+                  "public GFI methods of a chain model x_i ~ normal(0.9 x_{i-1}, 1) with n scalar sites "
+                  "created in a Python loop. Target: 1000 sites < 10 s.")
+    _ = time_first_call  # the harness helper is used by other benchmarks; setup here needs a variant
+
+
+if __name__ == "__main__":
+    main()
