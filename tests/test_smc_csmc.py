@@ -22,7 +22,7 @@ ARGS = lg_args(A, Q, R)
 SM, SV = rts_smoother(YS, A, Q, R)
 
 
-@pytest.mark.parametrize("ancestor_sampling", [True, False])
+@pytest.mark.parametrize("ancestor_sampling", [True, pytest.param(False, marks=pytest.mark.statistical)])
 def test_particle_gibbs_smoothing_means_match_kalman(ancestor_sampling):
     n_iter = 3000 if FULL else 800
     n = 15 if ancestor_sampling else 40

@@ -136,9 +136,9 @@ def test_all_particles_dead_is_a_flag_not_nan():
 
 
 def test_genealogy_and_trajectories():
-    res = smc.particle_filter(jax.random.key(13), MODEL, ARGS, OBS, 200)
+    res = smc.particle_filter(jax.random.key(13), MODEL, ARGS, OBS, 128)
     paths = res.trajectories()
-    assert paths["x"].shape == (200, T)
+    assert paths["x"].shape == (128, T)
     # the last column of every path is the final particle itself
     np.testing.assert_array_equal(np.asarray(paths["x"][:, -1]), np.asarray(res.choices["x"][-1]))
     traj = res.sample_trajectory(jax.random.key(14))

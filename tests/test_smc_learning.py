@@ -40,6 +40,7 @@ def test_learning_converges_to_kalman_mle(method, n, steps):
     assert fit.history["a"].shape == (steps,) and np.all(np.isfinite(np.asarray(fit.log_z)))
 
 
+@pytest.mark.statistical
 def test_fisher_gradient_matches_kalman_gradient():
     """At a point away from the MLE, the Fisher-identity gradient (backward smoother) has the sign and
     size of the exact gradient of the Kalman log likelihood."""

@@ -93,6 +93,7 @@ def rw_mu(key, tr):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(acc, a, b), new, tr), acc
 
 
+@pytest.mark.statistical
 def test_resample_move_conjugate():
     m, v, lz = exact(YS[:4])
     obs = [ppl.ChoiceMap({f"y{i}": jnp.float32(YS[i])}) for i in range(4)]

@@ -94,10 +94,7 @@ class FilterResult:
             >>> res.filtered_mean(lambda ch: ch["x"]).shape
             (5,)
         """
-        fn = (lambda ch: ch) if fn is None else fn
-        w = jnp.exp(log_normalize(self.log_weights)[0])  # (T, N)
-        vals = jax.vmap(jax.vmap(fn))(self.choices)
-        return jax.tree_util.tree_map(lambda v: jnp.einsum("tn,tn...->t...", w, v.astype(w.dtype)), vals)
+        return _filtered_mean(_identity if fn is None else fn, self.log_weights, self.choices)
 
     @jax.jit
     def trajectories(self):
@@ -108,6 +105,7 @@ class FilterResult:
         """
         return genealogy(self.choices, self.ancestors)
 
+    @jax.jit
     def sample_trajectory(self, key):
         """One trajectory (leaves ``(T, ...)``) drawn by the final weights through the genealogy."""
         b = resample_indices(key, self.log_weights[-1], "multinomial", n_out=1)[0]
@@ -119,6 +117,17 @@ jax.tree_util.register_dataclass(
     data_fields=[f.name for f in dataclasses.fields(FilterResult)],
     meta_fields=[],
 )
+
+
+def _identity(x):
+    return x
+
+
+@jax.jit(static_argnums=(0,))
+def _filtered_mean(fn, log_weights, choices):
+    w = jnp.exp(log_normalize(log_weights)[0])  # (T, N)
+    vals = jax.vmap(jax.vmap(fn))(choices)
+    return jax.tree_util.tree_map(lambda v: jnp.einsum("tn,tn...->t...", w, v.astype(w.dtype)), vals)
 
 
 def _trace_back_indices(ancestors, final_idx):

@@ -47,6 +47,32 @@ def n_particles(log_weights) -> int:
     return int(jnp.shape(log_weights)[0])
 
 
+_ess_jit = jax.jit(_ess)
+
+
+@jax.jit
+def _lml(log_weights, log_z):
+    _, lse, _ = log_normalize(log_weights)
+    return log_z + lse - jnp.log(float(log_weights.shape[0]))
+
+
+@jax.jit
+def _weights(log_weights):
+    return jnp.exp(log_normalize(log_weights)[0])
+
+
+@jax.jit
+def _any_dead(log_weights, dead):
+    return jnp.logical_or(dead, log_normalize(log_weights)[2])
+
+
+@jax.jit(static_argnums=(0,))
+def _expectation(fn, log_weights, traces):
+    w = jnp.exp(log_normalize(log_weights)[0])
+    vals = jax.vmap(fn)(traces)
+    return jax.tree_util.tree_map(lambda v: jnp.tensordot(w, v.astype(w.dtype), axes=1), vals)
+
+
 @dataclasses.dataclass(eq=False)
 class ParticleCollection:
     """Weighted particles: ``traces`` (vectorized), ``log_weights`` (N,), ``log_z``, ``dead``."""
@@ -68,20 +94,19 @@ class ParticleCollection:
 
     def log_marginal_likelihood(self):
         """log Z-hat: ``log_z + logsumexp(log_weights) - log N`` (``-inf`` if all died)."""
-        _, lse, _ = log_normalize(self.log_weights)
-        return self.log_z + lse - jnp.log(float(self.n_particles))
+        return _lml(self.log_weights, self.log_z)
 
     def ess(self):
         """Effective sample size of the current weights (0 if every particle is dead)."""
-        return _ess(self.log_weights)
+        return _ess_jit(self.log_weights)
 
     def normalized_weights(self):
         """Normalized weights (uniform if every particle is dead; never NaN)."""
-        return jnp.exp(log_normalize(self.log_weights)[0])
+        return _weights(self.log_weights)
 
     def all_dead(self):
         """Whether every particle has weight zero now or had at a past resampling step."""
-        return jnp.logical_or(self.dead, log_normalize(self.log_weights)[2])
+        return _any_dead(self.log_weights, self.dead)
 
     def resample(self, key, scheme: str = "systematic"):
         """Resample by ``scheme``; the new weights are equal and log Z-hat is unchanged."""
@@ -99,9 +124,7 @@ class ParticleCollection:
             >>> float(ps.expectation(lambda tr: tr.retval ** 2)) > 0.5
             True
         """
-        w = self.normalized_weights()
-        vals = jax.vmap(fn)(self.traces)
-        return jax.tree_util.tree_map(lambda v: jnp.tensordot(w, v.astype(w.dtype), axes=1), vals)
+        return _expectation(fn, self.log_weights, self.traces)
 
     def sample(self, key, n: int | None = None, scheme: str = "multinomial"):
         """``n`` traces drawn according to the weights (sampling importance resampling)."""
