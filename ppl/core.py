@@ -77,6 +77,7 @@ class _State(threading.local):
         self.stage_depth = 0  # > 0 while inside a staged (jitted) GFI call
         self.interceptors: list = []
         self.debug = False
+        self.gfi_depth = 0  # nesting depth of GFI calls while an interceptor is active
 
 
 STATE = _State()
@@ -157,6 +158,11 @@ class Interceptor:
     def observe(self, path, gf, d, value, old_value):
         """Return ``(value_for_trace, extra_log_weight, discard_value)``."""
         return value, 0.0, old_value
+
+    def returned(self, gf, method, out):
+        """Called with the result of every outermost GFI call made while the interceptor is active
+        (e.g. ``guide.simulate(...)`` in a program); returns the result to hand back."""
+        return out
 
 
 @contextlib.contextmanager
@@ -454,7 +460,19 @@ class GenerativeFunction:
     def _run(self, method, all_args):
         if _stage_enabled():
             return _staged_call(self, method, all_args)
-        return getattr(self, "_" + method)(*all_args)
+        if not STATE.interceptors:
+            return getattr(self, "_" + method)(*all_args)
+        STATE.gfi_depth += 1
+        try:
+            out = getattr(self, "_" + method)(*all_args)
+        finally:
+            STATE.gfi_depth -= 1
+        if STATE.gfi_depth == 0:
+            for icpt in reversed(STATE.interceptors):
+                hook = getattr(icpt, "returned", None)
+                if hook is not None:
+                    out = hook(self, method, out)
+        return out
 
     def simulate(self, key, *args) -> Trace:
         """Sample all choices from the prior: returns a :class:`Trace`."""

@@ -362,17 +362,87 @@ def test_error_non_scalar():
         f_vec.estimate(jax.random.key(0), 0.0)
 
 
-def test_error_nested_reinforce_names_site_and_alternative():
+def test_error_nested_enum_names_site_and_alternative():
+    @ppl.gen
+    def guide(t):
+        return ppl.flip(t, estimator=vi.enum) @ "coin"
+
+    @vi.expectation
+    def f(key, t):
+        return jnp.sum(guide.repeat(4).simulate(key, t).retval * 1.0)
+
+    with pytest.raises(ppl.ModelError, match="'coin'.*vi.reinforce"):
+        f.grad_estimate(jax.random.key(0), 0.3)
+
+
+def test_error_reinforce_inside_user_jax_vmap():
     @ppl.gen
     def guide(t):
         return ppl.flip(t) @ "coin"
 
     @vi.expectation
     def f(key, t):
-        return jnp.sum(guide.repeat(4).simulate(key, t).retval * 1.0)
+        bs = jax.vmap(lambda k: guide.simulate(k, t).retval)(jax.random.split(key, 3))
+        return jnp.sum(bs * 1.0)
 
-    with pytest.raises(ppl.ModelError, match="'coin'.*(reparam|Python loop)"):
+    with pytest.raises(ppl.ModelError, match="'coin'.*repeat"):
         f.grad_estimate(jax.random.key(0), 0.3)
+
+
+@ppl.gen
+def _one(t):
+    b = ppl.flip(jax.nn.sigmoid(t)) @ "coin"
+    return ppl.normal(2.0 * b, 1.0) @ "z"
+
+
+@ppl.gen
+def _step(c, t):
+    b = ppl.flip(jax.nn.sigmoid(t + c)) @ "coin"  # depends on the carry: earlier draws
+    return c + 0.5 * b, b
+
+
+@ppl.gen
+def _left(t):
+    return ppl.flip(jax.nn.sigmoid(t)) @ "x"
+
+
+@ppl.gen
+def _right(t):
+    return ppl.flip(jax.nn.sigmoid(-t)) @ "x"
+
+
+@ppl.gen
+def _branchy(t):
+    c = ppl.flip(0.5) @ "c"
+    return ppl.cond(c, _left, _right)(t) @ "br"
+
+
+def test_reinforce_inside_repeat_scan_cond_unbiased():
+    """Score-function sites inside ppl.repeat, ppl.scan (depending on earlier draws) and
+    ppl.cond: their score terms come from the returned traces."""
+    import itertools
+
+    @vi.expectation
+    def f(key, t):
+        k1, k2, k3 = jax.random.split(key, 3)
+        zs = _one.repeat(3).simulate(k1, t).retval
+        c, _ = ppl.scan(_step, length=3).simulate(k2, 0.0, jnp.full(3, t)).retval
+        x = _branchy.simulate(k3, t).retval
+        return jnp.sum(zs**2) + 3.0 * c + 2.0 * x
+
+    def exact(t):
+        p = jax.nn.sigmoid(t)
+        total = 3 * (5 * p + (1 - p)) + 2.0 * (0.5 * p + 0.5 * (1 - p))
+        for bits in itertools.product([0, 1], repeat=3):
+            c, pr = 0.0, 1.0
+            for b in bits:
+                q = jax.nn.sigmoid(t + c)
+                pr, c = pr * (q if b else 1 - q), c + 0.5 * b
+            total = total + pr * 3.0 * c
+        return total
+
+    g = estimates(f, jnp.array(0.3))
+    assert_unbiased({"t": g}, {"t": float(jax.grad(exact)(0.3))}, "combinators")
 
 
 def test_reparam_inside_combinators_and_vmap():

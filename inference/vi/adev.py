@@ -194,6 +194,7 @@ class _ADEV(Interceptor):
         self.ctx, self.forced, self.mode = ctx, forced, mode
         self.counts: dict = {}
         self.terms: list = []  # reinforce sites: (sid, gf, d, key, value, logq, strategy)
+        self.deferred: dict = {}  # nested reinforce sites of the current outermost GFI call
         self.entry = None
 
     def _strategy(self, path, gf, d):
@@ -203,6 +204,47 @@ class _ADEV(Interceptor):
         if s is None:
             return default_strategy(d)
         return as_strategy(s, f"site {fmt_addr(path)}")
+
+    def _nested_reinforce(self, path, gf, d, key, strategy):
+        """A reinforce site inside a loop/vectorized context: its score term is read from the trace
+        returned by the outermost GFI call (the site's log density, summed over its copies)."""
+        if self.mode == "grad":
+            if strategy.baseline == "mean":
+                raise EstimatorError(
+                    f"vi.reinforce(baseline=\"mean\") at site {fmt_addr(path)} ({gf.name}): the site is "
+                    "sampled inside ppl.vmap / repeat / scan / cond, where it cannot be replayed; use a "
+                    "constant or callable baseline there")
+            if STATE.gfi_depth == 0:
+                raise EstimatorError(
+                    f"{strategy!r} at site {fmt_addr(path)} ({gf.name}) in expectation {self.ctx.name}: "
+                    "the site is sampled inside jax.vmap / lax.scan written in the program, where its "
+                    "score term cannot reach the estimator. Use guide.repeat(K) / ppl.vmap / ppl.scan "
+                    "instead (their traces carry the scores), separate top-level calls, or vi.map_mean "
+                    "for data batches.")
+            if path not in self.deferred:
+                self.deferred[path] = (gf, strategy)
+        return _sg(gf.draw(d, key))
+
+    def returned(self, gf, method, out):
+        if not self.deferred:
+            return out
+        deferred, self.deferred = self.deferred, {}
+        tr = out[0] if isinstance(out, tuple) else out
+        if _cur_trace() is not self.entry:
+            path = next(iter(deferred))
+            raise EstimatorError(
+                f"reinforce site {fmt_addr(path)} in expectation {self.ctx.name}: {gf.name}.{method} "
+                "was called inside jax.vmap / lax.scan written in the program, where score terms cannot "
+                "reach the estimator; use guide.repeat(K) / ppl.vmap instead, separate top-level "
+                "calls, or vi.map_mean for data batches.")
+        for path, (site_gf, strategy) in deferred.items():
+            score = _site_score(tr, path)
+            if score is None:
+                raise EstimatorError(
+                    f"internal: could not find the log density of reinforce site {fmt_addr(path)} in the "
+                    f"trace returned by {gf.name}.{method}")
+            self.terms.append((("nested",) + path, site_gf, None, None, None, score, strategy))
+        return out
 
     def sample(self, path, gf, d, key):
         occ = self.counts.get(path, 0)
@@ -218,13 +260,15 @@ class _ADEV(Interceptor):
             return gf.draw(d, key)
         nested = _cur_trace() is not self.entry
         if nested:
+            if isinstance(strategy, Reinforce):
+                return self._nested_reinforce(path, gf, d, key, strategy)
             raise EstimatorError(
                 f"{strategy!r} at site {fmt_addr(path)} ({gf.name}) in expectation {self.ctx.name}: "
                 "the site is sampled inside a vectorized or looped context (ppl.vmap / repeat / "
-                "scan / cond, or jax.vmap / lax.scan in the program); only vi.reparam works there. "
-                "Use vi.reparam for a continuous site, or draw the copies with separate top-level "
-                "calls (a Python loop over particles), or enumerate/marginalize the site in the "
-                "model.")
+                "scan / cond, or jax.vmap / lax.scan in the program), where the rest of the program "
+                "cannot be replayed per value. Use vi.reinforce() (or vi.reparam for a continuous "
+                "site) there, or draw the copies with separate top-level calls (a Python loop over "
+                "particles; vi.map_mean for data batches).")
         value = _sg(gf.draw(d, key))
         if isinstance(strategy, Reinforce):
             if self.mode == "grad":
@@ -233,6 +277,26 @@ class _ADEV(Interceptor):
         if isinstance(strategy, MVD) and self.mode == "value":
             return value
         raise _Branch(sid, gf, d, key, strategy, value)
+
+
+def _site_score(tr, path):
+    """Sum of the log densities stored in trace ``tr`` for the site at ``path`` (all copies)."""
+    if tr is None:
+        return None
+    if not path:
+        return jnp.sum(tr.score) if hasattr(tr, "value") else None
+    if hasattr(tr, "subtraces"):
+        return _site_score(tr.subtraces.get(path[0]), path[1:])
+    if hasattr(tr, "inner"):
+        return _site_score(tr.inner, path)
+    if hasattr(tr, "component") and hasattr(tr, "branch"):
+        if path[0] == "component":
+            return _site_score(tr.component, path[1:])
+        return _site_score(tr.branch, path)
+    if hasattr(tr, "subs"):
+        found = [s for s in (_site_score(sub, path) for sub in tr.subs) if s is not None]
+        return sum(found) if found else None
+    return None
 
 
 def _run(ctx: _Ctx, forced: dict, mode: str):
