@@ -24,6 +24,9 @@ How it works (at JAX trace time; the compiled program is plain JAX):
    - mvd: ``S = S_v + sum_j (theta_j - stop(theta_j)) * stop(c_j (f(v+_j) - f(v-_j)))``.
 
    These compose: replays are themselves surrogates, so strategies mix and nest freely.
+   Reinforce sites inside ``ppl.vmap`` / ``repeat`` / ``scan`` / ``cond`` cannot pass their log
+   density out of the loop; their score term is read from the trace returned by the outermost
+   GFI call (``Interceptor.returned``), which stores each site's log density.
 
 Example:
     >>> import jax, jax.numpy as jnp, ppl
