@@ -295,6 +295,11 @@ def address_hash(addr: str) -> int:
 
 def site_key(key, addr: str):
     """The key of the site at ``addr``: independent of visiting order, stable across methods."""
+    if isinstance(key, keys.KeyTable):
+        k = key.table.get(addr)
+        if k is not None:  # precomputed outside a loop (bit-identical to the fold_in below)
+            return k
+        key = key.raw
     return keys.fold_in(key, address_hash(addr))
 
 

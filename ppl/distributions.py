@@ -190,7 +190,7 @@ class DistributionGF(GenerativeFunction):
         path = current_path()
         icpt = active_interceptor(path)
         if icpt is not None:
-            return icpt.sample(path, self, d, key)
+            return icpt.sample(path, self, d, keys.raw(key))
         return self.draw(d, key)
 
     def _log_prob_elems(self, d, v):

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
 from numpyro.distributions.batch_util import promote_batch_shape
 
-__all__ = ["LaneKey", "lanes", "LANE_AXES", "fold_in", "split", "is_key", "draw", "vmap_lanes"]
+__all__ = ["LaneKey", "KeyTable", "lanes", "LANE_AXES", "fold_in", "split", "is_key", "draw", "vmap_lanes", "raw"]
 
 
 @jax.tree_util.register_pytree_node_class
@@ -67,6 +67,38 @@ class LaneKey:
         return f"LaneKey(lanes={jnp.shape(self.lane)})"
 
 
+@jax.tree_util.register_pytree_node_class
+class KeyTable:
+    """A key (``raw``) with some of its site keys precomputed: ``table[addr]`` is bit-identical to
+    ``fold_in(raw, hash(addr))``. ``ppl.scan`` computes the site keys of every step at once, outside
+    the loop, instead of one key derivation per site inside the loop body."""
+
+    __slots__ = ("raw", "table")
+
+    def __init__(self, raw, table):
+        self.raw = raw
+        self.table = table
+
+    def tree_flatten(self):
+        names = tuple(self.table)
+        return (self.raw, tuple(self.table[n] for n in names)), names
+
+    @classmethod
+    def tree_unflatten(cls, names, children):
+        obj = object.__new__(cls)
+        obj.raw = children[0]
+        obj.table = dict(zip(names, children[1]))
+        return obj
+
+    def __repr__(self):
+        return f"KeyTable({sorted(self.table)})"
+
+
+def raw(key):
+    """The underlying key of a :class:`KeyTable` (other keys are returned unchanged)."""
+    return key.raw if isinstance(key, KeyTable) else key
+
+
 #: ``in_axes`` entry for a batch of lane keys made by :func:`lanes`: base shared, lane mapped.
 LANE_AXES = LaneKey(None, 0)
 
@@ -97,6 +129,7 @@ def vmap_lanes(fn, key, n: int, *args, in_axes=0):
 
 def is_key(key) -> bool:
     """Whether ``key`` is a JAX PRNG key (typed or raw uint32) or a :class:`LaneKey`."""
+    key = raw(key)
     if isinstance(key, LaneKey):
         return True
     return isinstance(key, (jax.Array, jax.core.Tracer)) and (
@@ -106,6 +139,7 @@ def is_key(key) -> bool:
 
 def fold_in(key, data: int):
     """``jax.random.fold_in`` that keeps lane keys' base shared."""
+    key = raw(key)
     if isinstance(key, LaneKey):
         return LaneKey(jax.random.fold_in(key.base, data), key.lane)
     return jax.random.fold_in(key, data)
@@ -113,6 +147,7 @@ def fold_in(key, data: int):
 
 def split(key, num: int = 2):
     """``jax.random.split`` that keeps lane keys' base shared (each piece keeps the lane)."""
+    key = raw(key)
     if isinstance(key, LaneKey):
         lane = jnp.broadcast_to(key.lane, (num,) + jnp.shape(key.lane))
         return LaneKey(jax.random.split(key.base, num), lane)
@@ -125,6 +160,7 @@ def _raw_draw(base, lane, leaves, treedef):
 
 def draw(d, key):
     """Sample numpyro distribution ``d`` with a plain key or a lane key."""
+    key = raw(key)
     if not isinstance(key, LaneKey):
         return d.sample(key)
     leaves, treedef = jax.tree_util.tree_flatten(d)
