@@ -158,3 +158,24 @@ def test_change_moves_to_a_new_target():
     ps3 = smc.change(jax.random.key(10), ps, model, (3.0,), ppl.ChoiceMap({"y": -1.0}))
     m3 = -1.0 * 9 / 10
     assert abs(float(ps3.expectation(lambda tr: tr.choices["mu"])) - m3) < 0.1
+
+
+def test_rejuvenate_with_inference_mcmc_kernels():
+    """Kernels from inference.mcmc plug into smc.rejuvenate and keep the posterior (conjugate check)."""
+    mcmc = pytest.importorskip("inference.mcmc")
+    m, v, _ = exact(YS[:3])
+    obs = ppl.ChoiceMap({f"y{i}": jnp.float32(YS[i]) for i in range(3)})
+    kernel = mcmc.mh(ppl.select("mu"))
+
+    @jax.jit
+    def run(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        ps = smc.resample(k2, smc.init(k1, seq, (3,), obs, 2000))
+        for k in jax.random.split(k3, 3):
+            ps, _ = smc.rejuvenate(k, ps, kernel)
+        return ps
+
+    ps = run(jax.random.key(11))
+    x = np.asarray(ps.traces.choices["mu"], np.float64)
+    assert abs(x.mean() - m) < 5 * np.sqrt(v / 500)
+    assert abs(x.var() - v) < 0.25 * v
