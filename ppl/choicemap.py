@@ -222,18 +222,15 @@ class ChoiceMap:
         return ChoiceMap._make(_NO_VALUE, {k: v for k, v in children.items() if not v.is_empty()})
 
     # -- pytree ---------------------------------------------------------------------------------
+    # The whole tree is one pytree node (one Python call to flatten, not one per inner node):
+    # the static structure is a nested tuple, the leaves are the values in sorted-address order.
     def tree_flatten(self):
-        keys = tuple(sorted(self._children))
-        has_value = self._value is not _NO_VALUE
-        leaves = ((self._value,) if has_value else ()) + tuple(self._children[k] for k in keys)
-        return leaves, (has_value, keys)
+        leaves: list = []
+        return leaves, _flatten_struct(self, leaves)
 
     @classmethod
     def tree_unflatten(cls, aux, leaves):
-        has_value, keys = aux
-        leaves = list(leaves)
-        value = leaves.pop(0) if has_value else _NO_VALUE
-        return cls._make(value, dict(zip(keys, leaves)))
+        return _unflatten_struct(aux, iter(leaves))
 
     # -- structure ------------------------------------------------------------------------------
     def has_value(self) -> bool:
@@ -413,6 +410,20 @@ class ChoiceMap:
         return ta == tb and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
 
     __hash__ = None
+
+
+def _flatten_struct(chm: ChoiceMap, leaves: list):
+    has_value = chm._value is not _NO_VALUE
+    if has_value:
+        leaves.append(chm._value)
+    children = chm._children
+    return (has_value, tuple((k, _flatten_struct(children[k], leaves)) for k in sorted(children)))
+
+
+def _unflatten_struct(struct, it) -> ChoiceMap:
+    has_value, children = struct
+    value = next(it) if has_value else _NO_VALUE
+    return ChoiceMap._make(value, {k: _unflatten_struct(c, it) for k, c in children})
 
 
 def _map_nodes(chm: ChoiceMap, f) -> ChoiceMap:
