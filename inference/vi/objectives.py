@@ -8,8 +8,8 @@ called as ``objective(key, params, observations, model_args=(), guide_args=())``
 datum; :func:`vi.map_mean` averages it over a batch.
 
 - :func:`elbo`: ``log p(x, z) - log q(z)``.
-- :func:`iwelbo`: ``log (1/K) sum_k p(x, z_k) / q(z_k)`` (particles vectorized with ``jax.vmap``;
-  for guides with non-reparameterized sites use :func:`vimco`).
+- :func:`iwelbo`: ``log (1/K) sum_k p(x, z_k) / q(z_k)`` (particles from ``guide.repeat(K)``;
+  reparameterized and score-function sites both work; :func:`vimco` adds control variates).
 - :func:`hvi`, :func:`iwhvi`, :func:`diwhvi`: hierarchical guides ``q(z, u)`` with auxiliary
   variables ``u``, whose marginal ``q(z)`` is estimated with a reverse model ``r(u | z)``
   (:func:`vi.marginal`).
@@ -104,9 +104,12 @@ def iwelbo(model, guide, K: int) -> Expectation:
 
     @expectation
     def iwelbo(key, params, observations, model_args=(), guide_args=()):
-        keys = jax.random.split(key, K)
-        log_w = jax.vmap(lambda k: _log_weight(k, params, model, guide, observations, model_args, guide_args))(keys)
-        return jax.nn.logsumexp(log_w) - jnp.log(K)
+        # K particles as one call of guide.repeat(K): works for reparameterized and score-function
+        # sites alike (vi.enum / vi.mvd sites need separate top-level calls, as in vimco)
+        particles = guide.repeat(K).simulate(key, params, *guide_args).choices
+        log_q = jax.vmap(lambda ch: guide.assess(ch, params, *guide_args)[0])(particles)
+        log_p = jax.vmap(lambda ch: model.assess(ch | observations, params, *model_args)[0])(particles)
+        return jax.nn.logsumexp(log_p - log_q) - jnp.log(K)
 
     iwelbo.name = f"iwelbo({K})"
     return iwelbo
