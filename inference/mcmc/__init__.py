@@ -15,7 +15,8 @@ Example:
     ...     return ppl.normal(slope * xs, noise) @ "ys"
     >>> xs = jnp.linspace(-1, 1, 20)
     >>> tr, _ = model.generate(jax.random.key(0), ppl.ChoiceMap({"ys": 0.7 * xs}), xs)
-    >>> res = mcmc.run(jax.random.key(1), mcmc.nuts(ppl.select("slope", "noise")), tr, 200, burn_in=200)
+    >>> kernel = mcmc.hmc(ppl.select("slope", "noise"), 0.1, 5, adapt_step_size=True)
+    >>> res = mcmc.run(jax.random.key(1), kernel, tr, 300, burn_in=200)
     >>> bool(abs(res.choices["slope"].mean() - 0.7) < 0.2)
     True
 """

@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 from numpyro.infer.hmc_util import dual_averaging
 
 from ppl.choicemap import Selection, select
@@ -37,15 +38,12 @@ __all__ = ["hmc", "mala", "HMC", "MALA", "GradState"]
 _tmap = jax.tree_util.tree_map
 
 
-def _tsum(f, *trees):
-    return sum(jnp.sum(f(*xs)) for xs in zip(*(jax.tree_util.tree_leaves(t) for t in trees)))
-
-
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class GradState:
     """State of MALA/HMC: step counter, log step size, dual-averaging state and the cached
-    position (unconstrained values, log density and its gradient) of the current trace."""
+    position (unconstrained values as one flat vector, log density and its gradient) of the
+    current trace."""
 
     i: Any
     log_step: Any
@@ -64,13 +62,18 @@ class _GradientKernel(Kernel):
         return UnconstrainedView(trace.gf, paths, f"mcmc.{self.name}")
 
     @staticmethod
-    def _value_and_grad(view, trace, u):
-        return jax.value_and_grad(lambda v: view.log_density(trace, v))(u)
+    def _value_and_grad(view, trace, u, unravel):
+        # one flat vector for all selected sites: the integrator's arithmetic is a few vector ops
+        return jax.value_and_grad(lambda v: view.log_density(trace, unravel(v)))(u)
+
+    def _read(self, view, trace):
+        u, unravel = ravel_pytree(view.read(trace))
+        return u, unravel
 
     def init(self, key, trace, n_warmup=0):
         view = self._view(trace)
-        u = view.read(trace)
-        lp, g = self._value_and_grad(view, trace, u)
+        u, unravel = self._read(view, trace)
+        lp, g = self._value_and_grad(view, trace, u, unravel)
         da_init, _ = dual_averaging()
         log_step = jnp.log(jnp.asarray(self.step_size, jnp.float32))
         da = da_init(jnp.log(10.0) + log_step)
@@ -91,16 +94,19 @@ class _GradientKernel(Kernel):
 
     def step(self, key, trace, state, synced=False):
         view = self._view(trace)
+        shapes = jax.eval_shape(view.read, trace)
+        _, unravel = ravel_pytree(jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
         if synced:
             u, lp, g = state.u, state.logp, state.grad
         else:
-            u = view.read(trace)
-            lp, g = self._value_and_grad(view, trace, u)
+            u, _ = self._read(view, trace)
+            lp, g = self._value_and_grad(view, trace, u, unravel)
         eps = jnp.exp(state.log_step)
         k1, k2 = jax.random.split(key)
-        u2, lp2, g2, log_q = self._propose(k1, view, trace, u, lp, g, eps)
+        vg = lambda v: self._value_and_grad(view, trace, v, unravel)  # noqa: E731
+        u2, lp2, g2, log_q = self._propose(k1, vg, u, lp, g, eps)
         log_alpha = lp2 - lp + log_q
-        new_trace, _ = view.write(trace, u2)
+        new_trace, _ = view.write(trace, unravel(u2))
         out, info = accept(k2, log_alpha, new_trace, trace)
         acc = info["accepted"]
         pick = lambda a, b: _tmap(lambda x, y: jnp.where(acc, x, y), a, b)  # noqa: E731
@@ -121,24 +127,18 @@ class HMC(_GradientKernel):
     adapt_step_size: bool = False
     name = "hmc"
 
-    def _propose(self, key, view, trace, u, lp, g, eps):
-        leaves, treedef = jax.tree_util.tree_flatten(u)
-        ks = jax.random.split(key, len(leaves))
-        p0 = treedef.unflatten([jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(ks, leaves)])
-        vg = lambda v: self._value_and_grad(view, trace, v)  # noqa: E731
+    def _propose(self, key, vg, u, lp, g, eps):
+        p0 = jax.random.normal(key, u.shape, u.dtype)
 
         def leap(_, carry):
             u, p, lp, g = carry
-            p = _tmap(lambda pi, gi: pi + 0.5 * eps * gi, p, g)
-            u = _tmap(lambda ui, pi: ui + eps * pi, u, p)
+            p = p + 0.5 * eps * g
+            u = u + eps * p
             lp, g = vg(u)
-            p = _tmap(lambda pi, gi: pi + 0.5 * eps * gi, p, g)
-            return u, p, lp, g
+            return u, p + 0.5 * eps * g, lp, g
 
         u2, p2, lp2, g2 = jax.lax.fori_loop(0, self.n_leapfrog, leap, (u, p0, lp, g))
-        kin0 = 0.5 * _tsum(lambda x: x * x, p0)
-        kin1 = 0.5 * _tsum(lambda x: x * x, p2)
-        return u2, lp2, g2, kin0 - kin1
+        return u2, lp2, g2, 0.5 * jnp.sum(p0 * p0) - 0.5 * jnp.sum(p2 * p2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,17 +151,13 @@ class MALA(_GradientKernel):
     name = "mala"
     target_accept = 0.574
 
-    def _propose(self, key, view, trace, u, lp, g, eps):
-        leaves, treedef = jax.tree_util.tree_flatten(u)
-        ks = jax.random.split(key, len(leaves))
-        xi = treedef.unflatten([jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(ks, leaves)])
-        mean = lambda v, gv: _tmap(lambda a, b: a + 0.5 * eps**2 * b, v, gv)  # noqa: E731
-        u2 = _tmap(lambda m, z: m + eps * z, mean(u, g), xi)
-        lp2, g2 = self._value_and_grad(view, trace, u2)
+    def _propose(self, key, vg, u, lp, g, eps):
+        xi = jax.random.normal(key, u.shape, u.dtype)
+        u2 = u + 0.5 * eps**2 * g + eps * xi
+        lp2, g2 = vg(u2)
 
         def log_q(to, frm, g_frm):
-            m = mean(frm, g_frm)
-            return -0.5 * _tsum(lambda a, b: (a - b) ** 2, to, m) / eps**2
+            return -0.5 * jnp.sum((to - (frm + 0.5 * eps**2 * g_frm)) ** 2) / eps**2
 
         return u2, lp2, g2, log_q(u, u2, g2) - log_q(u2, u, g)
 

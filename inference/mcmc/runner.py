@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppl.choicemap import ChoiceMap, Masked
-from ppl.core import Trace
+from ppl.core import Trace, pack_args, unpack_args
 from ppl.errors import NonFiniteError, fmt_addr
 
 from .base import Kernel
@@ -94,10 +94,17 @@ def _advance(kernel, n, thin, collect, keys, t0, trace, batched, state):
     return tr, st, out
 
 
-@jax.jit(static_argnums=(0, 1, 2, 3, 6))
-def _run_all(kernel, burn_in, n, thin, k_init, k_steps, batched, trace):
+def _chain_keys(key, n_chains):
+    keys = jax.random.split(key, n_chains)
+    pairs = jax.vmap(jax.random.split)(keys)
+    return pairs[:, 0], pairs[:, 1]
+
+
+@jax.jit(static_argnums=(0, 1, 2, 3, 4, 6))
+def _run_all(kernel, burn_in, n, thin, n_chains, key, batched, trace):
     """Init, burn-in and sampling of all chains in one compiled program (no progress bar)."""
     axes = _trace_axes(trace, 0 if batched else None)
+    k_init, k_steps = _chain_keys(key, n_chains)
 
     def chain(ki, ks, tr):
         st = _strong(kernel.init(ki, tr, burn_in))
@@ -225,14 +232,16 @@ def init_chains(key, model, args: tuple, observations=None, n_chains: int = 4):
     tr0, _ = model.generate(key, observations, *args)
 
     @jax.jit
-    def make(keys, obs, args):
+    def make(keys, obs, packed):
+        args = unpack_args(packed)
+
         def one(k):
             tr, _ = model.generate(k, obs, *args)
             return dataclasses.replace(tr, packed_args=None)
 
         return jax.vmap(one)(keys)
 
-    batched = make(jax.random.split(key, n_chains), observations, args)
+    batched = make(jax.random.split(key, n_chains), observations, pack_args(tuple(args)))
     return dataclasses.replace(batched, packed_args=tr0.packed_args)
 
 
@@ -271,9 +280,6 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     elif np.ndim(trace.score) != 0:
         raise ValueError("mcmc.run: the trace must be one trace or a batch with one leading chain axis")
     _check_finite(trace, batched)
-    keys = jax.random.split(key, n_chains)
-    k_init = jax.vmap(lambda k: jax.random.split(k)[0])(keys)
-    k_steps = jax.vmap(lambda k: jax.random.split(k)[1])(keys)
 
     total = burn_in + n_samples * thin
     if progress is None:
@@ -285,8 +291,9 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
         bar = tqdm(total=total, desc=f"mcmc.{kernel.name}", unit="step")
         chunk = int(chunk_size) if chunk_size else max(1, math.ceil(total / 20))
     if not progress:
-        tr, (choices, info) = _run_all(kernel, burn_in, n_samples, thin, k_init, k_steps, batched, trace)
+        tr, (choices, info) = _run_all(kernel, burn_in, n_samples, thin, n_chains, key, batched, trace)
         return MCMCResult(choices, info, tr)
+    k_init, k_steps = jax.jit(_chain_keys, static_argnums=1)(key, n_chains)
     state = _init_chains(kernel, burn_in, k_init, trace, batched)
     tr = trace
     t = 0
