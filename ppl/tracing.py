@@ -152,6 +152,70 @@ class _Handler:
         return tr.retval
 
 
+# ------------------------------------------------------------------ batched site keys
+# A site's key is fold_in(key, hash(address)). Derived one site at a time, that is one hash per site
+# in the compiled program (each costs run time and, on CPU, noticeable XLA compile time). When a
+# @gen function has several sites, their addresses are discovered once per argument structure (an
+# abstract trace, cached) and all site keys are derived by one vectorized hash. The keys are
+# bit-identical either way; an address missing from the table falls back to fold_in.
+_ADDRESS_CACHE: dict = {}
+_DISCOVERING = [0]
+
+
+def _site_keys(gf, key, args):
+    from . import keys as _keys
+    from .core import address_hash, is_data
+
+    if isinstance(key, _keys.KeyTable) or _DISCOVERING[0] or STATE.interceptors:
+        return key
+    addrs = _discover(gf, args, is_data)
+    if addrs is None or len(addrs) < 2:
+        return key
+    hashes = jnp.asarray([address_hash(a) for a in addrs], dtype=jnp.uint32)
+    base = key.base if isinstance(key, _keys.LaneKey) else key
+    derived = jax.vmap(lambda h: jax.random.fold_in(base, h))(hashes)
+    if isinstance(key, _keys.LaneKey):
+        table = {a: _keys.LaneKey(derived[i], key.lane) for i, a in enumerate(addrs)}
+    else:
+        table = {a: derived[i] for i, a in enumerate(addrs)}
+    return _keys.KeyTable(key, table)
+
+
+def _discover(gf, args, is_data):
+    """The top-level addresses ``gf`` visits for arguments like ``args`` (None if unknown)."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    dyn = [i for i, leaf in enumerate(leaves) if is_data(leaf)]
+    static = tuple(leaf for i, leaf in enumerate(leaves) if i not in set(dyn))
+    try:
+        spec = (gf, treedef, static, tuple((jnp.shape(leaves[i]), jnp.result_type(leaves[i])) for i in dyn))
+        hash(spec)
+    except TypeError:
+        return None
+    if spec in _ADDRESS_CACHE:
+        return _ADDRESS_CACHE[spec]
+    found = []
+
+    def run(k, dyn_vals):
+        ls = list(leaves)
+        for i, v in zip(dyn, dyn_vals):
+            ls[i] = v
+        tr = gf.simulate(k, *jax.tree_util.tree_unflatten(treedef, ls))
+        found.append(tuple(tr.subtraces))
+
+    _DISCOVERING[0] += 1
+    try:
+        structs = [jax.ShapeDtypeStruct(jnp.shape(leaves[i]), jnp.result_type(leaves[i])) for i in dyn]
+        jax.eval_shape(run, jax.random.key(0), structs)
+    except Exception:  # the real trace will report any error with its full context
+        return None
+    finally:
+        _DISCOVERING[0] -= 1
+    if len(_ADDRESS_CACHE) > 4096:
+        _ADDRESS_CACHE.clear()
+    _ADDRESS_CACHE[spec] = found[0] if found else None
+    return _ADDRESS_CACHE[spec]
+
+
 _ADDR_RE = re.compile(r"""@\s*(['"])(.*?)\1""")
 
 
@@ -227,7 +291,7 @@ class GenFn(GenerativeFunction):
                         handler.subtraces)
 
     def _simulate(self, key, *args):
-        h = _Handler(self, "simulate", key=key)
+        h = _Handler(self, "simulate", key=_site_keys(self, key, args))
         retval = self._execute(h, args)
         return self._make_trace(args, retval, h)
 
@@ -238,7 +302,7 @@ class GenFn(GenerativeFunction):
         return (h.score if h.subtraces else jnp.zeros(())), retval
 
     def _generate(self, key, constraints, *args):
-        h = _Handler(self, "generate", key=key, constraints=constraints)
+        h = _Handler(self, "generate", key=_site_keys(self, key, args), constraints=constraints)
         retval = self._execute(h, args)
         self._finish_check(h, constraints, "generate")
         w = h.weight if not isinstance(h.weight, float) else jnp.zeros(())
@@ -246,14 +310,14 @@ class GenFn(GenerativeFunction):
 
     def _update(self, key, trace, constraints, *args):
         self._check_trace(trace, "update")
-        h = _Handler(self, "update", key=key, constraints=constraints, old=trace)
+        h = _Handler(self, "update", key=_site_keys(self, key, args), constraints=constraints, old=trace)
         retval = self._execute(h, args)
         self._finish_check(h, constraints, "update")
         return self._edit_result(args, retval, h, trace)
 
     def _regenerate(self, key, trace, selection, *args):
         self._check_trace(trace, "regenerate")
-        h = _Handler(self, "regenerate", key=key, old=trace, selection=selection)
+        h = _Handler(self, "regenerate", key=_site_keys(self, key, args), old=trace, selection=selection)
         retval = self._execute(h, args)
         return self._edit_result(args, retval, h, trace)
 
