@@ -104,7 +104,7 @@ def bench_logreg():
         "grad_hand": lambda: grad_hand(key, p0),
         "step_ppl": lambda: step_ppl(key, p0, s0),
         "step_hand": lambda: step_hand(key, p0, s0),
-    }, n_rounds=40, n_inner=50)
+    }, n_rounds=200, n_inner=20)
     first_ppl = time_first_call(lambda: (lambda f: lambda: f(key, p0))(
         jax.jit(lambda k, p: lr_elbo.grad_estimate(k, p, X, y))))
     first_hand = time_first_call(lambda: (lambda f: lambda: f(key, p0))(
@@ -253,7 +253,7 @@ def bench_vae():
             "ppl": lambda: sp(key, p0, s0, xb),
             "hand": lambda: sh(key, p0, s0, xb),
             "numpyro": lambda: svi_update(svi_state, xb, p0),
-        }, n_rounds=30, n_inner=20)
+        }, n_rounds=80, n_inner=10)
         first_ppl = time_first_call(lambda: (lambda f: lambda: f(key, p0, s0, xb))(make_ppl()))
         first_hand = time_first_call(lambda: (lambda f: lambda: f(key, p0, s0, xb))(make_hand()))
         name = "elbo" if K == 1 else f"iwelbo({K})"
