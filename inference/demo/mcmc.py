@@ -1,4 +1,4 @@
-"""MCMC demo: NUTS on a regression, and a kernel cycle (Gibbs + NUTS) on a discrete-continuous
+"""MCMC demo: NUTS on a regression, and a kernel cycle (Gibbs + HMC) on a discrete-continuous
 changepoint model. Prints ArviZ summaries and writes trace plots."""
 
 from __future__ import annotations
@@ -68,19 +68,19 @@ def run(out_dir: str, key=None):
     print(res.summary().to_string())
     _trace_plot(res, ["slope", "intercept", "noise"], os.path.join(out_dir, "mcmc_regression_trace.png"), "NUTS")
 
-    # 2. changepoint: Gibbs on the discrete change time, NUTS on the two positive rates
+    # 2. changepoint: Gibbs on the discrete change time, HMC on the two positive rates
     T = 60
     true_tau = 35
     rates = jnp.where(jnp.arange(T) < true_tau, 3.0, 1.0)
     counts = jax.random.poisson(k_cp, rates)
     trs = mcmc.init_chains(k_cpi, changepoint, (T,), ppl.ChoiceMap({"counts": counts}), 4)
-    kernel = mcmc.cycle(mcmc.gibbs("tau"), mcmc.nuts(ppl.select("early", "late")))
+    kernel = mcmc.cycle(mcmc.gibbs("tau"), mcmc.hmc(ppl.select("early", "late"), 0.1, 8, adapt_step_size=True))
     res2 = mcmc.run(k_cpr, kernel, trs, 500, burn_in=300)
-    print(f"\nChangepoint with cycle(gibbs('tau'), nuts(early, late)) (true tau {true_tau}, rates 3 -> 1):")
+    print(f"\nChangepoint with cycle(gibbs('tau'), hmc(early, late)) (true tau {true_tau}, rates 3 -> 1):")
     print(res2.summary().to_string())
-    print("acceptance (gibbs, nuts):", [np.round(np.asarray(a).mean(), 3) for a in res2.acceptance_rate()])
+    print("acceptance (gibbs, hmc):", [np.round(np.asarray(a).mean(), 3) for a in res2.acceptance_rate()])
     _trace_plot(res2, ["tau", "early", "late"], os.path.join(out_dir, "mcmc_changepoint_trace.png"),
-                "Gibbs + NUTS")
+                "Gibbs + HMC")
     return {"regression": res, "changepoint": res2}
 
 
