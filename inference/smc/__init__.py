@@ -8,18 +8,12 @@ Building blocks (pure, jit-able): :func:`init`, :func:`extend`, :func:`resample`
 learning (:func:`fisher_gradient`, :func:`fit_parameters`).
 
 Example:
-    >>> import jax, jax.numpy as jnp, ppl
+    >>> import jax.numpy as jnp
     >>> from inference import smc
-    >>> @ppl.gen
-    ... def step(x, _):
-    ...     x = ppl.normal(0.9 * x, 1.0) @ "x"
-    ...     ppl.normal(x, 0.5) @ "y"
-    ...     return x, None
-    >>> model = ppl.scan(step, length=20)
-    >>> ys = ppl.ChoiceMap({"y": jnp.zeros(20)})
-    >>> res = smc.particle_filter(jax.random.key(0), model, (0.0, None), ys, 200)
-    >>> res.ess.shape, bool(jnp.isfinite(res.log_marginal_likelihood()))
-    ((20,), True)
+    >>> smc.SCHEMES
+    ('multinomial', 'stratified', 'systematic', 'residual')
+    >>> float(smc.ess(jnp.zeros(8)))
+    8.0
 """
 
 from .particles import ParticleCollection

@@ -18,19 +18,7 @@ the future on the ancestor.
 
 Reference trajectories are ChoiceMaps of the step's latent (unobserved) choices stacked over time.
 
-Example:
-    >>> import jax, jax.numpy as jnp, ppl
-    >>> from inference import smc
-    >>> @ppl.gen
-    ... def step(x, _):
-    ...     x = ppl.normal(0.9 * x, 1.0) @ "x"
-    ...     ppl.normal(x, 1.0) @ "y"
-    ...     return x, None
-    >>> model = ppl.scan(step, length=15)
-    >>> obs = ppl.ChoiceMap({"y": jnp.sin(jnp.arange(15.0))})
-    >>> chain = smc.particle_gibbs(jax.random.key(0), model, (0.0, None), obs, 20, n_iter=50)
-    >>> chain.references["x"].shape
-    (50, 15)
+See :func:`csmc`, :func:`particle_gibbs` and :func:`backward_sample` for examples.
 """
 
 from __future__ import annotations

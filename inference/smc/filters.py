@@ -11,19 +11,10 @@ step ``t > 0`` when the ESS is below ``ess_threshold * N`` (``1.0``: every step)
 The particle axis uses lane keys (:mod:`ppl.keys`): all particles draw a site's random numbers
 from one key, so the compiled filter does the same work as a hand-written one.
 
-Example:
-    >>> import jax, jax.numpy as jnp, ppl
-    >>> from inference import smc
-    >>> @ppl.gen
-    ... def step(x, _):
-    ...     x = ppl.normal(0.8 * x, 1.0) @ "x"
-    ...     ppl.normal(x, 1.0) @ "y"
-    ...     return x, None
-    >>> model = ppl.scan(step, length=10)
-    >>> obs = ppl.ChoiceMap({"y": jnp.linspace(-1.0, 1.0, 10)})
-    >>> res = smc.particle_filter(jax.random.key(0), model, (0.0, None), obs, 500)
-    >>> res.choices["x"].shape, res.ess.shape, bool(res.all_dead)
-    ((10, 500), (10,), False)
+Example (genealogy tracing of stored ancestors; see :func:`particle_filter` for a filter run):
+    >>> import jax.numpy as jnp
+    >>> genealogy({"x": jnp.array([[0.0, 1.0], [2.0, 3.0]])}, jnp.array([[0, 1], [0, 0]]))["x"].tolist()
+    [[0.0, 2.0], [0.0, 3.0]]
 """
 
 from __future__ import annotations

@@ -13,21 +13,7 @@ chain run at the current parameters; with decreasing step sizes it converges to 
 likelihood (stochastic approximation with Markovian noise), as in particle-Gibbs based learning.
 :func:`fit_parameters` runs either with any optax optimizer, as one ``lax.scan`` under ``jit``.
 
-Example:
-    >>> import jax, jax.numpy as jnp, optax, ppl
-    >>> from inference import smc
-    >>> @ppl.gen
-    ... def step(carry, _):
-    ...     x, a = carry
-    ...     x = ppl.normal(a * x, 1.0) @ "x"
-    ...     ppl.normal(x, 0.5) @ "y"
-    ...     return (x, a), None
-    >>> model = ppl.scan(step, length=10)
-    >>> obs = ppl.ChoiceMap({"y": jnp.sin(jnp.arange(10.0))})
-    >>> args_fn = lambda p: ((0.0, p["a"]), None)
-    >>> lz, g = smc.fisher_gradient(jax.random.key(0), model, args_fn, {"a": 0.5}, obs, 100)
-    >>> g["a"].shape, bool(jnp.isfinite(lz))
-    ((), True)
+See :func:`fisher_gradient` and :func:`fit_parameters` for examples.
 """
 
 from __future__ import annotations
@@ -82,6 +68,22 @@ def fisher_gradient(key, model, args_fn, params, observations, n_particles: int,
     ``smoother="genealogy"`` weights the ``N`` genealogy-traced paths by the final weights (cheap,
     degenerate for long series); ``"backward"`` draws ``n_paths`` backward-simulation paths
     (O(T N n_paths), much less degenerate). The gradient is consistent as ``N`` grows.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax, ppl
+        >>> from inference import smc
+        >>> @ppl.gen
+        ... def step(carry, _):
+        ...     x, a = carry
+        ...     x = ppl.normal(a * x, 1.0) @ "x"
+        ...     ppl.normal(x, 0.5) @ "y"
+        ...     return (x, a), None
+        >>> model = ppl.scan(step, length=10)
+        >>> obs = ppl.ChoiceMap({"y": jnp.sin(jnp.arange(10.0))})
+        >>> args_fn = lambda p: ((0.0, p["a"]), None)
+        >>> lz, g = smc.fisher_gradient(jax.random.key(0), model, args_fn, {"a": 0.5}, obs, 100)
+        >>> g["a"].shape, bool(jnp.isfinite(lz))
+        ((), True)
     """
     return _fisher_staged(key, model=model, args_fn=args_fn, params=params, observations=as_choicemap(observations),
                           n_particles=int(n_particles), smoother=smoother, n_paths=int(n_paths), resampling=resampling)

@@ -7,23 +7,7 @@ the state-space model's arguments ``(init_carry, xs)`` from the prior's return v
 Gaussian random walks on the prior's continuous choices; a proposal outside the prior's support
 must have log density ``-inf`` under the prior (it is then rejected).
 
-Example:
-    >>> import jax, jax.numpy as jnp, ppl
-    >>> from inference import smc
-    >>> @ppl.gen
-    ... def step(carry, _):
-    ...     x, a = carry
-    ...     x = ppl.normal(a * x, 1.0) @ "x"
-    ...     ppl.normal(x, 1.0) @ "y"
-    ...     return (x, a), None
-    >>> @ppl.gen
-    ... def prior():
-    ...     return ppl.normal(0.5, 0.5) @ "a"
-    >>> obs = ppl.ChoiceMap({"y": jnp.sin(jnp.arange(10.0))})
-    >>> out = smc.pmmh(jax.random.key(0), prior, ppl.scan(step, length=10), lambda a: ((0.0, a), None),
-    ...                obs, n_particles=50, n_samples=30, step_size=0.2)
-    >>> out.samples["a"].shape, out.log_z.shape
-    ((30,), (30,))
+See :func:`pmmh` for an example.
 """
 
 from __future__ import annotations
@@ -120,6 +104,24 @@ def pmmh(key, prior, model, args_fn, observations, n_particles: int, n_samples: 
     MH step runs a bootstrap particle filter with ``n_particles`` particles. ``step_size`` is the
     random-walk scale (a float; it is data, so changing it does not recompile). ``init`` is an
     optional starting ChoiceMap of the prior's choices. One ``lax.scan`` under ``jit``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ppl
+        >>> from inference import smc
+        >>> @ppl.gen
+        ... def step(carry, _):
+        ...     x, a = carry
+        ...     x = ppl.normal(a * x, 1.0) @ "x"
+        ...     ppl.normal(x, 1.0) @ "y"
+        ...     return (x, a), None
+        >>> @ppl.gen
+        ... def prior():
+        ...     return ppl.normal(0.5, 0.5) @ "a"
+        >>> obs = ppl.ChoiceMap({"y": jnp.sin(jnp.arange(10.0))})
+        >>> out = smc.pmmh(jax.random.key(0), prior, ppl.scan(step, length=10), lambda a: ((0.0, a), None),
+        ...                obs, n_particles=50, n_samples=30, step_size=0.2)
+        >>> out.samples["a"].shape, out.log_z.shape
+        ((30,), (30,))
     """
     return _pmmh_staged(
         key, prior=prior, model=model, args_fn=args_fn, observations=as_choicemap(observations),

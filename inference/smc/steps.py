@@ -18,20 +18,7 @@ Proposal calling conventions (proposals are generative functions):
 - ``extend``: ``proposal.simulate(key, trace, *proposal_args)`` with the particle's current
   trace; the weight is ``update``'s weight minus ``log q``.
 
-Example:
-    >>> import jax, jax.numpy as jnp, ppl
-    >>> from inference import smc
-    >>> @ppl.gen
-    ... def model(n):
-    ...     mu = ppl.normal(0.0, 1.0) @ "mu"
-    ...     for i in range(n):
-    ...         ppl.normal(mu, 1.0) @ f"y{i}"
-    >>> key = jax.random.key(0)
-    >>> ps = smc.init(key, model, (1,), ppl.ChoiceMap({"y0": 0.5}), 1000)
-    >>> ps = smc.resample(jax.random.key(1), ps, "systematic")
-    >>> ps = smc.extend(jax.random.key(2), ps, (2,), ppl.ChoiceMap({"y1": 1.5}))
-    >>> ps.traces.choices["y1"].shape
-    (1000,)
+Each function below has an example; docs/smc.md composes them into a full SMC loop.
 """
 
 from __future__ import annotations
@@ -42,7 +29,7 @@ import jax.numpy as jnp
 from ppl import keys as pkeys
 from ppl.choicemap import ChoiceMap, select
 
-from ._util import as_choicemap, check_alive
+from ._util import as_choicemap, check_alive, staged
 from .particles import ParticleCollection, gather
 from .resampling import log_normalize, resample_indices
 
@@ -53,7 +40,7 @@ def _lanes(key, n):
     return pkeys.lanes(key, n), pkeys.LANE_AXES
 
 
-def init(key, model, args, observations, n_particles: int, proposal=None, proposal_args=()):
+def _init_impl(key, model, args, observations, n_particles: int, proposal=None, proposal_args=()):
     """Importance sampling: ``n_particles`` weighted traces of ``model(*args)`` given observations.
 
     With ``proposal=None`` the unobserved choices come from the prior and the weight is the
@@ -88,7 +75,7 @@ def init(key, model, args, observations, n_particles: int, proposal=None, propos
     return ParticleCollection(traces, w, jnp.zeros((), jnp.float32), jnp.zeros((), bool))
 
 
-def extend(key, ps: ParticleCollection, args, observations=None, proposal=None, proposal_args=()):
+def _extend_impl(key, ps: ParticleCollection, args, observations=None, proposal=None, proposal_args=()):
     """Move every particle to new arguments and observations with ``update``; reweight.
 
     The incremental weight is ``update``'s weight (new minus old log density; choices new to the
@@ -125,7 +112,7 @@ def extend(key, ps: ParticleCollection, args, observations=None, proposal=None, 
     return ParticleCollection(traces, ps.log_weights + w, ps.log_z, ps.dead)
 
 
-def resample(key, ps: ParticleCollection, scheme: str = "systematic"):
+def _resample_impl(key, ps: ParticleCollection, scheme: str = "systematic"):
     """Resample by ``scheme``; weights become equal and log Z-hat is carried in ``log_z``.
 
     Example:
@@ -149,7 +136,7 @@ def resample(key, ps: ParticleCollection, scheme: str = "systematic"):
     )
 
 
-def resample_if(key, ps: ParticleCollection, ess_fraction: float = 0.5, scheme: str = "systematic"):
+def _resample_if_impl(key, ps: ParticleCollection, ess_fraction: float = 0.5, scheme: str = "systematic"):
     """Resample only when the ESS is below ``ess_fraction * N`` (adaptive resampling).
 
     Example:
@@ -172,7 +159,7 @@ def resample_if(key, ps: ParticleCollection, ess_fraction: float = 0.5, scheme: 
     )
 
 
-def rejuvenate(key, ps: ParticleCollection, kernel):
+def _rejuvenate_impl(key, ps: ParticleCollection, kernel):
     """Apply ``kernel(key, trace) -> (trace, info)`` to every particle; weights are unchanged.
 
     Returns ``(particles, infos)`` (``infos`` vectorized over particles). The kernel must leave
@@ -204,7 +191,7 @@ def _addresses(chm: ChoiceMap):
     return [p for p, _ in chm.leaves()]
 
 
-def change(key, ps: ParticleCollection, model, args, observations=None, translate=None):
+def _change_impl(key, ps: ParticleCollection, model, args, observations=None, translate=None):
     """Move particles to a new target ``model(*args)`` given ``observations``; reweight.
 
     Each particle's choices (mapped by ``translate(choices) -> choices`` if given, with the
@@ -240,3 +227,53 @@ def change(key, ps: ParticleCollection, model, args, observations=None, translat
     ks, ax = _lanes(key, ps.n_particles)
     traces, w = jax.vmap(one, in_axes=(ax, 0))(ks, ps.traces)
     return ParticleCollection(traces, ps.log_weights + w, ps.log_z, ps.dead)
+
+
+# ------------------------------------------------------------------------------ staged public API
+# Each step is compiled once per static configuration (model, proposal, kernel, scheme, sizes) and
+# argument structure, so calling the steps eagerly from Python is fast; inside the user's own
+# jit/vmap they trace inline as usual.
+_init_s = staged(("model", "n_particles", "proposal"), ("args", "proposal_args"))(
+    lambda key, model, args, observations, n_particles, proposal, proposal_args: _init_impl(
+        key, model, args, observations, n_particles, proposal, proposal_args))
+_extend_s = staged(("proposal",), ("args", "proposal_args"))(
+    lambda key, ps, args, observations, proposal, proposal_args: _extend_impl(
+        key, ps, args, observations, proposal, proposal_args))
+_resample_s = staged(("scheme",))(lambda key, ps, scheme: _resample_impl(key, ps, scheme))
+_resample_if_s = staged(("scheme",))(
+    lambda key, ps, ess_fraction, scheme: _resample_if_impl(key, ps, ess_fraction, scheme))
+_rejuvenate_s = staged(("kernel",))(lambda key, ps, kernel: _rejuvenate_impl(key, ps, kernel))
+_change_s = staged(("model", "translate"), ("args",))(
+    lambda key, ps, model, args, observations, translate: _change_impl(key, ps, model, args, observations, translate))
+
+
+def init(key, model, args, observations, n_particles: int, proposal=None, proposal_args=()):
+    return _init_s(key, model=model, args=tuple(args), observations=as_choicemap(observations),
+                   n_particles=int(n_particles), proposal=proposal, proposal_args=tuple(proposal_args))
+
+
+def extend(key, ps: ParticleCollection, args, observations=None, proposal=None, proposal_args=()):
+    return _extend_s(key, ps=ps, args=tuple(args), observations=as_choicemap(observations), proposal=proposal,
+                     proposal_args=tuple(proposal_args))
+
+
+def resample(key, ps: ParticleCollection, scheme: str = "systematic"):
+    return _resample_s(key, ps=ps, scheme=scheme)
+
+
+def resample_if(key, ps: ParticleCollection, ess_fraction: float = 0.5, scheme: str = "systematic"):
+    return _resample_if_s(key, ps=ps, ess_fraction=jnp.float32(ess_fraction), scheme=scheme)
+
+
+def rejuvenate(key, ps: ParticleCollection, kernel):
+    return _rejuvenate_s(key, ps=ps, kernel=kernel)
+
+
+def change(key, ps: ParticleCollection, model, args, observations=None, translate=None):
+    return _change_s(key, ps=ps, model=model, args=tuple(args), observations=as_choicemap(observations),
+                     translate=translate)
+
+
+for _pub, _impl in [(init, _init_impl), (extend, _extend_impl), (resample, _resample_impl),
+                    (resample_if, _resample_if_impl), (rejuvenate, _rejuvenate_impl), (change, _change_impl)]:
+    _pub.__doc__, _impl.__doc__ = _impl.__doc__, None

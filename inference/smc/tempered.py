@@ -193,17 +193,7 @@ def ais(key, model, args, observations, n_particles: int, betas=None, n_temps: i
 
 
 # ------------------------------------------------------------------------------ resample-move
-_init_j = staged(("model", "n_particles", "proposal"), ("args", "proposal_args"))(
-    lambda key, model, args, observations, n_particles, proposal, proposal_args: init(
-        key, model, args, observations, n_particles, proposal, proposal_args)
-)
-_extend_j = staged(("proposal",), ("args", "proposal_args"))(
-    lambda key, ps, args, observations, proposal, proposal_args: extend(key, ps, args, observations, proposal,
-                                                                         proposal_args)
-)
-
-
-@jax.jit(static_argnames=("kernel", "n_moves", "ess_fraction", "scheme"))
+@jax.jit(static_argnames=("kernel", "n_moves", "scheme"))
 def _move_j(key, ps, kernel, n_moves, ess_fraction, scheme):
     k1, k2 = jax.random.split(key)
     ps = resample_if(k1, ps, ess_fraction, scheme)
@@ -246,12 +236,10 @@ def resample_move(key, model, args_seq, observations_seq, n_particles: int, kern
     if len(args_seq) != len(observations_seq) or not args_seq:
         raise ValueError("resample_move: args_seq and observations_seq must be non-empty and of equal length")
     keys = jax.random.split(key, 2 * len(args_seq))
-    ps = _init_j(keys[0], model=model, args=tuple(args_seq[0]), observations=as_choicemap(observations_seq[0]),
-                 n_particles=int(n_particles), proposal=None, proposal_args=())
+    ps = init(keys[0], model, tuple(args_seq[0]), observations_seq[0], int(n_particles))
     ess_hist = [ps.ess()]
     for k in range(1, len(args_seq)):
-        ps, _ = _move_j(keys[2 * k], ps, kernel, int(n_moves), float(ess_fraction), scheme)
-        ps = _extend_j(keys[2 * k + 1], ps, args=tuple(args_seq[k]), observations=as_choicemap(observations_seq[k]),
-                       proposal=proposal, proposal_args=())
+        ps, _ = _move_j(keys[2 * k], ps, kernel, int(n_moves), jnp.float32(ess_fraction), scheme)
+        ps = extend(keys[2 * k + 1], ps, tuple(args_seq[k]), observations_seq[k], proposal)
         ess_hist.append(ps.ess())
     return ps, jnp.stack(ess_hist)
