@@ -492,6 +492,23 @@ def _paths_selection(chm_struct: ChoiceMap):
     return select(*paths) if paths and () not in paths else (select_none() if not paths else None)
 
 
+_SHAPES_CACHE: dict = {}
+
+
+def _abstract_spec(gf, args):
+    """A hashable description of ``args`` up to data values (None if not hashable)."""
+    from .core import is_data
+
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    try:
+        spec = (gf, treedef, tuple((jnp.shape(x), jnp.result_type(x), isinstance(x, float)) if is_data(x) else x
+                                   for x in leaves))
+        hash(spec)
+    except TypeError:
+        return None
+    return spec
+
+
 @dataclasses.dataclass(frozen=True, eq=True)
 class SwitchGF(GenerativeFunction):
     """Stochastic branching: called with ``(index, *args)``; see :func:`switch` and :func:`cond`."""
@@ -520,6 +537,9 @@ class SwitchGF(GenerativeFunction):
         it lists every address a branch may visit; leaves that are conditionally present (nested
         branches) are ``Masked``.
         """
+        spec = _abstract_spec(self, args)
+        if spec is not None and spec in _SHAPES_CACHE:
+            return _SHAPES_CACHE[spec]
         out = []
         for b in self.branches:
 
@@ -534,6 +554,10 @@ class SwitchGF(GenerativeFunction):
                 f"{self.name} at {fmt_addr(current_path())}: branches return different shapes "
                 f"{rvs}; every branch must return values of the same structure, shape and dtype."
             )
+        if spec is not None:
+            if len(_SHAPES_CACHE) > 4096:
+                _SHAPES_CACHE.clear()
+            _SHAPES_CACHE[spec] = out
         return out
 
     def _route(self, constraints, shapes, what):

@@ -111,7 +111,7 @@ def same_choices(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-SETTINGS = settings(max_examples=10, deadline=None, derandomize=True, database=None, report_multiple_bugs=False,
+SETTINGS = settings(max_examples=8, deadline=None, derandomize=True, database=None, report_multiple_bugs=False,
                     phases=[Phase.explicit, Phase.generate],  # no shrinking: each example compiles
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
