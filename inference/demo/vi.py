@@ -100,7 +100,7 @@ def run(out_dir: str, key) -> None:
     for name, per_datum in (("elbo", vi.elbo(vae_model, vae_guide)), ("iwelbo(5)", vi.iwelbo(vae_model, vae_guide, 5))):
         obj = vi.map_mean(per_datum, in_axes=(0, None, 0))
         k = jax.random.fold_in(key, len(results))
-        res = vi.fit(k, obj, p0, optax.adam(3e-3), 400, vi.minibatch(ChoiceMap({"x": Xtr}), 128), (),
+        res = vi.fit(k, obj, p0, optax.adam(3e-3), 300, vi.minibatch(ChoiceMap({"x": Xtr}), 128), (),
                      vi.minibatch((Xtr,), 128), progress=False)
         held = float(iw100.estimate(jax.random.key(1), res.params, ChoiceMap({"x": Xte}), (), (Xte,)))
         results[name] = res
@@ -148,7 +148,7 @@ def run(out_dir: str, key) -> None:
     for name, per_datum in (("enumerated ELBO (user-defined)", enumerated_elbo(mixture, assign)),
                             ("vimco(4)", vi.vimco(mixture, assign, 4))):
         obj = vi.map_mean(per_datum, in_axes=(0, None, 0))
-        res = vi.fit(key, obj, m0, optax.adam(0.05), 200, vi.minibatch(ChoiceMap({"x": data}), 32), (),
+        res = vi.fit(key, obj, m0, optax.adam(0.05), 150, vi.minibatch(ChoiceMap({"x": data}), 32), (),
                      vi.minibatch((data,), 32), progress=False)
         print(f"  {name:31s}: mu = {np.round(np.asarray(res.params['mu']), 2)}, "
               f"log-likelihood {_mix_loglik(res.params['mu'], data):.3f}")
