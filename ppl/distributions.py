@@ -168,6 +168,8 @@ class DistributionGF(GenerativeFunction):
                 continue
             if v is None or isinstance(constraint, type(nd.constraints.dependent)):
                 continue
+            if isinstance(v, jax.core.Tracer) and not STATE.debug:
+                continue  # traced values are checked at run time only in debug mode
             try:
                 ok = constraint(v)
             except Exception:
