@@ -78,15 +78,22 @@ def _spec(x, mesh):
     return NamedSharding(mesh, PartitionSpec(name))
 
 
-def constrain_batch(tree):
-    """Constrain every leaf's leading axis to be sharded over the active mesh (no-op without one).
+def constrain_batch(tree, mesh: Mesh | None = None):
+    """Constrain every leaf's leading axis to be sharded over ``mesh`` (default: the active mesh;
+    no-op without one). Leaves whose leading axis does not divide evenly are replicated.
 
-    Leaves whose leading axis does not divide evenly over the devices are replicated.
+    Typed PRNG keys are constrained through their raw key data.
     """
-    mesh = _STATE.mesh
+    mesh = _STATE.mesh if mesh is None else mesh
     if mesh is None:
         return tree
-    return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, _spec(x, mesh)), tree)
+    def one(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = jax.lax.with_sharding_constraint(jax.random.key_data(x), _spec(x, mesh))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.lax.with_sharding_constraint(x, _spec(x, mesh))
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 def shard_batch(tree, mesh: Mesh):

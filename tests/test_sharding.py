@@ -42,3 +42,19 @@ def test_shard_batch_places_leading_axis():
     x = shard_batch({"a": jnp.arange(8.0), "b": jnp.ones(())}, mesh)
     assert len(x["a"].sharding.device_set) == 4
     assert float(jnp.sum(x["a"])) == 28.0
+
+
+def test_mcmc_chains_sharded_identical_to_single_device():
+    from inference import mcmc
+
+    @ppl.gen
+    def model():
+        return ppl.normal(jnp.zeros(3), 1.0) @ "x"
+
+    tr = model.simulate(jax.random.key(0))
+    kernel = mcmc.hmc(ppl.select("x"), step_size=0.3, n_leapfrog=5)
+    ref = mcmc.run(jax.random.key(1), kernel, tr, 20, n_chains=8)
+    with batch_sharding(device_mesh()):
+        res = mcmc.run(jax.random.key(1), kernel, tr, 20, n_chains=8)
+    assert len(res.choices["x"].sharding.device_set) == 4
+    np.testing.assert_array_equal(np.asarray(res.choices["x"]), np.asarray(ref.choices["x"]))

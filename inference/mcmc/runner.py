@@ -37,6 +37,7 @@ from ppl.choicemap import ChoiceMap, Masked
 from ppl.core import Trace, pack_args, unpack_args
 from ppl.errors import NonFiniteError, fmt_addr
 
+from ..sharding import active_mesh, constrain_batch
 from .base import Kernel
 
 __all__ = ["run", "sample", "init_chains", "MCMCResult"]
@@ -100,11 +101,13 @@ def _chain_keys(key, n_chains):
     return pairs[:, 0], pairs[:, 1]
 
 
-@jax.jit(static_argnums=(0, 1, 2, 3, 4, 6))
-def _run_all(kernel, burn_in, n, thin, n_chains, key, batched, trace):
-    """Init, burn-in and sampling of all chains in one compiled program (no progress bar)."""
+@jax.jit(static_argnums=(0, 1, 2, 3, 4, 6, 8))
+def _run_all(kernel, burn_in, n, thin, n_chains, key, batched, trace, mesh=None):
+    """Init, burn-in and sampling of all chains in one compiled program (no progress bar).
+
+    With a device ``mesh`` (``inference.sharding.batch_sharding``) the chain axis is sharded."""
     axes = _trace_axes(trace, 0 if batched else None)
-    k_init, k_steps = _chain_keys(key, n_chains)
+    k_init, k_steps = constrain_batch(_chain_keys(key, n_chains), mesh)
 
     def chain(ki, ks, tr):
         st = _strong(kernel.init(ki, tr, burn_in))
@@ -291,7 +294,7 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
         bar = tqdm(total=total, desc=f"mcmc.{kernel.name}", unit="step")
         chunk = int(chunk_size) if chunk_size else max(1, math.ceil(total / 20))
     if not progress:
-        tr, (choices, info) = _run_all(kernel, burn_in, n_samples, thin, n_chains, key, batched, trace)
+        tr, (choices, info) = _run_all(kernel, burn_in, n_samples, thin, n_chains, key, batched, trace, active_mesh())
         return MCMCResult(choices, info, tr)
     k_init, k_steps = jax.jit(_chain_keys, static_argnums=1)(key, n_chains)
     state = _init_chains(kernel, burn_in, k_init, trace, batched)
