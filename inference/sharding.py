@@ -4,7 +4,12 @@ Inference algorithms mark the leading axis of the batches they create (particles
 sampling and SMC, chains in MCMC, data minibatches in VI) with :func:`constrain_batch`. Outside a
 :func:`batch_sharding` block this does nothing; inside it, the axis is laid out across the
 devices of a ``jax.sharding.Mesh`` and XLA partitions the compiled program. Random numbers use
-JAX's partitionable threefry, so results are identical to a single-device run.
+JAX's partitionable threefry, so every per-particle/per-chain value is bit-identical to a
+single-device run; reductions across the sharded axis (e.g. ``logsumexp`` of particle weights) can
+differ in the last bits because the summation order differs.
+
+Algorithms that are compiled once per configuration (``importance.sample``, the ``smc``
+functions, ``mcmc.run``) include the active mesh in their compilation key.
 
 The same works on one host with several devices or across hosts after ``jax.distributed``
 initialization (the mesh then spans every process's devices).
@@ -27,7 +32,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["device_mesh", "batch_sharding", "constrain_batch", "shard_batch", "active_mesh"]
+__all__ = ["device_mesh", "batch_sharding", "constrain_batch", "shard_batch", "active_mesh", "lanes"]
 
 AXIS = "batch"
 
@@ -106,3 +111,18 @@ def shard_batch(tree, mesh: Mesh):
         True
     """
     return jax.tree_util.tree_map(lambda x: jax.device_put(x, _spec(x, mesh)), tree)
+
+
+def lanes(key, n: int):
+    """``ppl.keys.lanes(key, n)`` with the lane (particle/chain) axis sharded over the active mesh.
+
+    Example:
+        >>> import jax
+        >>> lanes(jax.random.key(0), 4).lane.shape
+        (4,)
+    """
+    from ppl.keys import LaneKey
+    from ppl.keys import lanes as _lanes
+
+    ks = _lanes(key, n)
+    return LaneKey(ks.base, constrain_batch(ks.lane))

@@ -12,6 +12,8 @@ from ppl.choicemap import ChoiceMap
 from ppl.core import STATE, pack_args, unpack_args
 from ppl.errors import NonFiniteError
 
+from ..sharding import active_mesh, batch_sharding
+
 __all__ = ["AllParticlesDeadError", "as_choicemap", "staged", "check_alive", "pack_args", "unpack_args"]
 
 
@@ -34,23 +36,25 @@ def staged(static_argnames: tuple, packed_argnames: tuple = ()):
 
     The arguments named in ``packed_argnames`` are model argument tuples: their non-array leaves
     (Python ints, bools, strings) become static, arrays and floats are traced, as in the GFI's own
-    staging. The debug flag is part of the compilation key.
+    staging. The debug flag and the active device mesh (``inference.sharding``) are part of the
+    compilation key.
     """
 
     def deco(fn):
-        def inner(*a, _debug=False, **kw):
+        def inner(*a, _debug=False, _mesh=None, **kw):
             old = STATE.debug
             STATE.debug = _debug
             STATE.stage_depth += 1  # GFI calls inside trace inline (no nested jit per call)
             try:
                 for name in packed_argnames:
                     kw[name] = unpack_args(kw[name])
-                return fn(*a, **kw)
+                with batch_sharding(_mesh):  # particle axes laid out over the mesh, if any
+                    return fn(*a, **kw)
             finally:
                 STATE.debug = old
                 STATE.stage_depth -= 1
 
-        jitted = jax.jit(inner, static_argnames=tuple(static_argnames) + ("_debug",))
+        jitted = jax.jit(inner, static_argnames=tuple(static_argnames) + ("_debug", "_mesh"))
 
         @functools.wraps(fn)
         def wrapper(*a, **kw):
@@ -61,7 +65,7 @@ def staged(static_argnames: tuple, packed_argnames: tuple = ()):
             if _CALLBACK_ERRORS:
                 pop_callback_error()
             try:
-                return jitted(*a, _debug=bool(STATE.debug), **kw)
+                return jitted(*a, _debug=bool(STATE.debug), _mesh=active_mesh(), **kw)
             except jax.errors.JaxRuntimeError as e:
                 err = pop_callback_error()
                 if err is not None:  # a debug-mode check failed at run time: raise the ppl error

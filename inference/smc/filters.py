@@ -29,6 +29,7 @@ from ppl import keys as pkeys
 from ppl.combinators import ScanGF
 from ppl.errors import ModelError, ShapeError
 
+from .. import sharding
 from ._util import as_choicemap, check_alive, pack_args, staged, unpack_args
 from .particles import gather
 from .resampling import ess_from_normalized, indices_from_normalized, log_normalize, resample_indices
@@ -187,7 +188,7 @@ def broadcast_carry(carry0, n):
 
 def propagate(step, key, carries, x_t, obs_t, n, proposal=None):
     """Extend ``n`` carries by one step: ``(choices, new_carries, log_incremental_weights)``."""
-    ks, ax = pkeys.lanes(key, n), pkeys.LANE_AXES
+    ks, ax = sharding.lanes(key, n), pkeys.LANE_AXES
     if proposal is None:
         def one(k, c):
             tr, w = step.generate(k, obs_t, c, x_t)
@@ -199,6 +200,7 @@ def propagate(step, key, carries, x_t, obs_t, n, proposal=None):
             tr, w = step.generate(kp, obs_t | q.choices, c, x_t)
             return tr.choices, tr.retval[0], w - q.score
     ch, new, w = jax.vmap(one, in_axes=(ax, 0))(ks, carries)
+    ch, new, w = sharding.constrain_batch((ch, new, w))
     return ch, new, jnp.broadcast_to(jnp.asarray(w, jnp.float32), (n,))
 
 

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from ppl import keys as pkeys
 from ppl.choicemap import ChoiceMap, select
 
+from .. import sharding
 from ._util import as_choicemap, check_alive, staged
 from .particles import ParticleCollection, gather
 from .resampling import log_normalize, resample_indices
@@ -37,7 +38,7 @@ __all__ = ["init", "extend", "resample", "resample_if", "rejuvenate", "change"]
 
 
 def _lanes(key, n):
-    return pkeys.lanes(key, n), pkeys.LANE_AXES
+    return sharding.lanes(key, n), pkeys.LANE_AXES
 
 
 def _init_impl(key, model, args, observations, n_particles: int, proposal=None, proposal_args=()):
@@ -61,6 +62,7 @@ def _init_impl(key, model, args, observations, n_particles: int, proposal=None, 
     if proposal is None:
         ks, ax = _lanes(key, n)
         traces, w = jax.vmap(lambda k: model.generate(k, obs, *args), in_axes=(ax,))(ks)
+        traces, w = sharding.constrain_batch((traces, w))
     else:
         kq, kp = jax.random.split(key)
 
@@ -71,6 +73,7 @@ def _init_impl(key, model, args, observations, n_particles: int, proposal=None, 
 
         (lq, ax), (lp, _) = _lanes(kq, n), _lanes(kp, n)
         traces, w = jax.vmap(one, in_axes=(ax, ax))(lq, lp)
+        traces, w = sharding.constrain_batch((traces, w))
     w = jnp.broadcast_to(jnp.asarray(w, jnp.float32), (n,))
     return ParticleCollection(traces, w, jnp.zeros((), jnp.float32), jnp.zeros((), bool))
 
@@ -109,6 +112,7 @@ def _extend_impl(key, ps: ParticleCollection, args, observations=None, proposal=
 
     ks, ax = _lanes(key, n)
     traces, w = jax.vmap(one, in_axes=(ax, 0))(ks, ps.traces)
+    traces, w = sharding.constrain_batch((traces, w))
     return ParticleCollection(traces, ps.log_weights + w, ps.log_z, ps.dead)
 
 
@@ -226,6 +230,7 @@ def _change_impl(key, ps: ParticleCollection, model, args, observations=None, tr
 
     ks, ax = _lanes(key, ps.n_particles)
     traces, w = jax.vmap(one, in_axes=(ax, 0))(ks, ps.traces)
+    traces, w = sharding.constrain_batch((traces, w))
     return ParticleCollection(traces, ps.log_weights + w, ps.log_z, ps.dead)
 
 

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from ppl import keys as pkeys
 from ppl.choicemap import Masked, select
 
+from .. import sharding
 from ._util import as_choicemap, staged
 from .particles import ParticleCollection, gather
 from .pmmh import random_walk
@@ -96,7 +97,8 @@ def _tempered(key, model, args, observations, n_particles, betas, n_mcmc, step_s
         _, prior = model.generate(k, lat, *args)
         return prior, joint - prior
 
-    traces, ll = jax.vmap(lambda k: model.generate(k, obs, *args), in_axes=(pkeys.LANE_AXES,))(pkeys.lanes(k0, n))
+    traces, ll = jax.vmap(lambda k: model.generate(k, obs, *args), in_axes=(pkeys.LANE_AXES,))(sharding.lanes(k0, n))
+    traces, ll = sharding.constrain_batch((traces, ll))
     lat = jax.vmap(latents_of)(traces)
     lp = traces.score - ll
 
@@ -145,7 +147,7 @@ def _tempered(key, model, args, observations, n_particles, betas, n_mcmc, step_s
     state0 = (lat, lp, ll, jnp.zeros(n, jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
     (lat, lp, ll, lw, log_z, _), (ess, acc) = jax.lax.scan(body, state0, (betas, jax.random.split(k_scan, betas.shape[0])))
     final, _ = jax.vmap(lambda k, l: model.generate(k, l | obs, *args), in_axes=(pkeys.LANE_AXES, 0))(
-        pkeys.lanes(k_fin, n), lat)
+        sharding.lanes(k_fin, n), lat)
     dead = log_normalize(lw)[2]
     return TemperedResult(ParticleCollection(final, lw, log_z, dead), betas, ess, acc)
 
