@@ -25,6 +25,7 @@ import optax
 import ppl
 from benchmarks.harness import block, time_first_call, time_interleaved, write_results
 from inference import vi
+from inference.demo.vi import LATENT, binary_digits, mlp, vae_guide, vae_init, vae_model
 from ppl import ChoiceMap
 
 
@@ -132,47 +133,19 @@ def bench_logreg():
 
 
 # ----------------------------------------------------------------------------- 2. VAE on digits
-LATENT, HIDDEN, BATCH = 8, 128, 128
+BATCH = 128
 
 
 def digits_data():
-    from sklearn.datasets import load_digits
-
-    return jnp.asarray((load_digits().data > 7).astype(np.float32))
-
-
-def _dense(k, i, o):
-    return {"w": jax.random.normal(k, (i, o)) / jnp.sqrt(i), "b": jnp.zeros(o)}
-
-
-def _mlp(p, x):
-    return jnp.tanh(x @ p["l1"]["w"] + p["l1"]["b"]) @ p["l2"]["w"] + p["l2"]["b"]
-
-
-def vae_init(key):
-    ks = jax.random.split(key, 4)
-    return {"enc": {"l1": _dense(ks[0], 64, HIDDEN), "l2": _dense(ks[1], HIDDEN, 2 * LATENT)},
-            "dec": {"l1": _dense(ks[2], LATENT, HIDDEN), "l2": _dense(ks[3], HIDDEN, 64)}}
-
-
-@ppl.gen
-def vae_model(params):
-    z = ppl.normal(jnp.zeros(LATENT), 1.0) @ "z"
-    return ppl.bernoulli(logits=_mlp(params["dec"], z)) @ "x"
-
-
-@ppl.gen
-def vae_guide(params, x):
-    out = _mlp(params["enc"], x)
-    return ppl.normal(out[:LATENT], jnp.exp(out[LATENT:])) @ "z"
+    return jnp.asarray(binary_digits())
 
 
 def _hand_log_w(params, x, eps):
     """Per-datum log weights; x: (B, 64), eps: (B, K, L) -> (B, K)."""
-    out = _mlp(params["enc"], x)
+    out = mlp(params["enc"], x)
     mu, sig = out[:, None, :LATENT], jnp.exp(out[:, None, LATENT:])
     z = mu + sig * eps
-    logits = _mlp(params["dec"], z)
+    logits = mlp(params["dec"], z)
     xb = x[:, None, :]
     loglik = jnp.sum(xb * jax.nn.log_sigmoid(logits) + (1 - xb) * jax.nn.log_sigmoid(-logits), -1)
     logpz = jnp.sum(_norm_logpdf(z), -1)
@@ -198,11 +171,11 @@ def numpyro_svi(K):
         dec = numpyro.param("dec", p0["dec"])
         with numpyro.plate("batch", x.shape[0]):
             z = numpyro.sample("z", nd.Normal(jnp.zeros(LATENT), 1.0).to_event(1))
-            numpyro.sample("x", nd.Bernoulli(logits=_mlp(dec, z)).to_event(1), obs=x)
+            numpyro.sample("x", nd.Bernoulli(logits=mlp(dec, z)).to_event(1), obs=x)
 
     def guide(x, p0):
         enc = numpyro.param("enc", p0["enc"])
-        out = _mlp(enc, x)
+        out = mlp(enc, x)
         with numpyro.plate("batch", x.shape[0]):
             numpyro.sample("z", nd.Normal(out[:, :LATENT], jnp.exp(out[:, LATENT:])).to_event(1))
 

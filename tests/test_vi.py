@@ -11,6 +11,8 @@ import pytest
 
 import ppl
 from inference import vi
+from inference.demo.vi import digits_split as digits
+from inference.demo.vi import vae_guide, vae_init, vae_model
 from ppl import ChoiceMap
 
 FULL = os.environ.get("PPL_FULL_STATS") == "1"
@@ -250,43 +252,6 @@ def test_marginal_exact_with_exact_reverse_and_normalize():
 
 
 # ------------------------------------------------------------------------ VAE on digits
-LATENT, HIDDEN = 8, 128
-
-
-def _dense(k, i, o):
-    return {"w": jax.random.normal(k, (i, o)) / jnp.sqrt(i), "b": jnp.zeros(o)}
-
-
-def _mlp(p, x):
-    return jnp.tanh(x @ p["l1"]["w"] + p["l1"]["b"]) @ p["l2"]["w"] + p["l2"]["b"]
-
-
-def vae_init(key):
-    ks = jax.random.split(key, 4)
-    return {"enc": {"l1": _dense(ks[0], 64, HIDDEN), "l2": _dense(ks[1], HIDDEN, 2 * LATENT)},
-            "dec": {"l1": _dense(ks[2], LATENT, HIDDEN), "l2": _dense(ks[3], HIDDEN, 64)}}
-
-
-@ppl.gen
-def vae_model(params):
-    z = ppl.normal(jnp.zeros(LATENT), 1.0) @ "z"
-    return ppl.bernoulli(logits=_mlp(params["dec"], z)) @ "x"
-
-
-@ppl.gen
-def vae_guide(params, x):
-    out = _mlp(params["enc"], x)
-    return ppl.normal(out[:LATENT], jnp.exp(out[LATENT:])) @ "z"
-
-
-def digits():
-    from sklearn.datasets import load_digits
-
-    X = (load_digits().data > 7).astype(np.float32)
-    perm = np.random.default_rng(0).permutation(len(X))
-    return jnp.asarray(X[perm[:1500]]), jnp.asarray(X[perm[1500:]])
-
-
 @pytest.mark.statistical
 @pytest.mark.parametrize("objective", ["elbo", "iwelbo"])
 def test_vae_digits_trains_and_beats_baseline(objective):

@@ -28,8 +28,23 @@ def _dense(k, i, o):
     return {"w": jax.random.normal(k, (i, o)) / jnp.sqrt(i), "b": jnp.zeros(o)}
 
 
-def _mlp(p, x):
+def mlp(p, x):
+    """The two-layer tanh MLP of the VAE's encoder and decoder."""
     return jnp.tanh(x @ p["l1"]["w"] + p["l1"]["b"]) @ p["l2"]["w"] + p["l2"]["b"]
+
+
+def binary_digits():
+    """scikit-learn's 8x8 digits, binarized (pixel > 7), as float32 of shape (1797, 64)."""
+    from sklearn.datasets import load_digits
+
+    return (load_digits().data > 7).astype(np.float32)
+
+
+def digits_split():
+    """A fixed train (1500) / held-out (297) split of :func:`binary_digits`."""
+    X = binary_digits()
+    perm = np.random.default_rng(0).permutation(len(X))
+    return jnp.asarray(X[perm[:1500]]), jnp.asarray(X[perm[1500:]])
 
 
 def vae_init(key):
@@ -41,12 +56,12 @@ def vae_init(key):
 @ppl.gen
 def vae_model(params):
     z = ppl.normal(jnp.zeros(LATENT), 1.0) @ "z"
-    return ppl.bernoulli(logits=_mlp(params["dec"], z)) @ "x"
+    return ppl.bernoulli(logits=mlp(params["dec"], z)) @ "x"
 
 
 @ppl.gen
 def vae_guide(params, x):
-    out = _mlp(params["enc"], x)
+    out = mlp(params["enc"], x)
     return ppl.normal(out[:LATENT], jnp.exp(out[LATENT:])) @ "z"
 
 
@@ -84,12 +99,9 @@ def run(out_dir: str, key) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.datasets import load_digits
 
     t0 = time.time()
-    X = (load_digits().data > 7).astype(np.float32)
-    perm = np.random.default_rng(0).permutation(len(X))
-    Xtr, Xte = jnp.asarray(X[perm[:1500]]), jnp.asarray(X[perm[1500:]])
+    Xtr, Xte = digits_split()
     p0 = vae_init(jax.random.key(0))
     iw100 = vi.map_mean(vi.iwelbo(vae_model, vae_guide, 100), in_axes=(0, None, 0))
     pix = jnp.clip(Xtr.mean(0), 1e-3, 1 - 1e-3)
@@ -123,8 +135,8 @@ def run(out_dir: str, key) -> None:
     # reconstructions: encode held-out digits, decode the guide's mean
     params = results["elbo"].params
     xs = Xte[:8]
-    z = jax.vmap(lambda x: _mlp(params["enc"], x)[:LATENT])(xs)
-    recon = jax.nn.sigmoid(jax.vmap(lambda z: _mlp(params["dec"], z))(z))
+    z = jax.vmap(lambda x: mlp(params["enc"], x)[:LATENT])(xs)
+    recon = jax.nn.sigmoid(jax.vmap(lambda z: mlp(params["dec"], z))(z))
     fig, axes = plt.subplots(2, 8, figsize=(8, 2.2))
     for i in range(8):
         axes[0, i].imshow(np.asarray(xs[i]).reshape(8, 8), cmap="gray_r")
