@@ -23,7 +23,7 @@ import numpyro.distributions as nd
 import ppl
 from ppl import ChoiceMap, gen, select
 
-from .harness import block, write_results
+from .harness import block, time_rounds, write_results
 
 # ------------------------------------------------------------------------------ regression
 N_OBS = 1000
@@ -182,17 +182,7 @@ def _csw(tr, w):
 def _time_interleaved_min(fns, n_rounds, n_inner):
     """Like ``harness.time_interleaved`` but the minimum over rounds: on a shared, loaded machine
     the fastest round estimates the uncontended cost (the median mostly measures other load)."""
-    for f in fns.values():
-        block(f())
-    best = {k: float("inf") for k in fns}
-    for _ in range(n_rounds):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(n_inner):
-                out = f()
-            block(out)
-            best[k] = min(best[k], (time.perf_counter() - t0) / n_inner)
-    return best
+    return {k: min(v) for k, v in time_rounds(fns, n_rounds, n_inner).items()}
 
 
 def _flat(f, args):

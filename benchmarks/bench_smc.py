@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 import ppl
-from benchmarks.harness import time_first_call, time_interleaved, write_results
+from benchmarks.harness import time_first_call, time_interleaved, time_rounds, write_results
 from inference import smc
 from inference.smc.filters import _filter
 from inference.smc.resampling import resample_indices
@@ -105,16 +105,7 @@ def ppl_filter(T, N, history=True):
 def paired_ratios(fns, base, n_rounds, n_inner):
     """Median time per call of each thunk and the median over rounds of its ratio to ``base``
     measured in the same round (robust to load drift on a shared machine)."""
-    for f in fns.values():
-        jax.block_until_ready(f())
-    samples = {k: [] for k in fns}
-    for _ in range(n_rounds):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(n_inner):
-                out = f()
-            jax.block_until_ready(out)
-            samples[k].append((time.perf_counter() - t0) / n_inner)
+    samples = time_rounds(fns, n_rounds, n_inner)
     med = {k: statistics.median(v) for k, v in samples.items()}
     ratios = {k: statistics.median([a / b for a, b in zip(v, samples[base])]) for k, v in samples.items()}
     return med, ratios

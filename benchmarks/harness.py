@@ -28,11 +28,10 @@ def block(x):
     return jax.block_until_ready(x)
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], n_rounds: int = 30, n_inner: int = 10) -> dict:
-    """Median seconds per call of each (already compiled) thunk, measured round-robin.
-
-    Interleaving the candidates in one process cancels drift in machine load between them.
-    """
+def time_rounds(fns: dict[str, Callable[[], object]], n_rounds: int = 30, n_inner: int = 10) -> dict:
+    """Seconds per call of each thunk in every round (a list per thunk), measured round-robin
+    after one warm-up call each. Interleaving the candidates in one process cancels drift in
+    machine load between them."""
     for f in fns.values():  # warm up / compile
         block(f())
     samples = {k: [] for k in fns}
@@ -43,7 +42,12 @@ def time_interleaved(fns: dict[str, Callable[[], object]], n_rounds: int = 30, n
                 out = f()
             block(out)
             samples[k].append((time.perf_counter() - t0) / n_inner)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return samples
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], n_rounds: int = 30, n_inner: int = 10) -> dict:
+    """Median seconds per call of each (already compiled) thunk over :func:`time_rounds`."""
+    return {k: statistics.median(v) for k, v in time_rounds(fns, n_rounds, n_inner).items()}
 
 
 def time_first_call(make: Callable[[], Callable[[], object]]) -> float:
