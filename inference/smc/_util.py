@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppl.choicemap import ChoiceMap
-from ppl.core import STATE, pack_args, unpack_args
+from ppl.core import STATE, _as_choicemap, pack_args, unpack_args
 from ppl.errors import NonFiniteError
 
 from ..sharding import active_mesh, batch_sharding
@@ -22,13 +22,7 @@ class AllParticlesDeadError(NonFiniteError):
 
 
 def as_choicemap(x) -> ChoiceMap:
-    if x is None:
-        return ChoiceMap.empty()
-    if isinstance(x, ChoiceMap):
-        return x
-    if isinstance(x, dict):
-        return ChoiceMap(x)
-    raise TypeError(f"observations must be a ppl.ChoiceMap (or a dict address -> value), got {type(x).__name__}")
+    return _as_choicemap(x, "observations")
 
 
 def staged(static_argnames: tuple, packed_argnames: tuple = ()):
