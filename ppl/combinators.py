@@ -35,12 +35,15 @@ import numpyro.distributions as nd
 from . import keys
 from .choicemap import ChoiceMap, Masked, concrete_bool, mask_and, select_none, _NO_VALUE
 from .core import (
+    STATE,
     GenerativeFunction,
     Invocation,
     Trace,
     current_path,
+    masked_total,
     pack_args,
     push_path,
+    raise_from_callback,
     trace_dataclass,
 )
 from .distributions import DistributionGF
@@ -82,6 +85,9 @@ class VmapTrace(Trace):
 
     def get_choices(self):
         return self.inner.get_choices()
+
+    def get_scores(self):
+        return self.inner.get_scores()
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -228,6 +234,9 @@ class ScanTrace(Trace):
 
     def get_choices(self):
         return self.inner.get_choices()
+
+    def get_scores(self):
+        return self.inner.get_scores()
 
 
 def _strong(tree):
@@ -404,6 +413,18 @@ class SwitchTrace(Trace):
             return self.subs[idx].get_choices()
         return _merge_masked([(self.index == b, s.get_choices()) for b, s in enumerate(self.subs)])
 
+    def get_scores(self):
+        idx = concrete_index(self.index)
+        if idx is not None:
+            return self.subs[idx].get_scores()
+        return _merge_masked([(self.index == b, s.get_scores()) for b, s in enumerate(self.subs)])
+
+
+def _index_callback(ok, idx, msg):
+    if not bool(ok):
+        raise_from_callback(ModelError(f"{msg}, got {int(idx)} (debug-mode run-time check). Pass as many "
+                                       "branches as the index can take."))
+
 
 def concrete_index(index):
     """The branch index as a Python int when it is concrete (not traced, not a shape struct)."""
@@ -528,7 +549,19 @@ class SwitchGF(GenerativeFunction):
                 f"{self.name} at {fmt_addr(current_path())}: the branch index must be an integer "
                 f"scalar, got {idx.dtype}{list(idx.shape)}"
             )
-        return jnp.clip(idx.astype(jnp.int32), 0, len(self.branches) - 1)
+        n = len(self.branches)
+        msg = (f"{self.name} at {fmt_addr(current_path())}: branch index out of range: there are {n} "
+               f"branches (valid indices 0..{n - 1})")
+        c = concrete_index(index)
+        if c is not None:
+            if not 0 <= c < n:
+                raise ModelError(f"{msg}, got {c}. Pass as many branches as the index can take.")
+            return idx.astype(jnp.int32), None
+        in_range = jnp.logical_and(idx >= 0, idx < n)
+        if STATE.debug:
+            jax.debug.callback(_index_callback, in_range, idx, msg)
+        # Out of range (possible only for traced indices): the trace is impossible (score -inf).
+        return jnp.clip(idx.astype(jnp.int32), 0, n - 1), in_range
 
     def _shapes(self, args):
         """Per branch: (stripped trace struct, retval struct, choice-map struct).
@@ -580,7 +613,7 @@ class SwitchGF(GenerativeFunction):
         return tuple(sub_b if c == b else _zeros_like_struct(shapes[c][0]) for c in range(len(self.branches)))
 
     def _simulate(self, key, index, *args):
-        idx = self._index(index)
+        idx, in_range = self._index(index)
         shapes = self._shapes(args)
 
         def fn(b):
@@ -591,10 +624,10 @@ class SwitchGF(GenerativeFunction):
             return f
 
         subs, rv, score = jax.lax.switch(idx, [fn(b) for b in range(len(self.branches))], key, args)
-        return SwitchTrace(self, pack_args((index, *args)), rv, score, idx, subs)
+        return SwitchTrace(self, pack_args((index, *args)), rv, _guard(score, in_range), idx, subs)
 
     def _assess(self, choices, index, *args):
-        idx = self._index(index)
+        idx, in_range = self._index(index)
         shapes = self._shapes(args)
         parts = self._route(choices, shapes, f"{self.name}.assess")
         cidx = concrete_index(idx)
@@ -620,10 +653,10 @@ class SwitchGF(GenerativeFunction):
             return f
 
         lp, rv = jax.lax.switch(idx, [lambda ps, b=b: fn(b)(ps[b]) for b in range(len(self.branches))], parts)
-        return lp, rv
+        return _guard(lp, in_range), rv
 
     def _generate(self, key, constraints, index, *args):
-        idx = self._index(index)
+        idx, in_range = self._index(index)
         shapes = self._shapes(args)
         parts = self._route(constraints, shapes, f"{self.name}.generate")
 
@@ -635,48 +668,83 @@ class SwitchGF(GenerativeFunction):
             return f
 
         subs, rv, score, w = jax.lax.switch(idx, [fn(b) for b in range(len(self.branches))], key, parts)
+        score, w = _guard(score, in_range), _guard(w, in_range)
         return SwitchTrace(self, pack_args((index, *args)), rv, score, idx, subs), w
 
     def _edit(self, key, trace, arg, index, args, mode):
+        """``update``/``regenerate`` with Gen's semantics at branch switches.
+
+        When the new index ``b`` differs from the old one ``c``, branch ``b`` is generated with the
+        old choices at the addresses both branches visit (same shape and dtype, visited
+        unconditionally by ``b``) as constraints, unless they are constrained anew (``update``) or
+        selected (``regenerate``). ``update``'s weight is ``generate``'s weight minus the old
+        branch's score (``log p(t') - log p(t) - log q(fresh)``); ``regenerate``'s is ``generate``'s
+        weight minus the old scores of the carried choices (removed and resampled choices cancel
+        against the prior proposal). One program per pair ``(b, c)``.
+        """
         if not isinstance(trace, SwitchTrace):
             raise ModelError(f"{self.name} at {fmt_addr(current_path())}: expected a switch trace")
-        new = self._index(index)
+        new, in_range = self._index(index)
         old = trace.index
         shapes = self._shapes(args)
         n_b = len(self.branches)
-        parts = self._route(arg, shapes, f"{self.name}.{mode}") if mode == "update" else None
+        update = mode == "update"
+        parts = self._route(arg, shapes, f"{self.name}.{mode}") if update else None
         old_choices = [trace.subs[c].get_choices() for c in range(n_b)]
+        old_scores = [trace.subs[c].get_scores() for c in range(n_b)]
+        specs = [{p: (tuple(v.shape), jnp.dtype(v.dtype)) for p, v in struct.leaves() if not isinstance(v, Masked)}
+                 for _, _, struct in shapes]
+        constrained = [{p for p, _ in parts[b].leaves()} if update else set() for b in range(n_b)]
 
-        def fn(b):
+        def kept(b, c):
+            """Addresses of old branch ``c`` whose values branch ``b`` keeps."""
+            out = set()
+            for p, v in old_choices[c].leaves():
+                val = v.value if isinstance(v, Masked) else v
+                if specs[b].get(p) != (tuple(jnp.shape(val)), jnp.dtype(jnp.result_type(val))):
+                    continue
+                if p in constrained[b] or (not update and _selects(arg, p)):
+                    continue
+                out.add(p)
+            return out
+
+        def none(c):
+            return _mask_tree(old_choices[c], jnp.array(False))
+
+        def arm(b, c):
             branch = self.branches[b]
 
-            def same(key, old_sub):
-                if mode == "update":
-                    tr, w, d = branch.update(key, old_sub, parts[b], *args)
-                else:
-                    tr, w, d = branch.regenerate(key, old_sub, arg, *args)
-                return tr.strip(), tr.retval, tr.score, jnp.asarray(w, jnp.float32), _expand_discard(old_choices[b], d)
-
-            def fresh(key, old_sub):
-                if mode == "update":
-                    tr, w = branch.generate(key, parts[b], *args)
-                else:
-                    tr, w = branch.simulate(key, *args), 0.0
-                none = _mask_tree(old_choices[b], jnp.array(False))
-                return tr.strip(), tr.retval, tr.score, jnp.asarray(w, jnp.float32), none
-
             def f(key, subs):
-                tr, rv, score, w, d_b = jax.lax.cond(old == b, same, fresh, key, subs[b])
-                new_subs = tuple(tr if c == b else subs[c] for c in range(n_b))
-                discards = tuple(
-                    d_b if c == b else _mask_tree(old_choices[c], old == c) for c in range(n_b)
-                )
-                return new_subs, rv, score, w, discards
+                if c == b:
+                    if update:
+                        tr, w, d = branch.update(key, subs[b], parts[b], *args)
+                    else:
+                        tr, w, d = branch.regenerate(key, subs[b], arg, *args)
+                    discards = tuple(_expand_discard(old_choices[b], d) if c2 == b else none(c2) for c2 in range(n_b))
+                else:
+                    keep = kept(b, c)
+                    carried = _from_leaves([(p, v) for p, v in old_choices[c].leaves() if p in keep])
+                    tr, w = branch.generate(key, (parts[b] | carried) if update else carried, *args)
+                    if update:
+                        w = w - trace.score
+                    else:
+                        w = w - masked_total([(p, v) for p, v in old_scores[c].leaves() if p in keep])
+                    discards = tuple(_discard_except(old_choices[c], keep) if c2 == c else none(c2)
+                                     for c2 in range(n_b))
+                new_subs = tuple(tr.strip() if c2 == b else subs[c2] for c2 in range(n_b))
+                return new_subs, tr.retval, tr.score, jnp.asarray(w, jnp.float32), discards
 
             return f
 
-        subs, rv, score, w, discards = jax.lax.switch(new, [fn(b) for b in range(n_b)], key, trace.subs)
+        def outer(b):
+            def f(key, subs):
+                return jax.lax.switch(old, [arm(b, c) for c in range(n_b)], key, subs)
+
+            return f
+
+        subs, rv, score, w, discards = jax.lax.switch(new, [outer(b) for b in range(n_b)], key, trace.subs)
         discard = _merge_masked([(jnp.array(True), d) for d in discards])
+        score, w = _guard(score, in_range), _guard(w, in_range)
         return SwitchTrace(self, pack_args((index, *args)), rv, score, new, subs), w, _drop_absent(discard)
 
     def _update(self, key, trace, constraints, index, *args):
@@ -699,6 +767,27 @@ def _expand_discard(old: ChoiceMap, d: ChoiceMap) -> ChoiceMap:
             m = Masked(base, jnp.zeros(jnp.shape(v.flag) if isinstance(v, Masked) else (), bool))
         out.append((path, m))
     return _from_leaves(out)
+
+
+def _discard_except(old: ChoiceMap, keep: set) -> ChoiceMap:
+    """``old`` with every leaf present in the discard except those at ``keep`` (carried over)."""
+    out = []
+    for path, v in old.leaves():
+        base, flag = (v.value, v.flag) if isinstance(v, Masked) else (v, None)
+        present = jnp.array(path not in keep)
+        out.append((path, Masked(base, present if flag is None else jnp.logical_and(flag, present))))
+    return _from_leaves(out)
+
+
+def _selects(selection, path) -> bool:
+    return selection.has_root() if path == () else selection.contains(path)
+
+
+def _guard(x, in_range):
+    """``x``, or ``-inf`` where the branch index was out of range (an impossible trace)."""
+    if in_range is None:
+        return x
+    return jnp.where(in_range, x, -jnp.inf)
 
 
 def _drop_absent(chm: ChoiceMap) -> ChoiceMap:
@@ -747,6 +836,14 @@ def switch(index, *branches) -> _BranchCall:
     _check_gfs(branches, "ppl.switch")
     if len(branches) < 1:
         raise ModelError("ppl.switch needs at least one branch")
+    if isinstance(index, (bool, np.bool_)):
+        raise ModelError("ppl.switch takes an integer index; for a boolean use ppl.cond(pred, f, g)")
+    c = concrete_index(index)
+    if c is not None and not 0 <= c < len(branches):
+        raise ModelError(
+            f"ppl.switch at {fmt_addr(current_path())}: branch index {c} is out of range for "
+            f"{len(branches)} branches (valid indices 0..{len(branches) - 1})."
+        )
     return _BranchCall(SwitchGF(tuple(branches)), index)
 
 
@@ -786,6 +883,9 @@ class MixTrace(Trace):
     def get_choices(self):
         return ChoiceMap.from_children({"component": self.component.get_choices()}) | self.branch.get_choices()
 
+    def get_scores(self):
+        return ChoiceMap.from_children({"component": self.component.get_scores()}) | self.branch.get_scores()
+
 
 _categorical_logits = DistributionGF("categorical", nd.Categorical, kw_names=("logits",))
 
@@ -808,7 +908,15 @@ class MixGF(GenerativeFunction):
     def _switch(self):
         return SwitchGF(self.components)
 
-    def _check(self, args):
+    def _check(self, args, logits=None):
+        if logits is not None:
+            k = jnp.shape(logits)[-1] if jnp.ndim(logits) else None
+            if jnp.ndim(logits) != 1 or k != len(self.components):
+                raise ShapeError(
+                    f"{self.name} at {fmt_addr(current_path())}: logits have shape "
+                    f"{tuple(jnp.shape(logits))} but there are {len(self.components)} components; pass "
+                    f"one logit per component (shape ({len(self.components)},))."
+                )
         for _, _, struct in self._switch._shapes(args):
             if "component" in struct.child_names():
                 raise AddressError(
@@ -817,7 +925,7 @@ class MixGF(GenerativeFunction):
                 )
 
     def _simulate(self, key, logits, *args):
-        self._check(args)
+        self._check(args, logits)
         k1, k2 = keys.split(key)
         with push_path("component"):
             comp = _categorical_logits.simulate(k1, logits)
@@ -825,14 +933,14 @@ class MixGF(GenerativeFunction):
         return MixTrace(self, pack_args((logits, *args)), br.retval, comp.score + br.score, comp.strip(), br.strip())
 
     def _assess(self, choices, logits, *args):
-        self._check(args)
+        self._check(args, logits)
         with push_path("component"):
             lp1, idx = _categorical_logits.assess(choices.get_submap("component"), logits)
         lp2, rv = self._switch.assess(_without(choices, "component"), idx, *args)
         return lp1 + lp2, rv
 
     def _generate(self, key, constraints, logits, *args):
-        self._check(args)
+        self._check(args, logits)
         k1, k2 = keys.split(key)
         with push_path("component"):
             comp, w1 = _categorical_logits.generate(k1, constraints.get_submap("component"), logits)
@@ -841,7 +949,7 @@ class MixGF(GenerativeFunction):
         return tr, w1 + w2
 
     def _edit(self, key, trace, arg, logits, args, mode):
-        self._check(args)
+        self._check(args, logits)
         k1, k2 = keys.split(key)
         with push_path("component"):
             if mode == "update":

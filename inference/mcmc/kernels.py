@@ -31,7 +31,7 @@ import numpy as np
 import numpyro.distributions as nd
 
 from ppl.choicemap import ChoiceMap, Masked, Selection, normalize_addr, select
-from ppl.core import GenerativeFunction, Interceptor, intercept
+from ppl.core import GenerativeFunction, Interceptor, intercept, masked_total
 from ppl.errors import AddressError, ModelError, fmt_addr
 
 from .base import Kernel, accept, check_selection, index_trace
@@ -58,6 +58,13 @@ def _static_paths(chm: ChoiceMap):
     return {p for p, _ in chm.leaves()}
 
 
+def _from_paths(items) -> ChoiceMap:
+    out = ChoiceMap.empty()
+    for p, v in items:
+        out = out | ChoiceMap._nest(p, ChoiceMap.value(v))
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class MHProposal(Kernel):
     """Metropolis-Hastings with a custom proposal generative function (see :func:`mh`)."""
@@ -75,19 +82,17 @@ class MHProposal(Kernel):
         # Addresses the proposal can propose (all branches, static structure).
         shape_new = jax.eval_shape(lambda k, t: self.proposal.simulate(k, t, *self.proposal_args).choices, k1, new)
         reach = _static_paths(shape_new) | _static_paths(constraints)
-        d_paths = _static_paths(discard)
-        if d_paths <= reach:
-            # The proposal re-proposes everything the move discards (and proposes everything it
-            # creates): the ratio of joint densities, with the forward and reverse proposals.
-            back = discard
-            bwd, _ = self.proposal.assess(back, new, *self.proposal_args)
-            log_alpha = new.score - trace.score + bwd - fwd.score
-        else:
-            # Choices removed without being re-proposed are resimulated from the prior by the
-            # reverse move; update's weight accounts for them (and for prior-sampled new ones).
-            back = discard.filter(select(*sorted(d_paths & reach))) if d_paths & reach else ChoiceMap.empty()
-            bwd, _ = self.proposal.assess(back, new, *self.proposal_args)
-            log_alpha = w + bwd - fwd.score
+        # Reverse move: the proposal run from the new trace re-proposes the discarded values it
+        # can reach; discarded choices it cannot reach are drawn from their prior by the reverse
+        # update, so their prior density (their score in the old trace) enters the ratio. Fresh
+        # choices drawn from the prior are already in update's weight (-log q(fresh)).
+        d_leaves = discard.leaves()
+        back = _from_paths([(p, v) for p, v in d_leaves if p in reach])
+        bwd, _ = self.proposal.assess(back, new, *self.proposal_args)
+        unreached = {p: (v.flag if isinstance(v, Masked) else True) for p, v in d_leaves if p not in reach}
+        removed = masked_total([(p, v) for p, v in trace.get_scores().leaves() if p in unreached],
+                               extra_flags={p: f for p, f in unreached.items() if f is not True})
+        log_alpha = w + removed + bwd - fwd.score
         out, info = accept(k3, log_alpha, new, trace)
         return out, state, info
 
@@ -212,24 +217,24 @@ class Gibbs(Kernel):
         shape = jnp.shape(cur)
         n = int(np.prod(shape))
 
-        def one(carry, xs):
-            tr, lp_acc = carry
+        def one(tr, xs):
             i, k = xs
+            k_upd, k_draw = jax.random.split(k)
             flat = jnp.ravel(tr.choices[path])
 
             def score(v):
                 val = flat.at[i].set(v).reshape(shape)
-                new, w, _ = tr.gf.update(jax.random.key(0), tr, ChoiceMap({path: val}), *tr.args)
+                new, w, _ = tr.gf.update(k_upd, tr, ChoiceMap({path: val}), *tr.args)
                 return new, w
 
             news, ws = jax.vmap(score)(values)
             ws = jnp.where(jnp.isnan(ws), -jnp.inf, ws)
-            j = jax.random.categorical(k, ws)
+            j = jax.random.categorical(k_draw, ws)
             new = index_trace(news, j, tr)
-            return (new, lp_acc), jax.nn.softmax(ws)
+            return new, jax.nn.softmax(ws)
 
         ks = jax.random.split(key, n)
-        (out, _), probs = jax.lax.scan(one, (trace, jnp.zeros(())), (jnp.arange(n), ks))
+        out, probs = jax.lax.scan(one, trace, (jnp.arange(n), ks))
         probs = probs[0] if n == 1 else probs.reshape(shape + (values.shape[0],))
         info = {"accept_prob": jnp.ones(()), "accepted": jnp.array(True), "probs": probs}
         return out, state, info
