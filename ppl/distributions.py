@@ -84,6 +84,9 @@ class DistTrace(Trace):
     def get_choices(self) -> ChoiceMap:
         return ChoiceMap.value(self.value)
 
+    def get_scores(self) -> ChoiceMap:
+        return ChoiceMap.value(self.score)
+
     def strip(self):
         return dataclasses.replace(self, packed_args=None)
 
@@ -110,9 +113,75 @@ def _integer_callback(v, message):
         raise_from_callback(ShapeError(message))
 
 
-def _check_finite_callback(lp, message):
-    if not np.all(np.isfinite(lp)):
-        raise_from_callback(NonFiniteError(message))
+def _check_finite_callback(lp, constrained, message):
+    lp = np.asarray(lp)
+    bad = np.isnan(lp) | (lp == np.inf)
+    bad |= (lp == -np.inf) & ~np.broadcast_to(np.asarray(constrained, dtype=bool), lp.shape)
+    if np.any(bad):
+        what = "NaN or +inf" if not np.any((lp == -np.inf) & bad) else "-inf at a sampled value"
+        raise_from_callback(NonFiniteError(
+            f"{message}: {what}, got {lp[bad].ravel()[:5]} (debug-mode run-time check). A log density "
+            "of -inf is allowed only at a given (constrained) value, where it means zero likelihood."
+        ))
+
+
+# ------------------------------------------------------------------ values known at trace time
+# GFI calls are staged with jax.jit, so even a constant written in a model (jnp.array(-1.0)) is a
+# tracer when the distribution is built. The tracer still records how it was made: a constant,
+# or a primitive applied to other tracers. _known_value folds such constant expressions (bounded
+# in depth and size) so that invalid constant parameters are reported at trace time. It relies on
+# JAX's jaxpr tracer internals and returns None (unknown) whenever anything is unexpected.
+_FOLD_MAX_DEPTH = 64
+_FOLD_MAX_NODES = 256  # per parameter: bounds trace-time cost for values that are not constant
+_FOLD_MAX_SIZE = 1 << 16
+
+
+def _known_value(x):
+    """The value of ``x`` if it is known at trace time (a constant expression), else None."""
+    if not isinstance(x, jax.core.Tracer):
+        return x
+    try:
+        with jax.ensure_compile_time_eval():
+            v = _fold(x, {}, 0)
+        return None if v is None else np.asarray(v)
+    except Exception:  # internals differ in this JAX version, or evaluation failed: unknown
+        return None
+
+
+def _fold(t, memo, depth):
+    if not isinstance(t, jax.core.Tracer):
+        return t
+    if id(t) in memo:
+        return memo[id(t)][1]
+    memo[id(t)] = (t, None)  # (keeps t alive so its id is not reused during the fold)
+    if len(memo) > _FOLD_MAX_NODES:
+        return None
+    get_const = getattr(t, "get_const", None)
+    if get_const is None or depth > _FOLD_MAX_DEPTH or int(np.prod(t.shape)) > _FOLD_MAX_SIZE:
+        return None
+    c = get_const()
+    if c is not None:
+        memo[id(t)] = (t, c)
+        return c
+    eqn = getattr(t, "parent", None)
+    if eqn is None or eqn.effects:
+        return None
+    ins = []
+    for u in eqn.in_tracers:
+        v = _fold(u, memo, depth + 1)
+        if v is None:
+            return None
+        ins.append(v)
+    outs = eqn.primitive.bind(*ins, **eqn.params)
+    if eqn.primitive.multiple_results:
+        idx = [i for i, var in enumerate(eqn.outvars) if var is t.val]
+        if len(idx) != 1:
+            return None
+        outs = outs[idx[0]]
+    if isinstance(outs, jax.core.Tracer):
+        return None
+    memo[id(t)] = (t, outs)
+    return outs
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -157,10 +226,14 @@ class DistributionGF(GenerativeFunction):
                 f"its arguments ({e}); check the parameter names and shapes (numpyro's "
                 f"{getattr(self.builder, '__name__', self.name)} signature)."
             ) from e
-        self._validate(d, path)
+        self._validate(d, path, pos, kw)
         return d
 
-    def _validate(self, d, path):
+    def _validate(self, d, path, pos=(), kw=None):
+        extra = _FAMILY_CHECKS.get(type(d))
+        if extra is not None:
+            for check, v, msg in extra(d, pos, kw or {}):
+                self._check(check, v, f"invalid parameters for {self.name} at address {fmt_addr(path)}: {msg}")
         for pname, constraint in getattr(d, "arg_constraints", {}).items():
             try:
                 v = getattr(d, pname)
@@ -168,21 +241,34 @@ class DistributionGF(GenerativeFunction):
                 continue
             if v is None or isinstance(constraint, type(nd.constraints.dependent)):
                 continue
-            if isinstance(v, jax.core.Tracer) and not STATE.debug:
-                continue  # traced values are checked at run time only in debug mode
-            try:
-                ok = constraint(v)
-            except Exception:
-                continue
+            if pname == "logits":  # -inf logits are a common way to rule categories out
+                constraint = _LOGITS
             msg = (
                 f"invalid parameter {pname} for {self.name} at address {fmt_addr(path)}: it must "
                 f"satisfy {_describe_constraint(constraint)}"
             )
-            present = concrete_bool(ok)
-            if present is False or (present is None and not isinstance(ok, jax.core.Tracer)):
-                raise ParameterError(f"{msg}, got {np.asarray(v)}. Fix the value or the computation producing it.")
-            if present is None and STATE.debug:
-                jax.debug.callback(_raise_in_callback, ok, v, msg)
+            self._check(constraint, v, msg)
+
+    @staticmethod
+    def _check(constraint, v, msg):
+        """Raise now if ``constraint(v)`` is known to fail at trace time; in debug mode add a
+        run-time check for traced values."""
+        known = _known_value(v)
+        if known is None and not STATE.debug:
+            return  # traced values are checked at run time only in debug mode
+        try:
+            if known is not None:
+                with jax.ensure_compile_time_eval():
+                    ok = np.asarray(constraint(known))
+            else:
+                ok = constraint(v)
+        except Exception:
+            return
+        present = concrete_bool(ok)
+        if present is False or (present is None and not isinstance(ok, jax.core.Tracer)):
+            raise ParameterError(f"{msg}, got {_show(known)}. Fix the value or the computation producing it.")
+        if present is None and STATE.debug:
+            jax.debug.callback(_raise_in_callback, ok, v, msg)
 
     def draw(self, d, key):
         """Draw a value from numpyro distribution ``d`` (no interception; plain or lane key)."""
@@ -195,15 +281,20 @@ class DistributionGF(GenerativeFunction):
             return icpt.sample(path, self, d, keys.raw(key))
         return self.draw(d, key)
 
-    def _log_prob_elems(self, d, v):
+    def _log_prob_elems(self, d, v, constrained=False):
+        """Elementwise log density. In debug mode, NaN and +inf are errors, and so is -inf at a
+        freshly sampled value; -inf at a given (``constrained``: bool or mask over the batch
+        dimensions) value is a legitimate zero likelihood (e.g. a particle that SMC will drop)."""
         lp = d.log_prob(v)
         if STATE.debug:
             msg = f"non-finite log density at address {fmt_addr(current_path())} ({self.name})"
-            jax.debug.callback(_check_finite_callback, lp, msg)
+            c = jnp.asarray(constrained, dtype=bool)
+            c = jnp.reshape(c, c.shape + (1,) * (jnp.ndim(lp) - c.ndim)) if c.ndim else c
+            jax.debug.callback(_check_finite_callback, lp, c, msg)
         return lp
 
-    def _log_prob(self, d, v):
-        return jnp.sum(self._log_prob_elems(d, v))
+    def _log_prob(self, d, v, constrained=False):
+        return jnp.sum(self._log_prob_elems(d, v, constrained))
 
     def _coerce(self, d, value):
         """Check a given value's shape and dtype against the site; never broadcast."""
@@ -307,9 +398,9 @@ class DistributionGF(GenerativeFunction):
             v = self._coerce(d, given.value)
             flag = self._masked_flag(d, given.flag)
             v, _, _ = self._observe(d, v, v)
-            return self._masked_sum(self._log_prob_elems(d, v), flag), v
+            return self._masked_sum(self._log_prob_elems(d, v, True), flag), v
         v, extra, _ = self._observe_given(d, given, None)
-        return self._log_prob(d, v) + extra, v
+        return self._log_prob(d, v, True) + extra, v
 
     def _generate(self, key, constraints, *args):
         d = self.make(args)
@@ -321,27 +412,28 @@ class DistributionGF(GenerativeFunction):
             fresh = self._sample(d, key)
             v, flag = self._masked_value(d, given, fresh)
             v, extra, _ = self._observe(d, v, fresh)
-            lp = self._log_prob_elems(d, v)
+            lp = self._log_prob_elems(d, v, flag)
             return DistTrace(self, pack_args(args), v, jnp.sum(lp)), self._masked_sum(lp, flag) + extra
         v, extra, _ = self._observe_given(d, given, None)
-        lp = self._log_prob(d, v)
+        lp = self._log_prob(d, v, True)
         return DistTrace(self, pack_args(args), v, lp), lp + extra
 
     def _update(self, key, trace, constraints, *args):
+        # the kept old value is like a given one under the new arguments: -inf is a zero density
         d = self.make(args)
         given = self._given(constraints)
         old = trace.value
         if given is None:
-            lp = self._log_prob(d, old)
+            lp = self._log_prob(d, old, True)
             return DistTrace(self, pack_args(args), old, lp), lp - trace.score, ChoiceMap.empty()
         if isinstance(given, Masked):
             v, flag = self._masked_value(d, given, old)
             v, extra, dv = self._observe(d, v, old)
-            lp = self._log_prob(d, v)
+            lp = self._log_prob(d, v, True)
             discard = ChoiceMap.value(Masked(dv, flag))
             return DistTrace(self, pack_args(args), v, lp), lp + extra - trace.score, discard
         v, extra, dv = self._observe_given(d, given, old)
-        lp = self._log_prob(d, v)
+        lp = self._log_prob(d, v, True)
         return DistTrace(self, pack_args(args), v, lp), lp + extra - trace.score, ChoiceMap.value(dv)
 
     def _regenerate(self, key, trace, selection, *args):
@@ -351,14 +443,57 @@ class DistributionGF(GenerativeFunction):
             v = self._sample(d, key)
             lp = self._log_prob(d, v)
             return DistTrace(self, pack_args(args), v, lp), jnp.zeros(()), ChoiceMap.value(old)
-        lp = self._log_prob(d, old)
+        lp = self._log_prob(d, old, True)
         return DistTrace(self, pack_args(args), old, lp), lp - trace.score, ChoiceMap.empty()
 
     def __repr__(self):
         return f"<distribution {self.name}>"
 
 
+def _show(v) -> str:
+    arr = np.asarray(v)
+    return np.array2string(arr, precision=4, threshold=20) if arr.ndim else str(arr)
+
+
+class _FiniteLogits:
+    """Logits may be -inf (a category ruled out) but not NaN or +inf."""
+
+    def __call__(self, x):
+        return jnp.all(~jnp.isnan(x) & (x != jnp.inf), axis=-1)
+
+    def describe(self):
+        return "no NaN or +inf entries (-inf rules a category out)"
+
+
+_LOGITS = _FiniteLogits()
+
+
+def _uniform_checks(d, pos, kw):
+    return [(lambda width: width > 0, d.high - d.low, "low must be less than high, i.e. high - low > 0")]
+
+
+def _positive_definite(m):
+    m = jnp.asarray(m)
+    sym = jnp.all(jnp.abs(m - jnp.swapaxes(m, -1, -2)) <= 1e-6 * (1.0 + jnp.abs(m)), axis=(-2, -1))
+    return sym & jnp.all(jnp.linalg.eigvalsh(m) > 0, axis=-1)
+
+
+def _mv_normal_checks(d, pos, kw):
+    out = []
+    for i, name in ((1, "covariance_matrix"), (2, "precision_matrix")):
+        m = kw.get(name, pos[i] if len(pos) > i else None)
+        if m is not None:
+            out.append((_positive_definite, m, f"{name} must be symmetric positive definite"))
+    return out
+
+
+# checks numpyro's arg_constraints do not express (or express only on derived parameters)
+_FAMILY_CHECKS = {nd.Uniform: _uniform_checks, nd.MultivariateNormal: _mv_normal_checks}
+
+
 def _describe_constraint(c) -> str:
+    if hasattr(c, "describe"):
+        return c.describe()
     name = type(c).__name__.lstrip("_")
     extras = []
     for attr in ("lower_bound", "upper_bound"):
