@@ -1,11 +1,28 @@
 """Checkpointing and resumable, chunked loops for long runs (SMC, MCMC, VI).
 
 State is any pytree (traces, particle collections, MCMC states, optax states, PRNG keys).
-Checkpoints are written with orbax; typed PRNG keys are stored as their raw key data and
-re-wrapped on restore. :func:`chunked_loop` runs ``n_steps`` of a step function as jitted
-``lax.scan`` chunks (a progress bar advances between chunks), derives the key of step ``i`` as
-``fold_in(key, i)``, and, given a directory, saves after every chunk and resumes from the latest
-checkpoint: a resumed run is bit-identical to an uninterrupted one.
+:func:`chunked_loop` runs ``n_steps`` of a step function as jitted ``lax.scan`` chunks (a progress
+bar advances between chunks), derives the key of step ``i`` as ``fold_in(key, i)``, and, given a
+directory, saves after every chunk and resumes from the latest intact checkpoint: a resumed run is
+bit-identical to an uninterrupted one. ``vi.fit`` is built on it.
+
+Layout of a checkpoint directory::
+
+    step_0000000020/state/      the state pytree, written with orbax (typed PRNG keys as key data)
+    step_0000000020/meta.json   format, step, n_steps, the state's leaf paths/shapes/dtypes and
+                                SHA-256 checksums, the per-step output shapes/dtypes, the run's
+                                settings (key, caller-given settings such as vi.fit's optimizer
+                                fingerprint) and the list of history chunks up to this step
+    history/outs_0000000010_0000000020.npz   the per-step outputs of steps 10..19 (written once)
+
+Each step directory is written under a temporary name and renamed when complete. Only the last
+``keep`` checkpoints are kept; the outputs are stored once, chunk by chunk (storage grows linearly
+with the number of steps). On resume the latest checkpoint is compared with the given run (key,
+state structure/shapes/dtypes, output shapes, settings; ``n_steps`` may grow but not fall below the
+saved step) and a difference raises :class:`CheckpointMismatchError` naming the setting, saved vs
+given. A damaged checkpoint (unreadable or truncated files, a checksum mismatch) is skipped with a
+:class:`CheckpointWarning` naming its step, falling back to the previous intact one; if none is
+intact, :class:`CheckpointError` says so.
 
 Example:
     >>> import jax, jax.numpy as jnp, tempfile
@@ -25,18 +42,47 @@ Example:
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
+import json
 import os
+import shutil
+import uuid
+import warnings
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["save", "restore", "latest_step", "chunked_loop"]
+from ppl.errors import ModelError
+
+__all__ = ["save", "restore", "latest_step", "chunked_loop", "CheckpointError", "CheckpointMismatchError",
+           "CheckpointWarning"]
+
+_FORMAT = 1
+_NO_DATA = object()
 
 
+class CheckpointError(ModelError):
+    """No intact checkpoint could be read (damaged files), or a checkpoint cannot serve this run."""
+
+
+class CheckpointMismatchError(CheckpointError, ValueError):
+    """Resuming with a setting (key, state shapes/dtypes, optimizer, ...) that differs from the saved run."""
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was skipped in favour of an earlier one."""
+
+
+# ------------------------------------------------------------------------------ descriptions
 def _is_key(x) -> bool:
     return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _key_impl_name(k) -> str:
+    return str(jax.random.key_impl(k))
 
 
 def _to_storable(state):
@@ -52,12 +98,166 @@ def _from_storable(stored, like):
     return jax.tree_util.tree_map(back, stored, like)
 
 
+def _strong(x):
+    if _is_key(x):
+        return x
+    x = jnp.asarray(x)
+    return jax.lax.convert_element_type(x, x.dtype) if x.weak_type else x
+
+
+def _describe_leaf(x) -> list:
+    if _is_key(x):
+        return [list(x.shape), f"key<{_key_impl_name(x)}>"]
+    return [list(np.shape(x)), str(jnp.result_type(x))]
+
+
+def _describe(tree) -> dict:
+    """Leaf paths with their shapes and dtypes (JSON-able)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(p): _describe_leaf(x) for p, x in flat}
+
+
+def _describe_outs(out_shapes) -> dict:
+    flat, _ = jax.tree_util.tree_flatten_with_path(out_shapes)
+    return {jax.tree_util.keystr(p): [list(s.shape), str(s.dtype)] for p, s in flat}
+
+
+def _describe_key(key) -> str:
+    if _is_key(key):
+        return f"{_key_impl_name(key)} key {np.asarray(jax.random.key_data(key)).ravel().tolist()}"
+    return f"raw key {np.asarray(key).ravel().tolist()}"
+
+
+def _checksum(a: np.ndarray) -> str:
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _short(v, n: int = 160) -> str:
+    s = repr(v)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _diff(saved, given, path: tuple = ()):
+    """The first difference between two JSON-like values as ``(path, saved, given)``, or None."""
+    if isinstance(saved, dict) and isinstance(given, dict):
+        for k in saved:
+            if k not in given:
+                return (path + (k,), saved[k], "<absent>")
+            d = _diff(saved[k], given[k], path + (k,))
+            if d:
+                return d
+        for k in given:
+            if k not in saved:
+                return (path + (k,), "<absent>", given[k])
+        return None
+    return None if _jsonify(saved) == _jsonify(given) else (path, saved, given)
+
+
+def _jsonify(v):
+    return json.loads(json.dumps(v))
+
+
+def _mismatch(directory, step, what, saved, given, hint):
+    return CheckpointMismatchError(
+        f"cannot resume from the checkpoint at step {step} under {directory!r}: {what}: saved {_short(saved)} "
+        f"vs given {_short(given)}. {hint}")
+
+
+_FRESH_HINT = "Pass the run's original settings to resume it, or use a new (or empty) checkpoint directory."
+
+
+def _check_state(directory, step, saved: dict, given: dict, label: str):
+    missing = [p for p in saved if p not in given]
+    extra = [p for p in given if p not in saved]
+    if missing or extra:
+        raise _mismatch(directory, step, f"{label} tree structure", missing or "no other leaves",
+                        extra or "no other leaves",
+                        "(saved: leaves only in the checkpoint; given: leaves only in this run.) " + _FRESH_HINT)
+    for p, (shape, dtype) in saved.items():
+        gshape, gdtype = given[p]
+        if list(shape) != list(gshape):
+            raise _mismatch(directory, step, f"shape of {label}{p}", tuple(shape), tuple(gshape), _FRESH_HINT)
+        if dtype != gdtype:
+            raise _mismatch(directory, step, f"dtype of {label}{p}", dtype, gdtype, _FRESH_HINT)
+
+
+# ------------------------------------------------------------------------------ files
+def _step_name(step: int) -> str:
+    return f"step_{step:010d}"
+
+
 def _step_dir(directory: str, step: int) -> str:
-    return os.path.join(os.path.abspath(directory), f"step_{step:010d}")
+    return os.path.join(os.path.abspath(directory), _step_name(step))
 
 
-def save(directory: str, step: int, state) -> str:
+def _steps(directory: str) -> list[int]:
+    if not os.path.isdir(directory):
+        return []
+    out = []
+    for n in os.listdir(directory):
+        if n.startswith("step_") and "tmp" not in n:
+            try:
+                out.append(int(n[len("step_"):]))
+            except ValueError:
+                continue
+    return sorted(out)
+
+
+def _remove(path: str):
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def _write_history(directory: str, start: int, end: int, outs) -> list:
+    """Write the outputs of steps ``start..end-1``; returns the history entry ``[start, end, file, sha256]``."""
+    hdir = os.path.join(os.path.abspath(directory), "history")
+    os.makedirs(hdir, exist_ok=True)
+    name = f"outs_{start:010d}_{end:010d}.npz"
+    buf = io.BytesIO()
+    leaves = jax.tree_util.tree_leaves(outs)
+    np.savez(buf, **{f"leaf_{i:06d}": np.asarray(x) for i, x in enumerate(leaves)})
+    data = buf.getvalue()
+    tmp = os.path.join(hdir, f".{name}.tmp-{uuid.uuid4().hex}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, os.path.join(hdir, name))
+    return [start, end, name, hashlib.sha256(data).hexdigest()]
+
+
+def _read_history(directory: str, entries: list, out_desc: dict) -> list:
+    """The output leaves of every history entry, checked against the checksums and ``out_desc``."""
+    hdir = os.path.join(os.path.abspath(directory), "history")
+    chunks, expect = [], 0
+    for start, end, name, sha in entries:
+        if start != expect:
+            raise CheckpointError(f"history chunks are not contiguous at step {expect}")
+        with open(os.path.join(hdir, name), "rb") as f:
+            data = f.read()
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise CheckpointError(f"history file {name} fails its checksum")
+        with np.load(io.BytesIO(data)) as z:
+            leaves = [z[f"leaf_{i:06d}"] for i in range(len(out_desc))]
+        for leaf, (shape, dtype) in zip(leaves, out_desc.values()):
+            if leaf.shape != (end - start, *shape) or str(leaf.dtype) != dtype:
+                raise CheckpointError(f"history file {name} holds {leaf.shape} {leaf.dtype}")
+        chunks.append(leaves)
+        expect = end
+    return chunks
+
+
+def save(directory: str, step: int, state, *, settings: dict | None = None, history: list | None = None,
+         outs: dict | None = None, n_steps: int | None = None) -> str:
     """Save pytree ``state`` as checkpoint ``step`` under ``directory``; returns its path.
+
+    The state goes through orbax; a ``meta.json`` next to it records the leaves' paths, shapes,
+    dtypes and checksums plus the JSON-able ``settings`` (compared when resuming). ``history`` and
+    ``outs`` are used by :func:`chunked_loop` (the list of output chunks up to ``step`` and their
+    shapes). The step directory appears atomically (written under a temporary name, then renamed).
 
     Example:
         >>> import tempfile, jax.numpy as jnp
@@ -68,23 +268,88 @@ def save(directory: str, step: int, state) -> str:
     """
     import orbax.checkpoint as ocp
 
-    path = _step_dir(directory, step)
-    leaves, treedef = jax.tree_util.tree_flatten(_to_storable(state))
+    directory = os.path.abspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    final = _step_dir(directory, step)
+    tmp = os.path.join(directory, f".{_step_name(step)}.tmp-{uuid.uuid4().hex}")
+    os.makedirs(tmp)
+    leaves = jax.tree_util.tree_leaves(_to_storable(state))
     with ocp.PyTreeCheckpointer() as ckpt:
-        ckpt.save(path, {f"leaf_{i:06d}": leaf for i, leaf in enumerate(leaves)}, force=True)
-    return path
+        ckpt.save(os.path.join(tmp, "state"), {f"leaf_{i:06d}": leaf for i, leaf in enumerate(leaves)})
+    meta = {
+        "format": _FORMAT,
+        "step": int(step),
+        "n_steps": None if n_steps is None else int(n_steps),
+        "state": _describe(state),
+        "checksums": [_checksum(x) for x in leaves],
+        "stored_dtypes": [str(x.dtype) for x in leaves],
+        "outs": outs or {},
+        "settings": _jsonify(settings or {}),
+        "history": history or [],
+    }
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    _remove(final)
+    os.rename(tmp, final)
+    return final
 
 
 def latest_step(directory: str) -> int | None:
-    """The largest saved step under ``directory`` (None if there is none)."""
-    if not os.path.isdir(directory):
-        return None
-    steps = [int(n.split("_")[1]) for n in os.listdir(directory) if n.startswith("step_") and "tmp" not in n]
-    return max(steps) if steps else None
+    """The largest saved step under ``directory`` (None if there is none); it may still be damaged.
+
+    Example:
+        >>> import tempfile
+        >>> latest_step(tempfile.mkdtemp()) is None
+        True
+    """
+    steps = _steps(directory)
+    return steps[-1] if steps else None
+
+
+def _read_meta(directory: str, step: int) -> dict:
+    with open(os.path.join(_step_dir(directory, step), "meta.json")) as f:
+        meta = json.load(f)
+    if meta.get("format") != _FORMAT or meta.get("step") != step:
+        raise CheckpointError(f"meta.json is not a format-{_FORMAT} record of step {step}")
+    return meta
+
+
+def _restore_state(directory: str, step: int, meta: dict, like):
+    """The verified state of checkpoint ``step`` in the structure of ``like`` (raises on damage)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.PyTreeCheckpointer() as ckpt:
+        raw = ckpt.restore(os.path.join(_step_dir(directory, step), "state"))
+    like_leaves, treedef = jax.tree_util.tree_flatten(like)
+    if len(like_leaves) != len(meta["checksums"]):
+        raise CheckpointError(f"meta.json lists {len(meta['checksums'])} leaves, the state has {len(like_leaves)}")
+    stored = []
+    for i, (sha, dtype) in enumerate(zip(meta["checksums"], meta["stored_dtypes"])):
+        leaf = np.asarray(raw[f"leaf_{i:06d}"], dtype=dtype)
+        if _checksum(leaf) != sha:
+            raise CheckpointError(f"leaf {i} of the state fails its checksum")
+        stored.append(leaf)
+    return _from_storable(jax.tree_util.tree_unflatten(treedef, stored), like)
+
+
+def _damaged(directory, step, err, skipped):
+    skipped.append(f"step {step} ({type(err).__name__}: {err})")
+    warnings.warn(f"skipping the damaged checkpoint at step {step} under {directory!r} "
+                  f"({type(err).__name__}: {_short(str(err), 200)}); trying an earlier one", CheckpointWarning,
+                  stacklevel=3)
+
+
+def _none_intact(directory, skipped):
+    return CheckpointError(f"no intact checkpoint under {directory!r}: " + "; ".join(skipped)
+                           + ". Delete the directory (or pass another) to start afresh.")
 
 
 def restore(directory: str, like, step: int | None = None):
-    """Restore the checkpoint ``step`` (default: latest) into the structure of pytree ``like``.
+    """Restore checkpoint ``step`` (default: the latest intact one) into the structure of pytree ``like``.
+
+    The saved state's paths, shapes and dtypes must match ``like`` (else
+    :class:`CheckpointMismatchError`); its checksums are verified. Without ``step`` a damaged latest
+    checkpoint is skipped with a :class:`CheckpointWarning`; :class:`CheckpointError` if none is intact.
 
     Example:
         >>> import tempfile, jax, jax.numpy as jnp
@@ -95,69 +360,188 @@ def restore(directory: str, like, step: int | None = None):
         >>> bool((jax.random.key_data(r["key"]) == jax.random.key_data(state["key"])).all())
         True
     """
-    import orbax.checkpoint as ocp
+    steps = _steps(directory) if step is None else [step]
+    if not steps:
+        raise CheckpointError(f"no checkpoint under {directory!r}")
+    skipped = []
+    for s in reversed(steps):
+        try:
+            meta = _read_meta(directory, s)
+        except Exception as err:  # noqa: BLE001 - any read failure means a damaged record
+            if step is not None:
+                raise CheckpointError(f"checkpoint {s} under {directory!r} is damaged: {err}") from err
+            _damaged(directory, s, err, skipped)
+            continue
+        _check_state(directory, s, meta["state"], _describe(like), "state")
+        try:
+            return _restore_state(directory, s, meta, like)
+        except Exception as err:  # noqa: BLE001
+            if step is not None:
+                raise CheckpointError(f"checkpoint {s} under {directory!r} is damaged: {err}") from err
+            _damaged(directory, s, err, skipped)
+    raise _none_intact(directory, skipped)
 
-    step = latest_step(directory) if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint under {directory!r}")
-    with ocp.PyTreeCheckpointer() as ckpt:
-        raw = ckpt.restore(_step_dir(directory, step))
-    like_leaves, treedef = jax.tree_util.tree_flatten(like)
-    stored = [raw[f"leaf_{i:06d}"] for i in range(len(like_leaves))]
-    return _from_storable(jax.tree_util.tree_unflatten(treedef, stored), like)
+
+def _prune(directory: str, keep: int, current: int):
+    """Keep the ``keep`` latest checkpoints up to ``current``; drop later ones (a superseded run),
+    temporary leftovers and history files no kept checkpoint refers to."""
+    steps = _steps(directory)
+    kept = [s for s in steps if s <= current][-max(1, keep):]
+    for s in steps:
+        if s not in kept:
+            _remove(_step_dir(directory, s))
+    for n in os.listdir(directory):
+        if n.startswith(".step_") and "tmp" in n:
+            _remove(os.path.join(directory, n))
+    hdir = os.path.join(directory, "history")
+    if not os.path.isdir(hdir):
+        return
+    used = set()
+    for s in kept:
+        try:
+            used.update(e[2] for e in _read_meta(directory, s)["history"])
+        except Exception:  # noqa: BLE001 - an unreadable record protects nothing
+            continue
+    for n in os.listdir(hdir):
+        if n not in used:
+            _remove(os.path.join(hdir, n))
+
+
+# ------------------------------------------------------------------------------ the loop
+@functools.partial(jax.jit, static_argnames=("step", "size", "with_data"))
+def _run_chunk(step, size, with_data, key, start, state, data):
+    def body(s, i):
+        k = jax.random.fold_in(key, i)
+        return step(k, s, data) if with_data else step(k, s)
+
+    return jax.lax.scan(body, state, start + jnp.arange(size))
+
+
+def _resume(directory, state, out_desc, settings, n_steps):
+    """``(done, state, output chunks)`` from the latest intact compatible checkpoint, or None."""
+    steps = _steps(directory)
+    if not steps:
+        return None
+    given_state, skipped = _describe(state), []
+    for s in reversed(steps):
+        try:
+            meta = _read_meta(directory, s)
+        except Exception as err:  # noqa: BLE001
+            _damaged(directory, s, err, skipped)
+            continue
+        if s > n_steps:
+            raise _mismatch(directory, s, "n_steps", f">= {s} (the checkpoint's step)", n_steps,
+                            f"A run can be continued to more steps, not fewer: pass n_steps >= {s}, or use a new "
+                            "checkpoint directory.")
+        d = _diff(meta["settings"], settings)
+        if d:
+            raise _mismatch(directory, s, " ".join(map(str, d[0])), d[1], d[2], _FRESH_HINT)
+        _check_state(directory, s, meta["state"], given_state, "state")
+        d = _diff(meta["outs"], out_desc)
+        if d:
+            raise _mismatch(directory, s, "per-step output " + " ".join(map(str, d[0])), d[1], d[2], _FRESH_HINT)
+        try:
+            restored = _restore_state(directory, s, meta, state)
+            chunks = _read_history(directory, meta["history"], out_desc)
+            if (meta["history"][-1][1] if meta["history"] else 0) != s:
+                raise CheckpointError(f"the history ends before step {s}")
+        except Exception as err:  # noqa: BLE001
+            _damaged(directory, s, err, skipped)
+            continue
+        return s, restored, chunks, meta["history"]
+    raise _none_intact(directory, skipped)
 
 
 def chunked_loop(
     key,
-    step: Callable[[Any, Any], tuple[Any, Any]],
+    step: Callable[..., tuple[Any, Any]],
     state,
     n_steps: int,
     chunk_size: int = 1000,
     directory: str | None = None,
     progress: bool = True,
     desc: str = "steps",
+    *,
+    data=_NO_DATA,
+    keep: int = 3,
+    settings: dict | None = None,
+    validate: Callable[[int, int, Any, Any], None] | None = None,
+    postfix: Callable[[Any], dict] | None = None,
 ):
     """Run ``state, out = step(fold_in(key, i), state)`` for ``i < n_steps`` in jitted chunks.
 
-    Returns the final state and the per-step outputs stacked along a leading axis. With
-    ``directory``, the state and outputs so far are checkpointed after each chunk and a later call
-    with the same arguments resumes from the latest checkpoint, bit-identically.
+    Returns the final state and the per-step outputs stacked along a leading axis (NumPy arrays).
+    The chunk program is compiled once per ``step`` (hashed: pass the same function, or a hashable
+    object with ``__eq__``/``__hash__``), chunk size and argument shapes; ``key`` and ``data`` are
+    traced. With ``data``, the step is called as ``step(key, state, data)`` (data such as
+    observations or hyperparameters: new values do not recompile). ``validate(start, size, state,
+    outs)`` may raise to reject a chunk before it is accepted (and saved); ``postfix(outs)`` returns
+    the progress bar's postfix.
+
+    With ``directory``, the state is checkpointed after each chunk (only the last ``keep`` are kept;
+    outputs are stored once per chunk) and a later call resumes from the latest intact checkpoint,
+    bit-identically. Resuming checks the key, the state's and outputs' paths/shapes/dtypes and the
+    JSON-able ``settings`` (any difference raises :class:`CheckpointMismatchError`); ``n_steps`` may
+    exceed the saved run's (the run continues) but not fall below its checkpoint; ``chunk_size``
+    may change.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> def walk(key, x, scale):
+        ...     x = x + scale * jax.random.normal(key)
+        ...     return x, x
+        >>> x, xs = chunked_loop(jax.random.key(0), walk, jnp.zeros(()), 8, chunk_size=3, progress=False,
+        ...                      data=jnp.float32(0.5))
+        >>> xs.shape, bool(x == xs[-1])
+        ((8,), True)
     """
-    chunk_size = max(1, min(chunk_size, n_steps))
+    n_steps = int(n_steps)
+    chunk_size = max(1, min(int(chunk_size), max(n_steps, 1)))
+    with_data = data is not _NO_DATA
+    data = data if with_data else None
+    # scan carries strongly typed values; starting from them too means one program for every chunk
+    state = jax.tree_util.tree_map(_strong, state)
+    out_shapes = _run_chunk.eval_shape(step, 1, with_data, key, 0, state, data)[1]
+    out_desc = _describe_outs(jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), out_shapes))
+    out_treedef = jax.tree_util.tree_structure(out_shapes)
+    settings = {"key": _describe_key(key), **_jsonify(settings or {})}
 
-    @functools.partial(jax.jit, static_argnums=2)
-    def run_chunk(state, start, size):
-        def body(s, i):
-            return step(jax.random.fold_in(key, i), s)
-
-        return jax.lax.scan(body, state, start + jnp.arange(size))
-
-    done, outs = 0, []
-    if directory is not None and latest_step(directory) is not None:
-        done = latest_step(directory)
-        out_like = jax.eval_shape(lambda s: run_chunk(s, 0, done)[1], state)
-        like = {"state": state, "outs": jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out_like)}
-        saved = restore(directory, like, done)
-        state, outs = saved["state"], [saved["outs"]]
+    done, chunks, history = 0, [], []
+    if directory is not None:
+        directory = os.path.abspath(directory)
+        resumed = _resume(directory, state, out_desc, settings, n_steps)
+        if resumed is not None:
+            done, state, chunks, history = resumed
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_steps, initial=done, desc=desc, leave=False)
-    while done < n_steps:
-        size = min(chunk_size, n_steps - done)
-        state, out = run_chunk(state, done, size)
-        outs.append(out)
-        done += size
+    try:
+        while done < n_steps:
+            size = min(chunk_size, n_steps - done)
+            new_state, out = _run_chunk(step, size, with_data, key, done, state, data)
+            out = [np.asarray(x) for x in jax.tree_util.tree_leaves(out)]
+            if validate is not None:
+                validate(done, size, new_state, jax.tree_util.tree_unflatten(out_treedef, out))
+            state = new_state
+            chunks.append(out)
+            if directory is not None:
+                history = history + [_write_history(directory, done, done + size, out)]
+                save(directory, done + size, state, settings=settings, history=history, outs=out_desc,
+                     n_steps=n_steps)
+                _prune(directory, keep, done + size)
+            done += size
+            if bar is not None:
+                bar.update(size)
+                if postfix is not None:
+                    bar.set_postfix(**postfix(jax.tree_util.tree_unflatten(out_treedef, out)))
+    finally:
         if bar is not None:
-            bar.update(size)
-        if directory is not None:
-            outs = [_concat(outs)]
-            save(directory, done, {"state": state, "outs": outs[0]})
-    if bar is not None:
-        bar.close()
-    return state, _concat(outs)
-
-
-def _concat(outs):
-    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *outs) if len(outs) > 1 else outs[0]
+            bar.close()
+    if chunks:
+        outs = [np.concatenate(xs) for xs in zip(*chunks)]
+    else:
+        outs = [np.zeros((0, *s.shape[1:]), s.dtype) for s in jax.tree_util.tree_leaves(out_shapes)]
+    return state, jax.tree_util.tree_unflatten(out_treedef, outs)

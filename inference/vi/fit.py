@@ -3,10 +3,13 @@
 :func:`fit` maximizes an expectation program (an objective such as ``vi.elbo(model, guide)``) by
 stochastic gradient ascent: each step draws ``fold_in(key, step)``, computes
 ``objective.value_and_grad_estimate`` once (the logged value comes from the same pass) and applies
-an optax update to ``-gradient``. Steps run as ``lax.scan`` chunks compiled once per objective,
-optimizer and argument shapes (new data of the same shapes does not recompile); a tqdm progress
-bar advances between chunks. With ``checkpoint_dir`` the state is saved after every chunk and a
-later call resumes from the latest checkpoint, bit-identically. :func:`minibatch` marks a data
+an optax update to ``-gradient``. Steps run as ``lax.scan`` chunks of
+:func:`inference.checkpoint.chunked_loop`, compiled once per objective, optimizer *structure* (a
+fingerprint of the transformation; its floating-point hyperparameters are passed as data) and
+argument shapes: new data of the same shapes, or a fresh optimizer object, does not recompile; a
+tqdm progress bar advances between chunks. With ``checkpoint_dir`` the state is saved after every
+chunk and a later call resumes from the latest intact checkpoint, bit-identically, after checking
+that the key, objective, optimizer and parameter shapes/dtypes match the saved run. :func:`minibatch` marks a data
 argument that is subsampled (with replacement) at every step.
 
 Example:
@@ -25,6 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import sys
+import types
 from typing import Any
 
 import jax
@@ -32,12 +38,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from inference.checkpoint import _run_chunk, chunked_loop
 from ppl.core import pack_args, unpack_args
 from ppl.errors import NonFiniteError
 
 from .adev import Expectation
 
 __all__ = ["fit", "FitResult", "minibatch", "Minibatch"]
+
+# the compiled chunk program shared by every fit (inspect with ``_chunk._cache_size()``)
+_chunk = _run_chunk
 
 
 @jax.tree_util.register_pytree_node_class
@@ -103,42 +113,233 @@ def _step(objective, optimizer, key, params, opt_state, args):
     return optax.apply_updates(params, updates), opt_state, -value
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _chunk(objective, optimizer, size, key, start, params, opt_state, packed):
-    args = unpack_args(packed)
-
-    def body(carry, i):
-        p, s = carry
-        p, s, loss = _step(objective, optimizer, jax.random.fold_in(key, i), p, s, args)
-        return (p, s), loss
-
-    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), start + jnp.arange(size))
-    return params, opt_state, losses
+# ------------------------------------------------------------------------------ optimizer fingerprint
+class _Unsupported(Exception):
+    pass
 
 
-class _Hashed:
-    """Wrap an optax GradientTransformation so it can be a static jit argument (by identity)."""
+def _is_global_function(fn) -> bool:
+    """A function reachable as ``module.qualname`` (persistent: safe to key on by identity)."""
+    if "<locals>" in fn.__qualname__ or "<lambda>" in fn.__qualname__:
+        return False
+    obj = sys.modules.get(fn.__module__)
+    for part in fn.__qualname__.split("."):
+        obj = getattr(obj, part, None)
+    return obj is fn
 
-    __slots__ = ("opt",)
 
-    def __init__(self, opt):
-        self.opt = opt
+def _is_float_array(x) -> bool:
+    return isinstance(x, (np.ndarray, jax.Array, np.floating)) and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def _fingerprint(obj, lift: bool, floats: list, desc: dict, path: str, active: set):
+    """A hashable skeleton of ``obj`` (an optax transformation and everything its closures hold).
+
+    Functions are described by their code, module, defaults and closure cells (not their identity),
+    so two ``optax.adam(1e-2)`` objects have equal skeletons. With ``lift``, floating-point numbers
+    are collected into ``floats`` (to be passed to the compiled step as data) and only their type
+    is part of the skeleton; otherwise their values are. ``desc`` gets a stable, readable
+    ``path -> value`` record (for checkpoint metadata)."""
+    if len(active) > 64:
+        raise _Unsupported("optimizer closure nesting too deep")
+    if obj is None or isinstance(obj, (bool, int, str, bytes)):
+        desc[path] = obj if isinstance(obj, (bool, int, str)) or obj is None else repr(obj)
+        return ("v", type(obj), obj)
+    if isinstance(obj, float) or _is_float_array(obj):
+        desc[path] = float(obj) if np.ndim(obj) == 0 else f"array{np.shape(obj)} {np.asarray(obj).dtype}"
+        if lift:
+            floats.append(np.asarray(obj) if isinstance(obj, np.floating) else obj)
+            return ("f", type(obj), np.shape(obj), "" if isinstance(obj, float) else str(np.asarray(obj).dtype))
+        a = np.asarray(obj)
+        return ("fv", type(obj), a.shape, str(a.dtype), a.tobytes())
+    if isinstance(obj, (np.ndarray, jax.Array)):
+        a = np.asarray(obj)
+        desc[path] = f"array{a.shape} {a.dtype} sha256:{hashlib.sha256(a.tobytes()).hexdigest()[:16]}"
+        return ("a", type(obj), a.shape, str(a.dtype), a.tobytes())
+    if id(obj) in active:
+        raise _Unsupported("optimizer closure refers to itself")
+    active = active | {id(obj)}
+    if isinstance(obj, types.FunctionType):
+        name = f"{obj.__module__}.{obj.__qualname__}"
+        if _is_global_function(obj):
+            desc[path] = name
+            return ("g", obj)
+        desc[path] = name
+        cells = []
+        for var, cell in zip(obj.__code__.co_freevars, obj.__closure__ or ()):
+            try:
+                content = cell.cell_contents
+            except ValueError:
+                cells.append(("empty",))
+                continue
+            cells.append(_fingerprint(content, lift, floats, desc, f"{path}.{var}", active))
+        defaults = _fingerprint(obj.__defaults__ or (), lift, floats, desc, f"{path}.__defaults__", active)
+        kwdefaults = _fingerprint(obj.__kwdefaults__ or {}, lift, floats, desc, f"{path}.__kwdefaults__", active)
+        return ("fn", obj.__code__, obj.__module__, defaults, kwdefaults, tuple(cells))
+    if isinstance(obj, functools.partial):
+        return ("partial", _fingerprint(obj.func, lift, floats, desc, f"{path}.func", active),
+                _fingerprint(obj.args, lift, floats, desc, f"{path}.args", active),
+                _fingerprint(obj.keywords, lift, floats, desc, f"{path}.keywords", active))
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return ("nt", type(obj), tuple(_fingerprint(getattr(obj, f), lift, floats, desc, f"{path}.{f}", active)
+                                       for f in obj._fields))
+    if type(obj) in (tuple, list):
+        return ("seq", type(obj), tuple(_fingerprint(x, lift, floats, desc, f"{path}[{i}]", active)
+                                        for i, x in enumerate(obj)))
+    if type(obj) is dict:
+        keys = tuple(obj)
+        try:
+            hash(keys)
+        except TypeError as err:
+            raise _Unsupported("unhashable dict keys in the optimizer") from err
+        return ("dict", keys, tuple(_fingerprint(obj[k], lift, floats, desc, f"{path}[{k!r}]", active)
+                                    for k in keys))
+    if isinstance(obj, (set, frozenset)):
+        desc[path] = sorted(map(repr, obj))
+        return ("set", type(obj), frozenset(obj))
+    try:
+        hash(obj)
+    except TypeError as err:
+        raise _Unsupported(f"unhashable {type(obj).__name__} in the optimizer") from err
+    # other hashable objects (modules, classes, dtypes, enums, instances): static, by equality
+    desc[path] = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    return ("h", obj)
+
+
+def _rebuild(obj, floats):
+    """A copy of ``obj`` with its floats replaced, in :func:`_fingerprint`'s order, from iterator ``floats``."""
+    if obj is None or isinstance(obj, (bool, int, str, bytes)):
+        return obj
+    if isinstance(obj, float) or _is_float_array(obj):
+        return next(floats)
+    if isinstance(obj, (np.ndarray, jax.Array)):
+        return obj
+    if isinstance(obj, types.FunctionType):
+        if _is_global_function(obj):
+            return obj
+        cells = []
+        for cell in obj.__closure__ or ():
+            try:
+                cells.append(types.CellType(_rebuild(cell.cell_contents, floats)))
+            except ValueError:
+                cells.append(types.CellType())
+        defaults = _rebuild(obj.__defaults__ or (), floats) or None
+        kwdefaults = _rebuild(obj.__kwdefaults__ or {}, floats) or None
+        fn = types.FunctionType(obj.__code__, obj.__globals__, obj.__name__, defaults,
+                                tuple(cells) if obj.__closure__ else None)
+        fn.__kwdefaults__ = kwdefaults
+        fn.__dict__.update(obj.__dict__)
+        fn.__qualname__ = obj.__qualname__
+        return fn
+    if isinstance(obj, functools.partial):
+        func = _rebuild(obj.func, floats)
+        args = _rebuild(obj.args, floats)
+        return functools.partial(func, *args, **_rebuild(obj.keywords, floats))
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*[_rebuild(getattr(obj, f), floats) for f in obj._fields])
+    if type(obj) in (tuple, list):
+        return type(obj)(_rebuild(x, floats) for x in obj)
+    if type(obj) is dict:
+        return {k: _rebuild(v, floats) for k, v in obj.items()}
+    return obj
+
+
+class _OptSpec:
+    """An optax transformation keyed by its structural fingerprint instead of its identity.
+
+    ``lifted``: its floating-point hyperparameters travel as data (``hypers``) and
+    :meth:`rebuild` makes an equivalent transformation from traced values, so optimizers that
+    differ only in those numbers share one compiled program. Otherwise the numbers are part of the
+    key. Either way, two optimizers with different hyperparameters never share a program with
+    baked-in constants. ``identity``: the fingerprint failed (an unhashable object in a closure);
+    the object itself is the key."""
+
+    __slots__ = ("template", "key", "lifted", "hypers", "description")
+
+    def __init__(self, template, key, lifted, hypers, description):
+        self.template, self.key, self.lifted = template, key, lifted
+        self.hypers, self.description = hypers, description
 
     def __hash__(self):
-        return id(self.opt)
+        return hash(self.key)
 
     def __eq__(self, other):
-        return isinstance(other, _Hashed) and other.opt is self.opt
+        return isinstance(other, _OptSpec) and self.key == other.key
 
-    def init(self, p):
-        return self.opt.init(p)
+    def rebuild(self, hypers):
+        if not self.lifted:
+            return self.template
+        it = iter(hypers)
+        out = _rebuild(self.template, it)
+        if next(it, None) is not None:
+            raise AssertionError("optimizer hyperparameters left over after rebuilding")
+        return out
 
-    def update(self, g, s, p):
-        return self.opt.update(g, s, p)
+
+_LIFT_OK: dict = {}  # (skeleton, params/state shapes) -> lifting the floats preserves update's output types
+
+
+def _lift_ok(spec, params, opt_state) -> bool:
+    cache_key = (spec.key, jax.tree_util.tree_structure((params, opt_state)),
+                 tuple((np.shape(x), jnp.result_type(x)) for x in jax.tree_util.tree_leaves((params, opt_state))))
+    if cache_key not in _LIFT_OK:
+        if len(_LIFT_OK) > 256:
+            _LIFT_OK.clear()
+        try:
+            grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+            want = jax.eval_shape(spec.template.update, grads, opt_state, params)
+            got = jax.eval_shape(lambda h, g, s, p: spec.rebuild(h).update(g, s, p), spec.hypers, grads, opt_state,
+                                 params)
+            ok = jax.tree_util.tree_structure(want) == jax.tree_util.tree_structure(got) and all(
+                (a.shape, a.dtype, a.weak_type) == (b.shape, b.dtype, b.weak_type)
+                for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)))
+        except Exception:  # noqa: BLE001 - e.g. Python control flow on a hyperparameter: keep it static
+            ok = False
+        _LIFT_OK[cache_key] = ok
+    return _LIFT_OK[cache_key]
+
+
+def _optimizer_spec(optimizer, params, opt_state) -> _OptSpec:
+    """The compile key of ``optimizer``: hyperparameters as data when that is safe, else by value."""
+    try:
+        floats, desc = [], {}
+        skeleton = _fingerprint(optimizer, True, floats, desc, "optimizer", set())
+        hash(skeleton)
+    except (_Unsupported, TypeError):
+        return _OptSpec(optimizer, ("identity", id(optimizer), optimizer), False, (),
+                        {"optimizer": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"})
+    spec = _OptSpec(optimizer, ("lifted", skeleton), True, tuple(floats), desc)
+    if _lift_ok(spec, params, opt_state):
+        return spec
+    static = _fingerprint(optimizer, False, [], {}, "optimizer", set())
+    return _OptSpec(optimizer, ("static", static), False, (), desc)
+
+
+class _FitStep:
+    """The step of :func:`fit` as a hashable object (objective + optimizer fingerprint) for chunked_loop."""
+
+    __slots__ = ("objective", "opt")
+
+    def __init__(self, objective, opt: _OptSpec):
+        self.objective, self.opt = objective, opt
+
+    def __hash__(self):
+        return hash((self.objective, self.opt))
+
+    def __eq__(self, other):
+        return isinstance(other, _FitStep) and other.objective is self.objective and other.opt == self.opt
+
+    def __call__(self, key, state, data):
+        hypers, packed = data
+        params, opt_state = state
+        params, opt_state, loss = _step(self.objective, self.opt.rebuild(hypers), key, params, opt_state,
+                                        unpack_args(packed))
+        return (params, opt_state), loss
 
 
 def fit(key, objective: Expectation, params, optimizer, n_steps: int, *args, chunk_size: int | None = None,
-        progress: bool = True, checkpoint_dir: str | None = None, opt_state=None) -> FitResult:
+        progress: bool = True, checkpoint_dir: str | None = None, opt_state=None,
+        keep_checkpoints: int = 3) -> FitResult:
     """Maximize ``objective`` over ``params`` with optax ``optimizer`` for ``n_steps`` steps.
 
     ``args`` are passed to the objective after ``params``; wrap data in :func:`minibatch` to
@@ -146,6 +347,18 @@ def fit(key, objective: Expectation, params, optimizer, n_steps: int, *args, chu
     observations and the guide's inputs stay aligned). Returns a :class:`FitResult` (``params``, ``opt_state``, ``losses``
     = negated objective estimates). Raises :class:`ppl.NonFiniteError` naming the first step whose
     objective estimate or parameters are not finite.
+
+    The steps run through :func:`inference.checkpoint.chunked_loop`. The compiled chunk is keyed on
+    the objective, a structural fingerprint of the optimizer (its functions' code and closures, not
+    the object's identity) and the argument shapes; the optimizer's floating-point hyperparameters
+    (learning rate, betas, schedule constants, ...) are passed as data when the optimizer's update
+    accepts them traced, so a fresh ``optax.adam(lr)`` per call, for any ``lr``, does not recompile;
+    otherwise they are part of the key. With ``checkpoint_dir`` the run is checkpointed after every
+    chunk (the last ``keep_checkpoints`` are kept) and resumed from the latest intact checkpoint;
+    resuming with another key, objective name, optimizer (fingerprint: function names and
+    hyperparameter values), params/optimizer-state structure, shapes or dtypes raises
+    :class:`inference.checkpoint.CheckpointMismatchError`; ``n_steps`` may grow (the run continues)
+    but not fall below the checkpoint's step.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -163,47 +376,27 @@ def fit(key, objective: Expectation, params, optimizer, n_steps: int, *args, chu
         raise TypeError(f"vi.fit: objective must be a vi.expectation program, got {objective!r}")
     n_steps = int(n_steps)
     chunk = int(chunk_size or max(1, min(n_steps, max(10, n_steps // 20))))
-    opt = _Hashed(optimizer)
     if opt_state is None:
         opt_state = optimizer.init(params)
-    packed = pack_args(tuple(args))
-    done, losses = 0, []
-    if checkpoint_dir is not None:
-        from inference import checkpoint as ckpt
+    spec = _optimizer_spec(optimizer, params, opt_state)
+    fn = getattr(objective, "fn", None)
+    settings = {
+        "objective": f"{objective.name} ({getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')})",
+        "optimizer": spec.description,
+    }
 
-        last = ckpt.latest_step(checkpoint_dir)
-        if last is not None:
-            like = {"params": params, "opt_state": opt_state, "losses": jnp.zeros((last,), jnp.float32)}
-            saved = ckpt.restore(checkpoint_dir, like, last)
-            params, opt_state, losses, done = saved["params"], saved["opt_state"], [np.asarray(saved["losses"])], last
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_steps, initial=done, desc=f"vi.fit {objective.name}", leave=False)
-    while done < n_steps:
-        size = min(chunk, n_steps - done)
-        new_params, new_state, chunk_losses = _chunk(objective, opt, size, key, done, params, opt_state, packed)
-        chunk_losses = np.asarray(chunk_losses)
+    def validate(start, size, state, chunk_losses):
         bad = ~np.isfinite(chunk_losses)
-        finite_params = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(new_params))
+        finite_params = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(state[0]))
         if bad.any() or not finite_params:
-            step = done + (int(np.argmax(bad)) if bad.any() else size - 1)
-            if bar is not None:
-                bar.close()
+            step = start + (int(np.argmax(bad)) if bad.any() else size - 1)
             raise NonFiniteError(
                 f"vi.fit {objective.name}: the objective estimate or the parameters became non-finite "
-                f"at step {step} (steps {done}..{done + size - 1}); lower the learning rate, check the "
+                f"at step {step} (steps {start}..{start + size - 1}); lower the learning rate, check the "
                 "model's log densities under ppl.debug(), or clip gradients (optax.clip_by_global_norm)")
-        params, opt_state = new_params, new_state
-        losses.append(chunk_losses)
-        done += size
-        if bar is not None:
-            bar.update(size)
-            bar.set_postfix(loss=float(chunk_losses[-1]))
-        if checkpoint_dir is not None:
-            ckpt.save(checkpoint_dir, done, {"params": params, "opt_state": opt_state,
-                                             "losses": jnp.asarray(np.concatenate(losses))})
-    if bar is not None:
-        bar.close()
-    return FitResult(params, opt_state, np.concatenate(losses) if losses else np.zeros((0,), np.float32))
+
+    (params, opt_state), losses = chunked_loop(
+        key, _FitStep(objective, spec), (params, opt_state), n_steps, chunk, checkpoint_dir, progress,
+        f"vi.fit {objective.name}", data=(spec.hypers, pack_args(tuple(args))), keep=keep_checkpoints,
+        settings=settings, validate=validate, postfix=lambda ls: {"loss": float(ls[-1])})
+    return FitResult(params, opt_state, losses)
