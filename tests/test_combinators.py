@@ -35,9 +35,14 @@ def close(a, b):
     assert abs(float(a) - float(b)) <= 2e-3 + 1e-4 * abs(float(b)), (float(a), float(b))
 
 
-def expected_update(old_sites, new_sites, resampled=()):
+def expected_update(old_sites, new_sites, resampled=(), removed=False):
+    """Gen's weights: visited-in-both sites contribute new - old (0 if resampled); ``update``
+    (``removed=True``) also subtracts the log density of removed sites; fresh ones contribute 0."""
     both = set(old_sites) & set(new_sites)
-    return sum(new_sites[s] - old_sites[s] for s in both if s not in resampled)
+    w = sum(new_sites[s] - old_sites[s] for s in both if s not in resampled)
+    if removed:
+        w -= sum(old_sites[s] for s in set(old_sites) - set(new_sites))
+    return w
 
 
 # ------------------------------------------------------------------- nested cond (cond in cond)
@@ -99,7 +104,7 @@ def test_nested_cond_all_methods():
         # update: flip the outer branch
         tr2, w, d = nested.update(jax.random.key(i + 100), tr, ChoiceMap({"c1": 1 - tr.choices["c1"]}), mu)
         new = nested_sites(tr2.choices, mu)
-        close(w, expected_update(old, new))
+        close(w, expected_update(old, new, removed=True))
         close(tr2.score, sum(new.values()))
         assert set(a for a, _ in d) == set(a for a, _ in tr.choices) - set(a for a, _ in tr2.choices) | {"c1"}
         # regenerate every selection of interest
@@ -169,7 +174,7 @@ def test_cond_inside_scan():
     tr2, w, d = cond_scan_model.update(jax.random.key(5), tr, cons, x0)
     new = cscan_sites(tr2.choices, x0)
     assert int(tr2.choices["steps", "c"][2]) == 1 - int(c[2])
-    close(w, expected_update(old, new))
+    close(w, expected_update(old, new, removed=True))
     close(tr2.score, sum(new.values()))
     dc = vf(d, ("steps", "c"))
     assert dc[1][2] and int(dc[0][2]) == int(c[2]) and not dc[1][[0, 1, 3, 4]].any()
@@ -216,7 +221,7 @@ def test_mix_inside_vmap():
     k = np.asarray(tr.choices["m", "component"])
     tr2, w, _ = VMIX.update(jax.random.key(10), tr, ChoiceMap({("m", "component"): jnp.asarray(1 - k)}), mus)
     new = vmix_sites(tr2.choices, mus)
-    close(w, expected_update(old, new))
+    close(w, expected_update(old, new, removed=True))
     # changed arguments
     mus2 = mus + 0.5
     tr3, w3, _ = VMIX.update(jax.random.key(11), tr, ChoiceMap.empty(), mus2)
@@ -318,7 +323,7 @@ def test_switch_three_branches_update_every_transition(target):
         close(tr.score, sum(old.values()))
         tr2, w, d = three.update(jax.random.key(i + 9), tr, ChoiceMap({"i": jnp.asarray(target)}), mu)
         new = three_sites(tr2.choices, mu)
-        close(w, expected_update(old, new))
+        close(w, expected_update(old, new, removed=True))
         close(tr2.score, sum(new.values()))
         if int(tr.choices["i"]) != target:  # old branch's choices are in the discard
             old_branch = [a for a, _ in tr.choices if isinstance(a, tuple) and a[0] == "sw"]
@@ -330,7 +335,7 @@ def test_switch_three_branches_update_every_transition(target):
         tr3, w3, _ = three.update(jax.random.key(i + 19), tr, cons, mu)
         new3 = three_sites(tr3.choices, mu)
         fresh_constrained = new3[new_addr[1]] if int(tr.choices["i"]) != target else 0.0
-        close(w3, expected_update(old, new3) + fresh_constrained)
+        close(w3, expected_update(old, new3, removed=True) + fresh_constrained)
 
 
 def test_switch_under_jit_and_vmap_masks():
