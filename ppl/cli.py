@@ -1,9 +1,15 @@
-"""The ``ppl`` command line: ``ppl demo`` runs a tour of the inference families.
+"""The ``ppl`` command line: ``ppl demo`` runs a tour of the inference families; ``ppl --version``
+prints the package version.
+
+``ppl demo --only NAME ...`` runs only the named sections; an unknown name is an error (exit
+status 2) that lists the valid sections.
 
 Example:
     >>> from ppl.cli import build_parser
     >>> build_parser().parse_args(["demo", "--only", "modeling"]).only
     ['modeling']
+    >>> main(["demo", "--only", "nosuchsection"])  # the message goes to stderr
+    2
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ import time
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="ppl", description="probabilistic programming on JAX")
+    p.add_argument("--version", action="version", version=f"ppl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run a tour of the inference families on built-in data")
     d.add_argument("--out", default="demo_output", help="folder for the PNG plots (default: demo_output)")
@@ -30,6 +39,12 @@ def run_demo(out: str, only=None, seed: int = 0) -> int:
 
     from inference.demo import SECTIONS
 
+    if only is not None:
+        unknown = [name for name in only if name not in SECTIONS]
+        if unknown or not only:
+            what = f"unknown section {unknown[0]!r}" if unknown else "--only needs at least one section"
+            print(f"ppl demo: {what}; valid sections are: {', '.join(SECTIONS)}", file=sys.stderr)
+            return 2
     os.makedirs(out, exist_ok=True)
     key = jax.random.key(seed)
     failures = 0

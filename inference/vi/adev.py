@@ -56,7 +56,16 @@ import numpy as np
 from jax._src import core as _jcore
 
 from ppl import keys as _keys
-from ppl.core import STATE, GenerativeFunction, Interceptor, current_path, intercept, pack_args, unpack_args
+from ppl.core import (
+    STATE,
+    GenerativeFunction,
+    Interceptor,
+    choice_paths,
+    current_path,
+    intercept,
+    pack_args,
+    unpack_args,
+)
 from ppl.errors import ModelError, fmt_addr
 
 from .marginal import DETACH
@@ -124,9 +133,26 @@ class _WithEstimators(GenerativeFunction):
     def _frame(self, method, args):
         _OVR.frames.append((current_path(), dict(self.mapping)))
         try:
-            return getattr(self.gf, method)(*args)
+            out = getattr(self.gf, method)(*args)
         finally:
             _OVR.frames.pop()
+        self._check_addresses(args[0] if method == "assess" else (out[0] if isinstance(out, tuple) else out))
+        return out
+
+    def _check_addresses(self, trace_or_choices):
+        """Every override must name a site of ``gf`` or a prefix of some (a nested call)."""
+        present = choice_paths(trace_or_choices)
+        if present is None:
+            return
+        for path, _ in self.mapping:
+            if path == () or any(p[: len(path)] == path for p in present):
+                continue
+            shown = sorted({p[0] if len(p) == 1 else p for p in present}, key=str)
+            raise ModelError(
+                f"vi.with_estimators({self.gf.name}): the override at address {fmt_addr(path)} names "
+                f"no choice of {self.gf.name} (its addresses are {shown[:20]}); fix the spelling or "
+                "name a nested call that contains sites."
+            )
 
     def _simulate(self, *a):
         return self._frame("simulate", a)
