@@ -439,6 +439,48 @@ class _HashableStatic:
             return self.value is other.value
 
 
+# ----------------------------------------------------------------- given-value checks
+# A value given in a choice map is data of the staged program (a tracer while it is traced), so a
+# check of the value itself (e.g. integral values at a discrete site) cannot run at trace time.
+# Distribution sites register such checks with ``defer_value_check`` while a top-level GFI call
+# is traced; they are kept with the call's compilation key and run on the concrete choice map
+# after every call with that key (cheap host checks, only at the registered addresses).
+class _ValueChecks(threading.local):
+    def __init__(self):
+        self.recording = None  # list while a top-level staged call is being traced
+
+
+_VALUE_CHECK_STATE = _ValueChecks()
+_VALUE_CHECKS: dict = {}
+_CONSTRAINT_POS = {"assess": 0, "generate": 1, "update": 2}
+
+
+def defer_value_check(check, message: str):
+    """Register ``check(value) -> bool`` for the given value at the current address, to run on
+    the concrete value after the enclosing top-level GFI call (no-op elsewhere)."""
+    rec = _VALUE_CHECK_STATE.recording
+    if rec is not None:
+        rec.append((current_path(), check, message))
+
+
+def _run_value_checks(checks, constraints):
+    for path, check, message in checks:
+        v = constraints.get_submap(path).raw_value()
+        if v is None:
+            continue
+        from .choicemap import Masked
+
+        flag = True
+        if isinstance(v, Masked):
+            v, flag = v.value, v.flag
+        if isinstance(v, jax.core.Tracer) or isinstance(flag, jax.core.Tracer):
+            continue  # inside the user's own jit: only the debug-mode run-time check applies
+        if not check(np.asarray(v), np.asarray(flag)):
+            from .errors import ShapeError
+
+            raise ShapeError(f"{message} Got {np.asarray(v).ravel()[:5]}.")
+
+
 def _staged_call(gf, method: str, all_args: tuple):
     n_data = _N_DATA[method]
     data_part, model_part = all_args[:n_data], all_args[n_data:]
@@ -453,8 +495,13 @@ def _staged_call(gf, method: str, all_args: tuple):
             spec.append(_HashableStatic(leaf))
     if _CALLBACK_ERRORS:  # stale, from a failed call under the user's own jit
         pop_callback_error()
+    spec = tuple(spec)
+    checks_key = (gf, method, treedef, spec, STATE.debug)
+    recorded: list = []
+    old_recording = _VALUE_CHECK_STATE.recording
+    _VALUE_CHECK_STATE.recording = recorded if method in _CONSTRAINT_POS else None
     try:
-        return _staged_runner(gf, method, treedef, tuple(spec), STATE.debug, tuple(dyn))
+        out = _staged_runner(gf, method, treedef, spec, STATE.debug, tuple(dyn))
     except jax.errors.JaxRuntimeError as e:
         err = pop_callback_error()
         if err is not None:  # a debug-mode check failed at run time: raise the ppl error itself
@@ -467,6 +514,17 @@ def _staged_call(gf, method: str, all_args: tuple):
                 "data and hashable Python values (ints, strings, tuples) for static arguments."
             ) from e
         raise
+    finally:
+        _VALUE_CHECK_STATE.recording = old_recording
+    if recorded:  # traced just now: keep this program's checks (the union over its retraces)
+        if len(_VALUE_CHECKS) > 4096:
+            _VALUE_CHECKS.clear()
+        known = _VALUE_CHECKS.setdefault(checks_key, [])
+        known.extend(c for c in recorded if all(c[0] != k[0] or c[2] != k[2] for k in known))
+    checks = _VALUE_CHECKS.get(checks_key) if _VALUE_CHECKS else None
+    if checks:
+        _run_value_checks(checks, all_args[_CONSTRAINT_POS[method]])
+    return out
 
 
 class GenerativeFunction:
@@ -544,7 +602,13 @@ class GenerativeFunction:
             raise TypeError(f"{self.name}.regenerate: expected a Selection (ppl.select(...)), got {selection!r}")
         if not isinstance(trace, Trace):
             raise TypeError(f"{self.name}.regenerate: expected a Trace, got {type(trace).__name__}")
-        return self._run("regenerate", (key, trace, selection) + args)
+        if _REGEN.depth == 0 and not STATE.handlers:  # the outermost call: check the selection
+            _check_selection_in_trace(f"{self.name}.regenerate", selection, trace)
+        _REGEN.depth += 1
+        try:
+            return self._run("regenerate", (key, trace, selection) + args)
+        finally:
+            _REGEN.depth -= 1
 
     # -- combinator sugar -----------------------------------------------------------------------
     def repeat(self, n: int):
@@ -574,6 +638,82 @@ class GenerativeFunction:
 
     def __repr__(self):
         return f"<generative function {self.name}>"
+
+
+class _RegenDepth(threading.local):
+    def __init__(self):
+        self.depth = 0
+
+
+_REGEN = _RegenDepth()
+_SELECTION_OK: dict = {}  # (trace structure, selection) pairs already checked
+
+
+def _selection_paths(sel, out: list) -> list:
+    """Every explicit address path named in a selection (through ``|``, ``&`` and ``~``)."""
+    from . import choicemap as cm
+
+    if isinstance(sel, cm._AddrSel):
+        out.extend(sel.paths)
+    elif isinstance(sel, (cm._UnionSel, cm._InterSel)):
+        _selection_paths(sel.a, out)
+        _selection_paths(sel.b, out)
+    elif isinstance(sel, cm._ComplementSel):
+        _selection_paths(sel.inner, out)
+    return out
+
+
+def choice_paths(trace_or_choices):
+    """Every address path of a trace's choices (or of a choice map), including the choices of
+    branches not taken (``Masked``), as tuples; None if they cannot be listed.
+
+    Example:
+        >>> import jax, ppl
+        >>> @ppl.gen
+        ... def m():
+        ...     return ppl.normal(0.0, 1.0) @ "x"
+        >>> choice_paths(m.simulate(jax.random.key(0)))
+        [('x',)]
+    """
+    try:  # abstractly, so that every branch's (masked) choices are listed, taken or not
+        if isinstance(trace_or_choices, ChoiceMap):
+            choices = trace_or_choices
+        else:
+            choices = jax.eval_shape(lambda t: t.get_choices(), trace_or_choices)
+        return [p for p, _ in choices.leaves()]
+    except Exception:
+        return None
+
+
+def _check_selection_in_trace(where: str, selection, trace):
+    """Raise an AddressError if ``selection`` names an address that is not in ``trace`` (choices of
+    untaken branches count as present; a prefix of an address selects everything below it)."""
+    paths = _selection_paths(selection, [])
+    if not paths:
+        return
+    try:
+        cache_key = (jax.tree_util.tree_structure(trace), selection)
+        if cache_key in _SELECTION_OK:
+            return
+    except TypeError:  # unhashable static structure: check without caching
+        cache_key = None
+    present = choice_paths(trace)
+    if present is None:
+        return  # an exotic trace type: nothing to check against
+    for path in sorted(paths):
+        if path == () or any(p[: len(path)] == path for p in present):
+            continue
+        shown = [p[0] if len(p) == 1 else p for p in present]
+        more = f" and {len(shown) - 20} more" if len(shown) > 20 else ""
+        raise AddressError(
+            f"{where}: the selection names address {fmt_addr(path)}, but the trace has no choice "
+            f"there (its addresses are {shown[:20]}{more}); fix the spelling, or select a prefix "
+            "of existing addresses."
+        )
+    if cache_key is not None:
+        if len(_SELECTION_OK) > 4096:
+            _SELECTION_OK.clear()
+        _SELECTION_OK[cache_key] = True
 
 
 def check_constraints_visited(constraints: ChoiceMap, visited, where: str):

@@ -247,6 +247,7 @@ class GenFn(GenerativeFunction):
         self.fn = fn
         self.name = getattr(fn, "__name__", "gen_fn")
         functools.update_wrapper(self, fn)
+        self._globals = _global_snapshot(fn)
 
     def _execute(self, handler: _Handler, args):
         STATE.handlers.append(handler)
@@ -344,16 +345,20 @@ class GenFn(GenerativeFunction):
             )
         return Invocation(self, args)
 
-    # Two @gen functions are equal when they run the same code with the same captured objects,
-    # so a helper model defined inside another model's body (a new object at every execution)
-    # keeps traces' static structure stable across executions (jit caches, lax.switch/scan).
+    # Two @gen functions are equal when they run the same code with the same captured objects:
+    # the same closure cells, defaults, and the same values of the module globals the code reads
+    # (snapshotted when the function is decorated). So a helper model defined inside another
+    # model's body (a new object at every execution) keeps traces' static structure stable across
+    # executions (jit caches, lax.switch/scan), while a *new definition* that reads different
+    # globals (e.g. ``@gen`` in a loop over a global, or a redefinition after changing a global)
+    # never reuses the compiled program of an earlier definition.
     def _identity(self):
         fn = self.fn
         code = getattr(fn, "__code__", None)
         if code is None:
             return (fn,)
         cells = tuple(c.cell_contents if _cell_filled(c) else _EMPTY for c in (fn.__closure__ or ()))
-        return (code, fn.__defaults__, cells)
+        return (code, fn.__defaults__, cells, self._globals)
 
     def __eq__(self, other):
         if self is other:
@@ -365,7 +370,10 @@ class GenFn(GenerativeFunction):
             return False
         if len(a) == 1:
             return False
-        return _same_objects(a[1] or (), b[1] or ()) and _same_objects(a[2], b[2])
+        if getattr(self.fn, "__globals__", None) is not getattr(other.fn, "__globals__", None):
+            return False
+        return (_same_objects(a[1] or (), b[1] or ()) and _same_objects(a[2], b[2])
+                and _same_objects(a[3], b[3]))
 
     def __hash__(self):
         return hash(getattr(self.fn, "__code__", self.fn))
@@ -375,6 +383,27 @@ class GenFn(GenerativeFunction):
 
 
 _EMPTY = object()
+
+
+def _global_names(code, out: set):
+    out.update(code.co_names)
+    for c in code.co_consts:
+        if hasattr(c, "co_names"):  # nested functions, lambdas, comprehensions
+            _global_names(c, out)
+    return out
+
+
+def _global_snapshot(fn) -> tuple:
+    """The values of the module globals ``fn``'s code may read, at decoration time (names not
+    bound there, e.g. attribute names and builtins, are recorded as ``_EMPTY``)."""
+    code = getattr(fn, "__code__", None)
+    g = getattr(fn, "__globals__", None)
+    if code is None or g is None:
+        return ()
+    snap = []
+    for name in sorted(_global_names(code, set())):
+        snap.append(g.get(name, _EMPTY))
+    return tuple(snap)
 
 
 def _cell_filled(cell):
