@@ -36,6 +36,7 @@ from .core import (
     Trace,
     active_interceptor,
     current_path,
+    defer_value_check,
     pack_args,
     raise_from_callback,
     trace_dataclass,
@@ -106,6 +107,13 @@ def _raise_in_callback(ok, value, message):
         bad = np.asarray(value)[~np.broadcast_to(np.asarray(ok), np.shape(value))] if np.ndim(value) else value
         raise_from_callback(ParameterError(f"{message}, got {np.asarray(bad).ravel()[:5]} (debug-mode "
                                            "run-time check). Fix the value or the computation producing it."))
+
+
+def _integral(v, flag) -> bool:
+    """Whether ``v`` holds whole numbers wherever ``flag`` (a prefix-shaped mask) is true."""
+    v, flag = np.asarray(v), np.asarray(flag, dtype=bool)
+    flag = np.reshape(flag, flag.shape + (1,) * (v.ndim - flag.ndim)) if flag.ndim else flag
+    return bool(np.all((v == np.round(v)) | ~flag))
 
 
 def _integer_callback(v, message):
@@ -324,12 +332,16 @@ class DistributionGF(GenerativeFunction):
             )
         if kind == "f" and jnp.issubdtype(target, jnp.integer):
             msg = (f"the value at address {fmt_addr(path)} has non-integer entries but {self.name} "
-                   "is a discrete distribution; pass integer values.")
-            if not isinstance(arr, jax.core.Tracer):
-                if not bool(jnp.all(arr == jnp.round(arr))):
-                    raise ShapeError(msg)
-            elif STATE.debug:
-                jax.debug.callback(_integer_callback, arr, msg)
+                   f"is a discrete distribution with {jnp.dtype(target).name} values; pass whole "
+                   "numbers (e.g. 0 or 1 for flip/bernoulli), not probabilities.")
+            known = _known_value(arr)
+            if known is not None:
+                if not _integral(known, True):
+                    raise ShapeError(f"{msg} Got {_show(known)}.")
+            else:  # a given value is data: checked after the top-level call (and in debug mode)
+                defer_value_check(_integral, msg)
+                if STATE.debug:
+                    jax.debug.callback(_integer_callback, arr, msg)
         return arr.astype(target)
 
     def _observe(self, d, value, old_value):
