@@ -176,8 +176,8 @@ def _check_state(directory, step, saved: dict, given: dict, label: str):
         raise _mismatch(directory, step, f"{label} tree structure", missing or "no other leaves",
                         extra or "no other leaves",
                         "(saved: leaves only in the checkpoint; given: leaves only in this run.) " + _FRESH_HINT)
-    for p, (shape, dtype) in saved.items():
-        gshape, gdtype = given[p]
+    for p in sorted(saved, key=lambda p: (len(p), p)):  # the shallowest differing leaf first
+        (shape, dtype), (gshape, gdtype) = saved[p], given[p]
         if list(shape) != list(gshape):
             raise _mismatch(directory, step, f"shape of {label}{p}", tuple(shape), tuple(gshape), _FRESH_HINT)
         if dtype != gdtype:
@@ -417,7 +417,7 @@ def _run_chunk(step, size, with_data, key, start, state, data):
     return jax.lax.scan(body, state, start + jnp.arange(size))
 
 
-def _resume(directory, state, out_desc, settings, n_steps):
+def _resume(directory, state, out_desc_fn, settings, n_steps):
     """``(done, state, output chunks)`` from the latest intact compatible checkpoint, or None."""
     steps = _steps(directory)
     if not steps:
@@ -430,13 +430,15 @@ def _resume(directory, state, out_desc, settings, n_steps):
             _damaged(directory, s, err, skipped)
             continue
         if s > n_steps:
-            raise _mismatch(directory, s, "n_steps", f">= {s} (the checkpoint's step)", n_steps,
-                            f"A run can be continued to more steps, not fewer: pass n_steps >= {s}, or use a new "
-                            "checkpoint directory.")
+            raise CheckpointMismatchError(
+                f"cannot resume from the checkpoint at step {s} under {directory!r}: n_steps: saved run reached "
+                f"step {s} (its n_steps was {meta.get('n_steps')}) vs given n_steps={n_steps}. A run can be "
+                f"continued to more steps, not fewer: pass n_steps >= {s}, or use a new checkpoint directory.")
         d = _diff(meta["settings"], settings)
         if d:
             raise _mismatch(directory, s, " ".join(map(str, d[0])), d[1], d[2], _FRESH_HINT)
         _check_state(directory, s, meta["state"], given_state, "state")
+        out_desc = out_desc_fn()
         d = _diff(meta["outs"], out_desc)
         if d:
             raise _mismatch(directory, s, "per-step output " + " ".join(map(str, d[0])), d[1], d[2], _FRESH_HINT)
@@ -501,18 +503,22 @@ def chunked_loop(
     data = data if with_data else None
     # scan carries strongly typed values; starting from them too means one program for every chunk
     state = jax.tree_util.tree_map(_strong, state)
-    out_shapes = _run_chunk.eval_shape(step, 1, with_data, key, 0, state, data)[1]
-    out_desc = _describe_outs(jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), out_shapes))
-    out_treedef = jax.tree_util.tree_structure(out_shapes)
     settings = {"key": _describe_key(key), **_jsonify(settings or {})}
+
+    @functools.cache
+    def outputs():  # per-step output shapes (traced once: after the resume checks of state and settings)
+        shapes = _run_chunk.eval_shape(step, 1, with_data, key, 0, state, data)[1]
+        return shapes, _describe_outs(jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
+                                                             shapes))
 
     done, chunks, history = 0, [], []
     if directory is not None:
         directory = os.path.abspath(directory)
-        resumed = _resume(directory, state, out_desc, settings, n_steps)
+        resumed = _resume(directory, state, lambda: outputs()[1], settings, n_steps)
         if resumed is not None:
             done, state, chunks, history = resumed
+    out_shapes, out_desc = outputs()
+    out_treedef = jax.tree_util.tree_structure(out_shapes)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -181,8 +181,8 @@ def _fingerprint(obj, lift: bool, floats: list, desc: dict, path: str, active: s
                 _fingerprint(obj.args, lift, floats, desc, f"{path}.args", active),
                 _fingerprint(obj.keywords, lift, floats, desc, f"{path}.keywords", active))
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return ("nt", type(obj), tuple(_fingerprint(getattr(obj, f), lift, floats, desc, f"{path}.{f}", active)
-                                       for f in obj._fields))
+        return ("nt", type(obj), tuple(_fingerprint(getattr(obj, f), lift, floats, desc, f"{path}.{f}" if path else f,
+                                                    active) for f in obj._fields))
     if type(obj) in (tuple, list):
         return ("seq", type(obj), tuple(_fingerprint(x, lift, floats, desc, f"{path}[{i}]", active)
                                         for i, x in enumerate(obj)))
@@ -303,15 +303,17 @@ def _optimizer_spec(optimizer, params, opt_state) -> _OptSpec:
     """The compile key of ``optimizer``: hyperparameters as data when that is safe, else by value."""
     try:
         floats, desc = [], {}
-        skeleton = _fingerprint(optimizer, True, floats, desc, "optimizer", set())
+        skeleton = _fingerprint(optimizer, True, floats, desc, "", set())
         hash(skeleton)
     except (_Unsupported, TypeError):
         return _OptSpec(optimizer, ("identity", id(optimizer), optimizer), False, (),
-                        {"optimizer": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"})
+                        {"type": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"})
+    # the update's settings first: a mismatch message then names the update's differing part
+    desc = dict(sorted(desc.items(), key=lambda kv: not kv[0].startswith("update")))
     spec = _OptSpec(optimizer, ("lifted", skeleton), True, tuple(floats), desc)
     if _lift_ok(spec, params, opt_state):
         return spec
-    static = _fingerprint(optimizer, False, [], {}, "optimizer", set())
+    static = _fingerprint(optimizer, False, [], {}, "", set())
     return _OptSpec(optimizer, ("static", static), False, (), desc)
 
 
@@ -331,10 +333,9 @@ class _FitStep:
 
     def __call__(self, key, state, data):
         hypers, packed = data
-        params, opt_state = state
-        params, opt_state, loss = _step(self.objective, self.opt.rebuild(hypers), key, params, opt_state,
-                                        unpack_args(packed))
-        return (params, opt_state), loss
+        params, opt_state, loss = _step(self.objective, self.opt.rebuild(hypers), key, state["params"],
+                                        state["opt_state"], unpack_args(packed))
+        return {"params": params, "opt_state": opt_state}, loss
 
 
 def fit(key, objective: Expectation, params, optimizer, n_steps: int, *args, chunk_size: int | None = None,
@@ -387,7 +388,7 @@ def fit(key, objective: Expectation, params, optimizer, n_steps: int, *args, chu
 
     def validate(start, size, state, chunk_losses):
         bad = ~np.isfinite(chunk_losses)
-        finite_params = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(state[0]))
+        finite_params = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(state["params"]))
         if bad.any() or not finite_params:
             step = start + (int(np.argmax(bad)) if bad.any() else size - 1)
             raise NonFiniteError(
@@ -395,8 +396,8 @@ def fit(key, objective: Expectation, params, optimizer, n_steps: int, *args, chu
                 f"at step {step} (steps {start}..{start + size - 1}); lower the learning rate, check the "
                 "model's log densities under ppl.debug(), or clip gradients (optax.clip_by_global_norm)")
 
-    (params, opt_state), losses = chunked_loop(
-        key, _FitStep(objective, spec), (params, opt_state), n_steps, chunk, checkpoint_dir, progress,
+    state, losses = chunked_loop(
+        key, _FitStep(objective, spec), {"params": params, "opt_state": opt_state}, n_steps, chunk, checkpoint_dir, progress,
         f"vi.fit {objective.name}", data=(spec.hypers, pack_args(tuple(args))), keep=keep_checkpoints,
         settings=settings, validate=validate, postfix=lambda ls: {"loss": float(ls[-1])})
-    return FitResult(params, opt_state, losses)
+    return FitResult(state["params"], state["opt_state"], losses)
