@@ -59,11 +59,13 @@ def sample(key, model, args, observations, n_particles: int = 1000, proposal=Non
         >>> round(float(ps.log_marginal_likelihood()), 4)   # log N(0; 0, 1)
         -0.9189
     """
+    from ppl.core import as_args_tuple
+
     from .smc._util import as_choicemap
 
     return _sample_staged(
-        key, model=model, args=tuple(args), observations=as_choicemap(observations), n_particles=int(n_particles),
-        proposal=proposal, proposal_args=tuple(proposal_args),
+        key, model=model, args=as_args_tuple(args, "importance.sample"), observations=as_choicemap(observations), n_particles=int(n_particles),
+        proposal=proposal, proposal_args=as_args_tuple(proposal_args, "importance.sample", "proposal_args"),
     )
 
 

@@ -254,7 +254,8 @@ def test_result_holds_only_choices_and_exports_to_arviz():
     tr = nn_trace()
     res = mcmc.run(jax.random.key(11), mcmc.hmc("mu", 0.5, 3), tr, 200, n_chains=2, burn_in=100, thin=2)
     assert res.choices["mu"].shape == (2, 200)
-    assert res.choices["ys"].shape == (2, 200, 5)
+    assert res.choices.addresses() == ["mu"]  # observations are kept once, not per draw
+    assert res.fixed_choices["ys"].shape == (5,)
     assert set(res.info) >= {"accept_prob", "accepted", "step_size"}
     assert res.final_trace.args[0].shape == YS.shape  # model arguments not copied per chain
     idata = res.to_arviz()

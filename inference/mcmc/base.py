@@ -10,6 +10,12 @@ with two pure functions over pytrees:
   whether ``state`` was produced together with ``trace`` (no other kernel changed the trace in
   between), so cached densities and gradients may be reused.
 
+- ``moves(trace) -> Selection | None`` (optional): the choices the kernel may change (a
+  :class:`ppl.Selection` or a list of addresses), ``None`` when it cannot say. ``mcmc.run`` stores
+  only those choices per draw (see :mod:`inference.mcmc.runner`); the built-in kernels and
+  combinators all know theirs, a custom kernel that does not override ``moves`` has every choice
+  stored except the observations given to ``mcmc.init_chains``.
+
 Calling a kernel, ``kernel(key, trace) -> (trace, info)``, runs one transition from a fresh state
 (no adaptation): that is the composable interface (``smc.rejuvenate`` takes any such function).
 
@@ -51,6 +57,18 @@ class Kernel:
     def step(self, key, trace, state, synced: bool = False):
         """One transition: ``(trace, state, info)``."""
         raise NotImplementedError
+
+    def moves(self, trace):
+        """The choices of ``trace`` this kernel may change: a :class:`ppl.Selection`, a list of
+        addresses, or ``None`` (unknown: the runner then stores every unobserved choice).
+
+        Example:
+            >>> import ppl
+            >>> from inference import mcmc
+            >>> mcmc.hmc(ppl.select("x")).moves(None)
+            select('x')
+        """
+        return None
 
     def __call__(self, key, trace):
         return _call(self, key, trace)

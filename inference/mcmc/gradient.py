@@ -6,6 +6,11 @@ noise per coordinate. Gradients are taken through the model's ``update``. With
 ``adapt_step_size=True`` the step size is tuned by dual averaging during the runner's burn-in
 (target acceptance 0.8 for HMC, 0.574 for MALA) and then frozen.
 
+Each step's info holds ``accept_prob``, ``accepted``, ``step_size`` and ``diverging``: the
+proposal's energy error (minus the log acceptance ratio) exceeded :data:`DIVERGENCE_THRESHOLD`
+(1000, as in NumPyro and Stan) or was not finite, the sign of a step size far too large for the
+posterior's curvature (``mcmc.run`` warns about them).
+
 Example:
     >>> import jax, jax.numpy as jnp, ppl
     >>> from inference import mcmc
@@ -33,9 +38,13 @@ from ppl.choicemap import Selection, select
 from .base import Kernel, accept, selected_paths
 from .transforms import UnconstrainedView
 
-__all__ = ["hmc", "mala", "HMC", "MALA", "GradState"]
+__all__ = ["hmc", "mala", "HMC", "MALA", "GradState", "DIVERGENCE_THRESHOLD"]
 
 _tmap = jax.tree_util.tree_map
+
+#: A transition diverges when its energy error ``-log(acceptance ratio)`` exceeds this (or is
+#: not finite): NumPyro's and Stan's threshold.
+DIVERGENCE_THRESHOLD = 1000.0
 
 
 @jax.tree_util.register_dataclass
@@ -56,6 +65,10 @@ class GradState:
 
 class _GradientKernel(Kernel):
     target_accept = 0.8
+
+    def moves(self, trace):
+        """The kernel moves the selected choices only."""
+        return self.selection
 
     def _view(self, trace):
         paths = selected_paths(trace, self.selection, f"mcmc.{self.name}", continuous=True)
@@ -106,12 +119,14 @@ class _GradientKernel(Kernel):
         vg = lambda v: self._value_and_grad(view, trace, v, unravel)  # noqa: E731
         u2, lp2, g2, log_q = self._propose(k1, vg, u, lp, g, eps)
         log_alpha = lp2 - lp + log_q
+        diverging = jnp.logical_not(jnp.isfinite(log_alpha)) | (-log_alpha > DIVERGENCE_THRESHOLD)
         new_trace, _ = view.write(trace, unravel(u2))
         out, info = accept(k2, log_alpha, new_trace, trace)
         acc = info["accepted"]
         pick = lambda a, b: _tmap(lambda x, y: jnp.where(acc, x, y), a, b)  # noqa: E731
         log_step, da = self._adapt(state, info["accept_prob"])
         info["step_size"] = eps
+        info["diverging"] = diverging
         new_state = GradState(state.i + 1, log_step, da, pick(u2, u), jnp.where(acc, lp2, lp), pick(g2, g),
                               state.n_warmup)
         return out, new_state, info

@@ -57,6 +57,10 @@ class NUTS(Kernel):
     max_tree_depth: int = 10
     name = "nuts"
 
+    def moves(self, trace):
+        """The kernel moves the selected choices only."""
+        return self.selection
+
     def _view(self, trace):
         paths = selected_paths(trace, self.selection, "mcmc.nuts", continuous=True)
         return UnconstrainedView(trace.gf, paths, "mcmc.nuts")

@@ -303,10 +303,11 @@ def particle_filter(key, model, args, observations, n_particles: int, proposal=N
         (True, (8,))
     """
     from ppl.choicemap import ChoiceMap  # noqa: F401
+    from ppl.core import as_args_tuple
 
     if resampling not in ("multinomial", "stratified", "systematic", "residual"):
         raise ValueError(f"unknown resampling scheme {resampling!r}")
     return _filter_staged(
-        key, model=model, args=tuple(args), observations=as_choicemap(observations), n_particles=int(n_particles),
+        key, model=model, args=as_args_tuple(args, "smc.particle_filter"), observations=as_choicemap(observations), n_particles=int(n_particles),
         proposal=proposal, resampling=resampling, ess_threshold=float(ess_threshold), history=bool(history),
     )

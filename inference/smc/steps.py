@@ -253,13 +253,18 @@ _change_s = staged(("model", "translate"), ("args",))(
 
 
 def init(key, model, args, observations, n_particles: int, proposal=None, proposal_args=()):
-    return _init_s(key, model=model, args=tuple(args), observations=as_choicemap(observations),
-                   n_particles=int(n_particles), proposal=proposal, proposal_args=tuple(proposal_args))
+    from ppl.core import as_args_tuple
+
+    return _init_s(key, model=model, args=as_args_tuple(args, "smc.init"), observations=as_choicemap(observations),
+                   n_particles=int(n_particles), proposal=proposal,
+                   proposal_args=as_args_tuple(proposal_args, "smc.init", "proposal_args"))
 
 
 def extend(key, ps: ParticleCollection, args, observations=None, proposal=None, proposal_args=()):
-    return _extend_s(key, ps=ps, args=tuple(args), observations=as_choicemap(observations), proposal=proposal,
-                     proposal_args=tuple(proposal_args))
+    from ppl.core import as_args_tuple
+
+    return _extend_s(key, ps=ps, args=as_args_tuple(args, "smc.extend"), observations=as_choicemap(observations),
+                     proposal=proposal, proposal_args=as_args_tuple(proposal_args, "smc.extend", "proposal_args"))
 
 
 def resample(key, ps: ParticleCollection, scheme: str = "systematic"):
@@ -275,7 +280,9 @@ def rejuvenate(key, ps: ParticleCollection, kernel):
 
 
 def change(key, ps: ParticleCollection, model, args, observations=None, translate=None):
-    return _change_s(key, ps=ps, model=model, args=tuple(args), observations=as_choicemap(observations),
+    from ppl.core import as_args_tuple
+
+    return _change_s(key, ps=ps, model=model, args=as_args_tuple(args, "smc.change"), observations=as_choicemap(observations),
                      translate=translate)
 
 

@@ -167,8 +167,10 @@ def tempered(key, model, args, observations, n_particles: int, betas=None, n_tem
     or a new step size do not recompile.
     """
     betas = power_schedule(int(n_temps)) if betas is None else jnp.asarray(betas, jnp.float32)
+    from ppl.core import as_args_tuple
+
     return _tempered_staged(
-        key, model=model, args=tuple(args), observations=as_choicemap(observations), n_particles=int(n_particles),
+        key, model=model, args=as_args_tuple(args, "smc.tempered"), observations=as_choicemap(observations), n_particles=int(n_particles),
         betas=betas, n_mcmc=int(n_mcmc), step_size=jnp.float32(step_size), resampling=resampling,
         ess_threshold=float(ess_threshold),
     )
