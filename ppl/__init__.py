@@ -46,6 +46,7 @@ from .distributions import (
 )
 from .errors import (
     AddressError,
+    ArgumentError,
     CarryShapeError,
     ModelError,
     NonFiniteError,
@@ -66,5 +67,5 @@ __all__ = [
     "uniform", "student_t", "cauchy", "laplace", "dirichlet", "mv_normal", "bernoulli", "flip",
     "binomial", "poisson", "categorical", "geometric",
     "ModelError", "AddressError", "ShapeError", "ParameterError", "TracedControlFlowError",
-    "NotGenerativeError", "CarryShapeError", "NonFiniteError",
+    "NotGenerativeError", "CarryShapeError", "NonFiniteError", "ArgumentError",
 ]

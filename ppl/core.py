@@ -66,6 +66,7 @@ __all__ = [
     "current_path",
     "intercept",
     "Interceptor",
+    "as_args_tuple",
 ]
 
 
@@ -322,6 +323,30 @@ class Invocation:
     def __repr__(self):
         return f"Invocation({self.gf.name}, {len(self.args)} args)"
 
+    def _not_a_value(self, *_):
+        name = getattr(self.gf, "name", "gf")
+        raise ModelError(
+            f"`{name}(...)` was used as a value, but without `@ \"address\"` it is only a pending "
+            f"call: write e.g. `x = {name}(...) @ \"x\"` inside a @gen function to trace the "
+            "choice and get its value."
+        )
+
+    # Arithmetic, comparisons and conversions of a call without `@ "addr"`: a clear error instead
+    # of "Invocation is not a valid JAX type".
+    __jax_array__ = __array__ = __float__ = __int__ = __index__ = __complex__ = _not_a_value
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _not_a_value
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _not_a_value
+    __pow__ = __rpow__ = __neg__ = __pos__ = __abs__ = __rmatmul__ = _not_a_value
+    __lt__ = __le__ = __gt__ = __ge__ = __bool__ = __getitem__ = __iter__ = __len__ = _not_a_value
+    __and__ = __rand__ = __or__ = __ror__ = __xor__ = __rxor__ = __invert__ = _not_a_value
+
+
+# An Invocation inside a pytree (returned from a model, passed to jnp or as an argument) is the
+# same mistake: flattening it raises the error above.
+jax.tree_util.register_pytree_node(
+    Invocation, lambda inv: inv._not_a_value(), lambda aux, children: None
+)
+
 
 def address_hash(addr: str) -> int:
     return zlib.crc32(addr.encode()) & 0x7FFFFFFF
@@ -340,11 +365,74 @@ def site_key(key, addr: str):
 def _as_choicemap(x, what: str) -> ChoiceMap:
     if x is None:
         return ChoiceMap.empty()
-    if isinstance(x, ChoiceMap):
-        return x
     if isinstance(x, dict):
-        return ChoiceMap(x)
+        x = ChoiceMap(x)
+    if isinstance(x, ChoiceMap):
+        return _lists_to_arrays(x, what)
     raise TypeError(f"{what} must be a ppl.ChoiceMap (or a dict of address -> value), got {type(x).__name__}")
+
+
+def _lists_to_arrays(chm: ChoiceMap, what: str) -> ChoiceMap:
+    """Python lists/tuples of numbers given as values become arrays (they would otherwise be
+    pytrees of separate scalars); anything else that is not rectangular raises a ShapeError."""
+    from .choicemap import Masked
+    from .errors import ShapeError
+
+    def is_seq(v):
+        return isinstance(v, (list, tuple))
+
+    leaves = chm.leaves()
+    if not any(is_seq(v.value if isinstance(v, Masked) else v) or (isinstance(v, Masked) and is_seq(v.flag))
+               for _, v in leaves):
+        return chm
+
+    def arr(v, path):
+        if not is_seq(v):
+            return v
+        try:
+            return jnp.asarray(v)
+        except (TypeError, ValueError) as e:
+            raise ShapeError(
+                f"{what}: the value at address {fmt_addr(path)} is a Python {type(v).__name__} that is "
+                f"not a rectangular list of numbers ({e}); pass an array, e.g. jnp.array(...)."
+            ) from e
+
+    for path, v in leaves:
+        if isinstance(v, Masked):
+            new = Masked(arr(v.value, path), arr(v.flag, path))
+        else:
+            new = arr(v, path)
+        if new is not v:
+            chm = chm.set(path, new) if path else ChoiceMap.value(new)
+    return chm
+
+
+def as_args_tuple(args, where: str, name: str = "args") -> tuple:
+    """``args`` as a tuple of model arguments, or an :class:`~ppl.errors.ArgumentError` naming
+    ``name`` and ``where`` (a list is accepted; a single bare value is the common slip).
+
+    Example:
+        >>> as_args_tuple([1.0, 2], "importance.sample")
+        (1.0, 2)
+        >>> try:
+        ...     as_args_tuple(3, "importance.sample")
+        ... except ModelError as e:
+        ...     print(str(e).split(";")[0])
+        importance.sample: args must be a tuple of the model's arguments, got int 3
+    """
+    if isinstance(args, tuple):
+        return args
+    if isinstance(args, list):
+        return tuple(args)
+    from .errors import ArgumentError
+
+    shown = repr(args) if np.ndim(args) == 0 and not hasattr(args, "get_choices") else f"of shape {np.shape(args)}"
+    if isinstance(args, (dict, ChoiceMap)) or hasattr(args, "get_choices"):
+        shown = "(looks like observations: pass the model arguments first, then the observations)"
+    raise ArgumentError(
+        f"{where}: {name} must be a tuple of the model's arguments, got {type(args).__name__} {shown}; "
+        f"write (x,) for one argument, () for none."
+    )
 
 
 def _check_key(key, method):

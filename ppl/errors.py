@@ -50,6 +50,10 @@ class CarryShapeError(ModelError, TypeError):
     """A ``ppl.scan`` step function returned a carry of a different shape/dtype than it received."""
 
 
+class ArgumentError(ModelError, TypeError):
+    """An API argument has the wrong kind, e.g. model arguments not given as a tuple."""
+
+
 class NonFiniteError(ModelError, FloatingPointError):
     """A log density, weight or gradient was not finite (reported in debug mode)."""
 
