@@ -39,7 +39,7 @@ from .filters import (
     step_slices,
 )
 from .particles import gather
-from .resampling import log_normalize, resample_indices
+from .resampling import _invert, log_normalize
 
 __all__ = ["CSMCResult", "csmc", "particle_gibbs", "PGResult", "backward_sample"]
 
@@ -82,6 +82,19 @@ def _ref_weight(step, key, ref_t, obs_t, carry, x_t):
     return tr.retval[0], w_joint - w_lat
 
 
+def _iid_ancestors(key, lwn, m):
+    """``m`` i.i.d. (unsorted) multinomial ancestor draws from normalized log weights ``lwn``.
+
+    :func:`~inference.smc.resample_indices` with ``"multinomial"`` returns its draws *sorted*, so
+    any fixed subset of them (e.g. "all but the last") is not an i.i.d. sample; conditional SMC
+    needs exactly ``N - 1`` i.i.d. draws. Independent uniforms through the inverse CDF give them
+    in O(m log N) without an ``m x N`` Gumbel array; zero weights are never selected.
+    """
+    w = jnp.exp(lwn)
+    u = jax.random.uniform(key, (m,))
+    return _invert(jnp.cumsum(w), u, w)
+
+
 def _sweep(key, step, carry0, xs, T, obs, reference, n, ancestor_sampling):
     log_n = jnp.log(float(n))
     last = n - 1
@@ -91,16 +104,18 @@ def _sweep(key, step, carry0, xs, T, obs, reference, n, ancestor_sampling):
         carries, lw, log_z = state
         t, k, obs_t, x_t, ref_t = inp
         k_res, k_as, k_prop, k_ref = jax.random.split(k, 4)
-        _, lse, _ = log_normalize(lw)
-        anc = resample_indices(k_res, lw, "multinomial")
+        lwn, lse, _ = log_normalize(lw)
+        # conditional multinomial resampling: the N-1 free particles draw their ancestors i.i.d.
+        # from the normalized weights (the reference slot included); the reference keeps its own
+        free = _iid_ancestors(k_res, lwn, n - 1)
         if ancestor_sampling:
             lp = jax.vmap(lambda c: step.assess(ref_t | obs_t, c, x_t)[0])(carries)
-            logits = log_normalize(lw)[0] + lp
+            logits = lwn + lp
             logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
             a_ref = jax.random.categorical(k_as, logits).astype(jnp.int32)
         else:
             a_ref = jnp.int32(last)
-        anc = anc.at[last].set(a_ref)
+        anc = jnp.concatenate([free, a_ref[None]])
         anc = jnp.where(t > 0, anc, arange)
         log_z = jnp.where(t > 0, log_z + lse - log_n, log_z)
         lw = jnp.where(t > 0, 0.0, lw)
