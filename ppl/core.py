@@ -106,6 +106,12 @@ def debug(enabled: bool = True):
     run-time checks of traced values, reporting the address of the first bad site. Functions
     already compiled by the user's own ``jax.jit`` keep the mode they were compiled with.
 
+    A run-time check that fails inside the user's own ``jax.jit`` surfaces from XLA as a
+    ``JaxRuntimeError`` with the ppl message at the end of a long callback traceback; when that
+    error reaches the end of the ``with ppl.debug():`` block, the block raises the ppl error itself
+    (e.g. :class:`~ppl.errors.ParameterError`) instead. Keep the jitted call (and
+    ``block_until_ready``) inside the block to get it.
+
     Example:
         >>> import jax, ppl
         >>> @ppl.gen
@@ -122,6 +128,11 @@ def debug(enabled: bool = True):
     STATE.debug = enabled
     try:
         yield
+    except jax.errors.JaxRuntimeError as e:
+        err = pop_callback_error()
+        if err is not None:  # a debug-mode check failed inside the user's own jit
+            raise err.with_traceback(None) from None
+        raise
     finally:
         STATE.debug = old
 
