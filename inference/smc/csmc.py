@@ -2,11 +2,16 @@
 
 All three work on ``ppl.scan`` state-space models through the step's GFI:
 
-- :func:`csmc`: one conditional SMC sweep that keeps a reference trajectory as the last particle;
-  with ``ancestor_sampling=True`` (PGAS) the reference's ancestor at each step is redrawn with
-  weights ``w_{t-1}^i p(x_t^ref, y_t | carry_{t-1}^i)`` (``step.assess``). The new reference is drawn
-  from the final weights through the genealogy. The kernel leaves the smoothing distribution
-  ``p(x_{1:T} | y_{1:T})`` invariant.
+- :func:`csmc`: one conditional SMC sweep (bootstrap proposal) that keeps a reference trajectory
+  as the last particle. Resampling is *conditional multinomial*: at every step ``t > 0`` the
+  ``N - 1`` free particles draw their ancestors i.i.d. from the normalized weights
+  ``w_{t-1}`` (the reference's slot included), while the reference keeps its own ancestor (the
+  reference slot at ``t - 1``), or, with ``ancestor_sampling=True`` (PGAS), an ancestor redrawn
+  with weights ``w_{t-1}^i p(x_t^ref, y_t | carry_{t-1}^i)`` (``step.assess``). The new reference
+  is drawn from the final weights through the genealogy. The kernel leaves the smoothing
+  distribution ``p(x_{1:T} | y_{1:T})`` exactly invariant (for any ``N >= 1``; tested against
+  exact Kalman backward-sampled paths). Low-variance schemes (systematic, stratified, residual)
+  are not used: their conditional versions need more than fixing one index to stay exact.
 - :func:`particle_gibbs`: iterated CSMC, one ``lax.scan`` over iterations under ``jit``.
 - :func:`backward_sample`: forward-filtering backward-simulation (FFBSi) smoothed trajectories from
   a :class:`~inference.smc.FilterResult`.
@@ -47,8 +52,8 @@ __all__ = ["CSMCResult", "csmc", "particle_gibbs", "PGResult", "backward_sample"
 @dataclasses.dataclass(eq=False)
 class CSMCResult:
     """One conditional SMC sweep: the new ``reference`` (leaves ``(T, ...)``), the particle history
-    (``choices`` ``(T, N, ...)``, ``log_weights``, ``ancestors``) and ``log_z`` (log Z-hat of the
-    conditional sweep)."""
+    (``choices`` ``(T, N, ...)`` with the old reference in slot ``N - 1``, ``log_weights`` ``(T, N)``,
+    ``ancestors`` ``(T, N)``) and ``log_z`` (log Z-hat of the conditional sweep)."""
 
     reference: Any
     choices: Any
@@ -152,7 +157,19 @@ def csmc(key, model, args, observations, n_particles: int, reference, ancestor_s
     """One conditional SMC sweep around ``reference`` (latent choices stacked over time).
 
     Returns a :class:`CSMCResult` whose ``reference`` is the next state of the particle Gibbs
-    chain. Resampling is multinomial (conditional multinomial resampling).
+    chain: if ``reference`` is an exact draw of ``p(x_{1:T} | y_{1:T})`` then so is the result's
+    ``reference``. The reference occupies the last particle slot at every step. Resampling is
+    conditional multinomial: the ``N - 1`` free particles draw their ancestors i.i.d. from the
+    normalized weights; the reference keeps its own ancestor, or with ``ancestor_sampling=True``
+    one redrawn by ancestor sampling.
+
+    Result fields: ``reference`` (the new reference, leaves ``(T, ...)``), ``choices`` (latent
+    choices of every particle, leaves ``(T, N, ...)``; slot ``N - 1`` holds the old reference),
+    ``log_weights`` ``(T, N)`` (each step's incremental log weights, since every step resamples),
+    ``ancestors`` ``(T, N)`` int32 (parent at ``t - 1`` of each particle; identity at ``t = 0``;
+    ``ancestors[t, N - 1]`` is the reference's ancestor) and ``log_z`` (log Z-hat of the
+    conditional sweep, a scalar; not an unbiased evidence estimate, since the sweep is
+    conditioned on the reference).
 
     Example:
         >>> import jax, jax.numpy as jnp, ppl
