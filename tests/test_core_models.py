@@ -300,12 +300,13 @@ def test_update_branch_switch_weight_by_hand(start):
     ch = tr.choices
     tr2, w, discard = cond_model.update(jax.random.key(11), tr, ChoiceMap({"c": jnp.asarray(1 - start)}), 0.3)
     ch2 = tr2.choices
-    # documented convention: c and y are visited in both traces (new - old log density); the
-    # branch's fresh choices and the discarded old ones contribute nothing.
-    head_old, _, x_old = cond_parts(ch, 0.3)
-    head_new, _, x_new = cond_parts(ch2, 0.3)
+    # Gen's update: log p(t') - log p(t) - log q(fresh): c and y are visited in both traces
+    # (new - old log density), the new branch's fresh choices contribute nothing (p - q), the
+    # discarded old branch's choices contribute -log p.
+    head_old, br_old, x_old = cond_parts(ch, 0.3)
+    head_new, br_new, x_new = cond_parts(ch2, 0.3)
     y = float(ch["y"])
-    expected = (head_new - head_old) + st.norm.logpdf(y, x_new, 0.5) - st.norm.logpdf(y, x_old, 0.5)
+    expected = (head_new - head_old) + st.norm.logpdf(y, x_new, 0.5) - st.norm.logpdf(y, x_old, 0.5) - br_old
     close(w, expected)
     close(tr2.score, cond_logp(ch2, 0.3))
     old_branch, new_branch = (["b", "e"], ["a"]) if start == 0 else (["a"], ["b", "e"])
@@ -315,11 +316,10 @@ def test_update_branch_switch_weight_by_hand(start):
     assert sorted(a[1] for a, _ in discard if a[0] == "br") == sorted(old_branch)
     for a in old_branch:
         assert float(discard["br", a]) == float(ch["br", a])
-    # reversing the move with the discard restores the trace; the old branch's choices are now
-    # constrained (not fresh), so they contribute their log density: w_back = -w + log p(old branch)
+    # reversing the move with the discard restores the trace; every choice is now constrained, so
+    # the weight is the density ratio: w_back = log p(t) - log p(t') = -(w + log p(new branch))
     back, w_back, _ = cond_model.update(jax.random.key(12), tr2, discard, 0.3)
-    _, br_old, _ = cond_parts(ch, 0.3)
-    close(w_back, -float(w) + br_old)
+    close(w_back, -float(w) - br_new)
     assert back.choices == ch
 
 
@@ -358,13 +358,14 @@ def test_update_mixture_component_switch():
     tr2, w, d = mixture.update(KEY, tr, ChoiceMap({("m", "component"): jnp.asarray(1 - k)}), 1.0)
     ch, ch2 = tr.choices, tr2.choices
     lw = log_softmax(np.log([0.3, 0.7]))
-    # switching component is a control-path change: the new component's "x" is freshly sampled
-    # (contributes 0), the old one is discarded (0); component and obs contribute new - old.
-    expected = (lw[1 - k] - lw[k]) + (st.norm.logpdf(float(ch2["obs"]), float(ch2["m", "x"]), 0.5)
-                                      - st.norm.logpdf(float(ch["obs"]), float(ch["m", "x"]), 0.5))
-    close(w, expected)
+    # both components visit "x" (same shape): switching carries its value into the new component
+    # (Gen's switch semantics), so every choice is visited in both traces and the weight is the
+    # density ratio; only the component index is discarded.
+    assert float(ch2["m", "x"]) == float(ch["m", "x"])
+    close(w, mixture_logp(ch2, 1.0) - mixture_logp(ch, 1.0))
+    assert lw[1 - k] - lw[k] != 0.0
     close(tr2.score, mixture_logp(ch2, 1.0))
-    assert float(d["m", "x"]) == float(ch["m", "x"])
+    assert ("m", "x") not in d
     assert int(d["m", "component"]) == k
 
 
