@@ -13,12 +13,14 @@ Weights (``q`` is each site's own prior, the internal proposal):
 
 - ``generate``: ``log p(all choices) - log q(unconstrained choices)``, i.e. the log density of
   the constrained choices given the sampled ones.
-- ``update``/``regenerate``: ``log p(t'; x') - log p(t; x) - log q(fresh) + log q(discarded)``:
-  choices visited in both traces contribute ``new - old`` log density (zero for resampled,
-  selected choices in ``regenerate``); choices newly sampled or discarded because the control
-  path changed contribute nothing, since their prior density cancels with the prior proposal of
-  the forward or reverse move. This makes the MH acceptance ratio and SMC incremental weight one
-  line each.
+- ``update``: ``log p(t'; x') - log p(t; x) - log q(fresh)`` (Gen's definition): choices visited
+  in both traces contribute ``new - old`` log density, fresh choices nothing, choices removed
+  because the control path changed ``-log p`` (they go to ``discard``).
+- ``regenerate``: the MH acceptance ratio of the prior proposal on the selection: as ``update``,
+  but selected and removed choices contribute nothing.
+- At a branch switch of ``cond``/``switch``/``mix`` the choices at addresses both branches visit
+  keep their values. The reverse-proposal accounting of custom moves is the inference code's
+  (``mcmc.mh(proposal)``), not the GFI's.
 
 Calling a GFI method from ordinary Python (not inside another model) traces and compiles it once
 per argument structure with ``jax.jit``: Python ints, bools, strings and other non-array
