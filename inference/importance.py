@@ -2,7 +2,9 @@
 
 ``sample`` returns a :class:`~inference.smc.ParticleCollection`: vectorized traces with
 ``log_weights``, ``log_marginal_likelihood()`` (log of an unbiased estimate of the evidence),
-``ess()``, ``normalized_weights()``, ``resample(key, scheme)`` and ``expectation(fn)``.
+``ess()``, ``normalized_weights()``, ``resample(key, scheme)`` and ``expectation(fn)``. Values
+shared by all particles (the model arguments, the observed values) are stored once, not once per
+particle; ``ps.traces`` broadcasts them on access (see :class:`~inference.smc.ParticleCollection`).
 
 Proposals are generative functions. ``proposal.simulate(key, *proposal_args)`` proposes the
 unobserved choices (its addresses must not include observed ones; choices it leaves out are drawn
@@ -33,7 +35,7 @@ from __future__ import annotations
 import jax
 
 from .smc import steps as _steps
-from .smc._util import staged
+from .smc._util import check_n_particles, staged
 from .smc.particles import ParticleCollection
 from .smc.resampling import resample_indices
 
@@ -52,6 +54,7 @@ def sample(key, model, args, observations, n_particles: int = 1000, proposal=Non
 
     Compiled once per model, proposal, particle count and argument structure: new data of the
     same shapes does not recompile. Model arguments that are Python ints/strings are static.
+    ``n_particles`` must be a positive integer (else :class:`~inference.smc.ParticleCountError`).
 
     Example:
         >>> import jax, ppl
@@ -64,8 +67,9 @@ def sample(key, model, args, observations, n_particles: int = 1000, proposal=Non
     from .smc._util import as_choicemap
 
     return _sample_staged(
-        key, model=model, args=as_args_tuple(args, "importance.sample"), observations=as_choicemap(observations), n_particles=int(n_particles),
-        proposal=proposal, proposal_args=as_args_tuple(proposal_args, "importance.sample", "proposal_args"),
+        key, model=model, args=as_args_tuple(args, "importance.sample"), observations=as_choicemap(observations),
+        n_particles=check_n_particles(n_particles, "importance.sample"), proposal=proposal,
+        proposal_args=as_args_tuple(proposal_args, "importance.sample", "proposal_args"),
     )
 
 
@@ -85,6 +89,8 @@ def sir(key, model, args, observations, n_particles: int = 1000, n_samples: int 
         >>> bool(abs(trs.choices["x"].mean() - 1.6) < 0.15)
         True
     """
+    n_particles = check_n_particles(n_particles, "importance.sir")
+    n_samples = check_n_particles(n_samples, "importance.sir", "n_samples")
     k1, k2 = jax.random.split(key)
     ps = sample(k1, model, args, observations, n_particles, proposal, proposal_args)
     return ps.sample(k2, n_samples, scheme)

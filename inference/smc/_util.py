@@ -1,8 +1,11 @@
-"""Internal helpers shared by the SMC modules: staging, choice-map coercion, dead-particle checks."""
+"""Internal helpers shared by the SMC modules: staging, choice-map coercion, dead-particle checks,
+particle-count validation and :func:`particle_map` (vectorizing over particles without copying the
+values every particle shares)."""
 
 from __future__ import annotations
 
 import functools
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -10,15 +13,49 @@ import numpy as np
 
 from ppl.choicemap import ChoiceMap
 from ppl.core import STATE, _as_choicemap, pack_args, unpack_args
-from ppl.errors import NonFiniteError
+from ppl.errors import ModelError, NonFiniteError
 
 from ..sharding import active_mesh, batch_sharding
 
-__all__ = ["AllParticlesDeadError", "as_choicemap", "staged", "check_alive", "pack_args", "unpack_args"]
+__all__ = ["AllParticlesDeadError", "ParticleCountError", "check_n_particles", "as_choicemap", "staged",
+           "check_alive", "pack_args", "unpack_args", "particle_map", "LANE_FLAGS"]
 
 
 class AllParticlesDeadError(NonFiniteError):
     """Every particle had weight zero (log weight ``-inf`` or NaN); reported in debug mode."""
+
+
+class ParticleCountError(ModelError, ValueError):
+    """A particle (or sample) count is not a positive whole number."""
+
+
+def check_n_particles(n, where: str, name: str = "n_particles") -> int:
+    """``n`` as a Python int, or a :class:`ParticleCountError` naming ``name`` and ``where``.
+
+    Counts must be positive whole numbers known in Python (they fix array shapes); whole floats
+    such as ``1e4`` are accepted.
+
+    Example:
+        >>> check_n_particles(1e3, "importance.sample")
+        1000
+        >>> try:
+        ...     check_n_particles(0, "importance.sample")
+        ... except ParticleCountError as e:
+        ...     print(str(e).split(";")[0])
+        importance.sample: n_particles must be a positive integer, got 0
+    """
+    hint = f"pass a Python int >= 1, e.g. {name}=1000"
+    if isinstance(n, jax.core.Tracer):
+        raise ParticleCountError(
+            f"{where}: {name} must be a Python int (it fixes array shapes), got a traced value; {hint} "
+            "outside jax.jit/vmap or mark it static (static_argnames)."
+        )
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (numbers.Real, np.ndarray, jax.Array)) or np.ndim(n) != 0:
+        raise ParticleCountError(f"{where}: {name} must be a positive integer, got {n!r}; {hint}.")
+    value = float(n)
+    if not np.isfinite(value) or value != int(value) or value < 1:
+        raise ParticleCountError(f"{where}: {name} must be a positive integer, got {n!r}; {hint}.")
+    return int(value)
 
 
 def as_choicemap(x) -> ChoiceMap:
@@ -52,6 +89,8 @@ def staged(static_argnames: tuple, packed_argnames: tuple = ()):
 
         @functools.wraps(fn)
         def wrapper(*a, **kw):
+            if "n_particles" in kw:  # every staged SMC algorithm validates its count here
+                kw["n_particles"] = check_n_particles(kw["n_particles"], _public_name(fn))
             for name in packed_argnames:
                 kw[name] = pack_args(tuple(kw[name]) if isinstance(kw[name], list) else kw[name])
             from ppl.core import _CALLBACK_ERRORS, pop_callback_error
@@ -70,6 +109,17 @@ def staged(static_argnames: tuple, packed_argnames: tuple = ()):
         return wrapper
 
     return deco
+
+
+_PUBLIC = {"pg": "particle_gibbs", "fisher": "fisher_gradient", "msc": "score_climbing_step",
+           "fit": "fit_parameters", "filter": "particle_filter"}
+
+
+def _public_name(fn) -> str:
+    mod = getattr(fn, "__module__", "") or ""
+    short = "importance" if mod.endswith("importance") else "smc"
+    name = (getattr(fn, "__name__", "") or "").strip("_")
+    return f"{short}.{_PUBLIC.get(name, name)}" if name and name != "<lambda>" else short
 
 
 def _raise_dead(dead, where):
@@ -92,3 +142,145 @@ def check_alive(dead, where: str):
 def logmeanexp(x, axis=-1):
     n = jnp.shape(x)[axis]
     return jax.nn.logsumexp(x, axis=axis) - jnp.log(float(n))
+
+
+# ------------------------------------------------------------------------------ particle_map
+# Vectorizing a per-particle function with jax.vmap(..., out_axes=0) stores every output leaf once
+# per particle, including leaves that do not depend on the particle at all (the model arguments
+# and observed values in a trace): N copies of the data. particle_map traces the per-particle
+# function once to a jaxpr, finds which outputs depend on the per-particle inputs, and evaluates
+# the jaxpr under vmap with out_axes=None for the others, so they are stored once.
+
+#: Per-leaf particle flags of a lane-key batch (``ppl.keys.lanes``): base shared, lane per particle.
+LANE_FLAGS = (False, True)
+
+
+def _inlined(eqn):
+    """The closed jaxpr of a ``jit`` call (inlined, so its outputs are tracked one by one), else None."""
+    from jax.extend.core import ClosedJaxpr
+    from jax.extend.core.primitives import closed_call_p, jit_p
+
+    if eqn.primitive is jit_p or eqn.primitive is closed_call_p:
+        inner = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
+        if isinstance(inner, ClosedJaxpr):
+            return inner
+    return None
+
+
+def _walk(jaxpr, consts, ins, evaluate: bool):
+    """Run ``jaxpr`` on ``ins``, a list of ``(depends, source, value)`` triples, one per input.
+
+    ``depends``: whether the value depends on a per-particle input (constants do not);
+    ``source``: the variable the value was first bound to, so that a value passed through
+    inlined ``jit`` calls is recognised as the same value. ``select_n(p, x, x, ...)`` (every case
+    the same value, as in ``jnp.where(accept, new, old)`` of an MCMC kernel over a shared model
+    argument or observed value) *is* that value whatever the predicate, and keeps its
+    dependence. Other equations depend on the particle if any input does. With ``evaluate``
+    the equations are bound (like ``jax.core.eval_jaxpr``), else only the flags are computed.
+    """
+    from jax.extend.core import DropVar, Literal
+    from jax.extend.core.primitives import select_n_p
+
+    env = {}
+
+    def read(v):
+        return (False, None, v.val) if isinstance(v, Literal) else env[v]
+
+    for v, c in zip(jaxpr.constvars, consts):
+        env[v] = (False, v, c)
+    env.update(zip(jaxpr.invars, ins))
+    for eqn in jaxpr.eqns:
+        args = [read(v) for v in eqn.invars]
+        inner = _inlined(eqn)
+        src = args[1][1] if eqn.primitive is select_n_p and len(args) >= 3 else None
+        if src is not None and all(a[1] is src for a in args[2:]):
+            outs = [args[1]]
+        elif inner is not None:
+            outs = _walk(inner.jaxpr, inner.consts, args, evaluate)
+        else:
+            dep = any(a[0] for a in args)
+            vals = [None] * len(eqn.outvars)
+            if evaluate:
+                params = eqn.primitive.get_bind_params(eqn.params)
+                with eqn.ctx.manager:
+                    vals = eqn.primitive.bind(*[a[2] for a in args], **params)
+                if not eqn.primitive.multiple_results:
+                    vals = [vals]
+            outs = [(dep, o, val) for o, val in zip(eqn.outvars, vals)]
+        for o, out in zip(eqn.outvars, outs):
+            if not isinstance(o, DropVar):
+                env[o] = out
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _leaf_flags(args, axes):
+    flags = []
+    for a, ax in zip(args, axes):
+        n_leaves = len(jax.tree_util.tree_leaves(a))
+        if isinstance(ax, bool):
+            flags += [ax] * n_leaves
+        else:
+            ax = tuple(ax)
+            if len(ax) != n_leaves:
+                raise ValueError(f"particle_map: {len(ax)} flags for an argument with {n_leaves} leaves")
+            flags += [bool(f) for f in ax]
+    return flags
+
+
+def _spec(x):
+    x = jnp.asarray(x) if not isinstance(x, (jax.Array, jax.core.Tracer)) else x
+    weak = getattr(jax.typeof(x), "weak_type", False)
+    return jax.ShapeDtypeStruct(jnp.shape(x)[1:], x.dtype, weak_type=weak)
+
+
+def particle_map(fn, n: int, args: tuple, axes: tuple):
+    """``jax.vmap(fn)`` over ``n`` particles that stores particle-independent outputs only once.
+
+    ``args`` are ``fn``'s arguments; ``axes`` gives, for each argument, ``True`` (every leaf has a
+    leading particle axis), ``False`` (shared by all particles) or a tuple of such flags, one per
+    leaf (``LANE_FLAGS`` for lane keys, a :class:`~inference.smc.ParticleCollection`'s
+    ``leaf_axes()`` for its stored traces). Returns ``(out, flags)``: output leaves that depend on
+    a per-particle input have a leading particle axis, the others (computed from shared values
+    only) have none; ``flags`` is the tuple of these per-leaf flags in ``tree_leaves(out)`` order.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> out, flags = particle_map(lambda x, c: (x * c, c + 1.0), 4, (jnp.arange(4.0), jnp.ones(3)), (True, False))
+        >>> out[0].shape, out[1].shape, flags
+        ((4, 3), (3,), (True, False))
+    """
+    args = tuple(args)
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    flags = _leaf_flags(args, axes)
+    idx = [i for i, f in enumerate(flags) if f]
+    batched = [leaves[i] for i in idx]
+
+    def per(*vals):
+        ls = list(leaves)
+        for i, v in zip(idx, vals):
+            ls[i] = v
+        return fn(*jax.tree_util.tree_unflatten(treedef, ls))
+
+    closed, out_shape = jax.make_jaxpr(per, return_shape=True)(*[_spec(x) for x in batched])
+    out_tree = jax.tree_util.tree_structure(out_shape)
+    jaxpr, consts = closed.jaxpr, closed.consts
+    dep = [d for d, _, _ in _walk(jaxpr, consts, [(True, v, None) for v in jaxpr.invars], False)]
+
+    def run(*vals):
+        outs = _walk(jaxpr, consts, [(True, v, x) for v, x in zip(jaxpr.invars, vals)], True)
+        return [jnp.asarray(x) for _, _, x in outs]
+
+    try:
+        outs = jax.vmap(run, in_axes=0, out_axes=[0 if d else None for d in dep], axis_size=n)(*batched)
+    except ValueError as e:  # a batching rule mapped a value computed from shared inputs only
+        if "out_axes" not in str(e):
+            raise
+        outs, dep = jax.vmap(run, in_axes=0, out_axes=0, axis_size=n)(*batched), [True] * len(dep)
+    return jax.tree_util.tree_unflatten(out_tree, outs), tuple(dep)
+
+
+def broadcast_shared(tree, flags, n: int):
+    """Give every leaf of ``tree`` flagged ``False`` a leading particle axis of size ``n``."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    leaves = [x if f else jnp.broadcast_to(jnp.asarray(x), (n,) + jnp.shape(x)) for x, f in zip(leaves, flags)]
+    return jax.tree_util.tree_unflatten(treedef, leaves)

@@ -30,7 +30,7 @@ from ppl.combinators import ScanGF
 from ppl.errors import ModelError, ShapeError
 
 from .. import sharding
-from ._util import as_choicemap, check_alive, pack_args, staged, unpack_args
+from ._util import as_choicemap, check_alive, check_n_particles, pack_args, staged, unpack_args
 from .particles import gather
 from .resampling import ess_from_normalized, indices_from_normalized, log_normalize, resample_indices
 
@@ -308,6 +308,6 @@ def particle_filter(key, model, args, observations, n_particles: int, proposal=N
     if resampling not in ("multinomial", "stratified", "systematic", "residual"):
         raise ValueError(f"unknown resampling scheme {resampling!r}")
     return _filter_staged(
-        key, model=model, args=as_args_tuple(args, "smc.particle_filter"), observations=as_choicemap(observations), n_particles=int(n_particles),
-        proposal=proposal, resampling=resampling, ess_threshold=float(ess_threshold), history=bool(history),
+        key, model=model, args=as_args_tuple(args, "smc.particle_filter"), observations=as_choicemap(observations),
+        n_particles=check_n_particles(n_particles, "smc.particle_filter"), proposal=proposal, resampling=resampling, ess_threshold=float(ess_threshold), history=bool(history),
     )

@@ -18,6 +18,12 @@ Proposal calling conventions (proposals are generative functions):
 - ``extend``: ``proposal.simulate(key, trace, *proposal_args)`` with the particle's current
   trace; the weight is ``update``'s weight minus ``log q``.
 
+Storage: values every particle shares (model arguments, observed values) are stored once, not
+once per particle (see :class:`~inference.smc.ParticleCollection`): each step traces its
+per-particle function once, finds which outputs depend on the particle, and vectorizes only those
+(a rejuvenation kernel receives the shared values unbatched, as ``jax.vmap`` with ``in_axes=None``
+would pass them). A leaf that had a particle axis before a step keeps it.
+
 Each function below has an example; docs/smc.md composes them into a full SMC loop.
 """
 
@@ -30,15 +36,48 @@ from ppl import keys as pkeys
 from ppl.choicemap import ChoiceMap, select
 
 from .. import sharding
-from ._util import as_choicemap, check_alive, staged
-from .particles import ParticleCollection, gather
+from ._util import LANE_FLAGS, as_choicemap, broadcast_shared, check_alive, check_n_particles, particle_map, staged
+from .particles import ParticleCollection, gather_stored
 from .resampling import log_normalize, resample_indices
 
 __all__ = ["init", "extend", "resample", "resample_if", "rejuvenate", "change"]
 
 
-def _lanes(key, n):
-    return sharding.lanes(key, n), pkeys.LANE_AXES
+def _constrain(tree, flags):
+    """Lay out the per-particle leaves' particle axes over the active mesh (shared leaves as is)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    leaves = [sharding.constrain_batch(x) if f else x for x, f in zip(leaves, flags)]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _weights_out(w, flag, n):
+    return jnp.broadcast_to(jnp.asarray(w, jnp.float32), (n,)) if not flag else jnp.asarray(w, jnp.float32)
+
+
+def _split(flags, tree):
+    """Flags of ``(first, second)`` outputs: ``(flags of first, flags of second)``."""
+    k = len(jax.tree_util.tree_leaves(tree))
+    return flags[:k], flags[k:]
+
+
+def _keep_axes(new, new_flags, old, old_flags, n):
+    """Leaves that had a particle axis before a step keep it (so ``lax.scan`` carries are stable)."""
+    if jax.tree_util.tree_structure(new) != jax.tree_util.tree_structure(old):
+        return new, new_flags
+    flags = tuple(a or b for a, b in zip(new_flags, old_flags))
+    if flags == tuple(new_flags):
+        return new, flags
+    leaves, treedef = jax.tree_util.tree_flatten(new)
+    leaves = [jnp.broadcast_to(x, (n,) + jnp.shape(x)) if f and not g else x
+              for x, f, g in zip(leaves, flags, new_flags)]
+    return jax.tree_util.tree_unflatten(treedef, leaves), flags
+
+
+def _collect(ps, traces, tflags, w, wflag, n, add):
+    traces, tflags = _keep_axes(traces, tflags, ps.stored_traces, ps.leaf_axes(), n)
+    traces = _constrain(traces, tflags)
+    w = sharding.constrain_batch(_weights_out(w, wflag, n))
+    return ParticleCollection(traces, ps.log_weights + w if add else w, ps.log_z, ps.dead, tflags)
 
 
 def _init_impl(key, model, args, observations, n_particles: int, proposal=None, proposal_args=()):
@@ -57,12 +96,11 @@ def _init_impl(key, model, args, observations, n_particles: int, proposal=None, 
         True
     """
     obs = as_choicemap(observations)
-    n = int(n_particles)
+    n = check_n_particles(n_particles, "smc.init")
     args = tuple(args)
     if proposal is None:
-        ks, ax = _lanes(key, n)
-        traces, w = jax.vmap(lambda k: model.generate(k, obs, *args), in_axes=(ax,))(ks)
-        traces, w = sharding.constrain_batch((traces, w))
+        (traces, w), flags = particle_map(lambda k: model.generate(k, obs, *args), n,
+                                          (sharding.lanes(key, n),), (LANE_FLAGS,))
     else:
         kq, kp = jax.random.split(key)
 
@@ -71,11 +109,12 @@ def _init_impl(key, model, args, observations, n_particles: int, proposal=None, 
             tr, w = model.generate(kp, obs | q.choices, *args)
             return tr, w - q.score
 
-        (lq, ax), (lp, _) = _lanes(kq, n), _lanes(kp, n)
-        traces, w = jax.vmap(one, in_axes=(ax, ax))(lq, lp)
-        traces, w = sharding.constrain_batch((traces, w))
-    w = jnp.broadcast_to(jnp.asarray(w, jnp.float32), (n,))
-    return ParticleCollection(traces, w, jnp.zeros((), jnp.float32), jnp.zeros((), bool))
+        (traces, w), flags = particle_map(one, n, (sharding.lanes(kq, n), sharding.lanes(kp, n)),
+                                          (LANE_FLAGS, LANE_FLAGS))
+    tflags, (wflag,) = _split(flags, traces)
+    traces = _constrain(traces, tflags)
+    w = sharding.constrain_batch(_weights_out(w, wflag, n))
+    return ParticleCollection(traces, w, jnp.zeros((), jnp.float32), jnp.zeros((), bool), tflags)
 
 
 def _extend_impl(key, ps: ParticleCollection, args, observations=None, proposal=None, proposal_args=()):
@@ -110,10 +149,9 @@ def _extend_impl(key, ps: ParticleCollection, args, observations=None, proposal=
         new, w, _ = tr.gf.update(ku, tr, obs | q.choices, *args)
         return new, w - q.score
 
-    ks, ax = _lanes(key, n)
-    traces, w = jax.vmap(one, in_axes=(ax, 0))(ks, ps.traces)
-    traces, w = sharding.constrain_batch((traces, w))
-    return ParticleCollection(traces, ps.log_weights + w, ps.log_z, ps.dead)
+    (traces, w), flags = particle_map(one, n, (sharding.lanes(key, n), ps.stored_traces), (LANE_FLAGS, ps.leaf_axes()))
+    tflags, (wflag,) = _split(flags, traces)
+    return _collect(ps, traces, tflags, w, wflag, n, add=True)
 
 
 def _resample_impl(key, ps: ParticleCollection, scheme: str = "systematic"):
@@ -133,10 +171,11 @@ def _resample_impl(key, ps: ParticleCollection, scheme: str = "systematic"):
     idx = resample_indices(key, ps.log_weights, scheme)
     check_alive(dead, "smc.resample")
     return ParticleCollection(
-        gather(ps.traces, idx),
+        gather_stored(ps.stored_traces, ps.leaf_axes(), idx),
         jnp.zeros_like(ps.log_weights),
         ps.log_z + lse - jnp.log(float(n)),
         jnp.logical_or(ps.dead, dead),
+        ps.particle_axes,
     )
 
 
@@ -156,18 +195,21 @@ def _resample_if_impl(key, ps: ParticleCollection, ess_fraction: float = 0.5, sc
     idx = jnp.where(need, resample_indices(key, ps.log_weights, scheme), jnp.arange(n, dtype=jnp.int32))
     check_alive(dead, "smc.resample_if")
     return ParticleCollection(
-        gather(ps.traces, idx),
+        gather_stored(ps.stored_traces, ps.leaf_axes(), idx),
         jnp.where(need, 0.0, ps.log_weights),
         jnp.where(need, ps.log_z + lse - jnp.log(float(n)), ps.log_z),
         jnp.logical_or(ps.dead, need & dead),
+        ps.particle_axes,
     )
 
 
 def _rejuvenate_impl(key, ps: ParticleCollection, kernel):
     """Apply ``kernel(key, trace) -> (trace, info)`` to every particle; weights are unchanged.
 
-    Returns ``(particles, infos)`` (``infos`` vectorized over particles). The kernel must leave
-    the particles' target (the traces' model given their observations) invariant.
+    Returns ``(particles, infos)`` (``infos`` vectorized over particles: every leaf has a leading
+    particle axis). The kernel must leave the particles' target (the traces' model given their
+    observations) invariant. It is traced once for one particle; the values all particles share
+    (model arguments, observed values) reach it without a particle axis.
 
     Example:
         >>> import jax, ppl
@@ -186,9 +228,13 @@ def _rejuvenate_impl(key, ps: ParticleCollection, kernel):
         >>> acc.shape
         (16,)
     """
-    ks = jax.random.split(key, ps.n_particles)
-    traces, info = jax.vmap(kernel)(ks, ps.traces)
-    return ParticleCollection(traces, ps.log_weights, ps.log_z, ps.dead), info
+    n = ps.n_particles
+    ks = jax.random.split(key, n)
+    (traces, info), flags = particle_map(kernel, n, (ks, ps.stored_traces), (True, ps.leaf_axes()))
+    tflags, iflags = _split(flags, traces)
+    traces, tflags = _keep_axes(traces, tflags, ps.stored_traces, ps.leaf_axes(), n)
+    traces = _constrain(traces, tflags)
+    return ParticleCollection(traces, ps.log_weights, ps.log_z, ps.dead, tflags), broadcast_shared(info, iflags, n)
 
 
 def _addresses(chm: ChoiceMap):
@@ -228,10 +274,10 @@ def _change_impl(key, ps: ParticleCollection, model, args, observations=None, tr
         new, w = model.generate(k, ch | obs, *args)
         return new, w - tr.score
 
-    ks, ax = _lanes(key, ps.n_particles)
-    traces, w = jax.vmap(one, in_axes=(ax, 0))(ks, ps.traces)
-    traces, w = sharding.constrain_batch((traces, w))
-    return ParticleCollection(traces, ps.log_weights + w, ps.log_z, ps.dead)
+    n = ps.n_particles
+    (traces, w), flags = particle_map(one, n, (sharding.lanes(key, n), ps.stored_traces), (LANE_FLAGS, ps.leaf_axes()))
+    tflags, (wflag,) = _split(flags, traces)
+    return _collect(ps, traces, tflags, w, wflag, n, add=True)
 
 
 # ------------------------------------------------------------------------------ staged public API
@@ -256,7 +302,7 @@ def init(key, model, args, observations, n_particles: int, proposal=None, propos
     from ppl.core import as_args_tuple
 
     return _init_s(key, model=model, args=as_args_tuple(args, "smc.init"), observations=as_choicemap(observations),
-                   n_particles=int(n_particles), proposal=proposal,
+                   n_particles=check_n_particles(n_particles, "smc.init"), proposal=proposal,
                    proposal_args=as_args_tuple(proposal_args, "smc.init", "proposal_args"))
 
 
