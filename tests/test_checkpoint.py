@@ -276,3 +276,23 @@ def test_python_control_flow_hyperparameters_stay_static():
         params, _ = reference_fit(quad, P0, _gated_sgd(lr), 10, jax.random.key(5))
         np.testing.assert_allclose(np.asarray(res.params["m"]), np.asarray(params["m"]), rtol=1e-4, atol=1e-5)
     assert fit_mod._optimizer_spec(optax.adam(1e-2), P0, optax.adam(1e-2).init(P0)).lifted
+
+
+def _scaled(c):
+    @vi.expectation
+    def scaled(key, p):
+        return c * quad.fn(key, p)
+
+    return scaled
+
+
+def test_fresh_objectives_share_a_program_but_not_constants():
+    run(n=10, obj=_scaled(1.0))
+    n0 = fit_mod._chunk._cache_size()
+    a = run(n=10, obj=_scaled(1.0))  # built anew from the same pieces: the same program
+    assert fit_mod._chunk._cache_size() == n0
+    b = run(n=10, obj=_scaled(0.01))  # another constant in the closure: another program
+    assert fit_mod._chunk._cache_size() == n0 + 1
+    np.testing.assert_allclose(a.losses, run(n=10).losses, rtol=1e-6)
+    # Adam is invariant to the objective's scale (up to eps): the losses scale by the constant
+    np.testing.assert_allclose(b.losses, 0.01 * a.losses, rtol=1e-3)

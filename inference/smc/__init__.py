@@ -19,11 +19,12 @@ Example:
 from .particles import ParticleCollection
 from .resampling import SCHEMES, ess, log_normalize, offspring_counts, resample_indices
 from .steps import change, extend, init, rejuvenate, resample, resample_if
-from ._util import AllParticlesDeadError
+from ._util import AllParticlesDeadError, ParticleCountError
 
 __all__ = [
     "ParticleCollection", "SCHEMES", "ess", "log_normalize", "offspring_counts", "resample_indices",
     "init", "extend", "resample", "resample_if", "rejuvenate", "change", "AllParticlesDeadError",
+    "ParticleCountError",
 ]
 
 from .filters import FilterResult, genealogy, particle_filter

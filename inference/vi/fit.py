@@ -150,9 +150,13 @@ def _fingerprint(obj, lift: bool, floats: list, desc: dict, path: str, active: s
         if lift:
             floats.append(np.asarray(obj) if isinstance(obj, np.floating) else obj)
             return ("f", type(obj), np.shape(obj), "" if isinstance(obj, float) else str(np.asarray(obj).dtype))
+        if np.size(obj) * 8 > 1 << 20:
+            raise _Unsupported("a large array in a closure (keyed by identity instead of by value)")
         a = np.asarray(obj)
         return ("fv", type(obj), a.shape, str(a.dtype), a.tobytes())
     if isinstance(obj, (np.ndarray, jax.Array)):
+        if obj.nbytes > 1 << 20:
+            raise _Unsupported("a large array in a closure (keyed by identity instead of by value)")
         a = np.asarray(obj)
         desc[path] = f"array{a.shape} {a.dtype} sha256:{hashlib.sha256(a.tobytes()).hexdigest()[:16]}"
         return ("a", type(obj), a.shape, str(a.dtype), a.tobytes())
@@ -317,19 +321,34 @@ def _optimizer_spec(optimizer, params, opt_state) -> _OptSpec:
     return _OptSpec(optimizer, ("static", static), False, (), desc)
 
 
-class _FitStep:
-    """The step of :func:`fit` as a hashable object (objective + optimizer fingerprint) for chunked_loop."""
+def _objective_key(objective):
+    """Objectives built anew from the same pieces (``vi.elbo(model, guide)`` per call) share a key:
+    a plain :class:`Expectation` is keyed on its function's code and closure (values included),
+    anything else (or a closure that cannot be fingerprinted) on its identity."""
+    if type(objective) is Expectation:
+        try:
+            skeleton = _fingerprint(objective.fn, False, [], {}, "", set())
+            hash(skeleton)
+            return ("fn", objective.name, skeleton)
+        except (_Unsupported, TypeError):
+            pass
+    return ("id", objective)
 
-    __slots__ = ("objective", "opt")
+
+class _FitStep:
+    """The step of :func:`fit` as a hashable object (objective and optimizer fingerprints) for chunked_loop."""
+
+    __slots__ = ("objective", "opt", "key")
 
     def __init__(self, objective, opt: _OptSpec):
         self.objective, self.opt = objective, opt
+        self.key = (_objective_key(objective), opt)
 
     def __hash__(self):
-        return hash((self.objective, self.opt))
+        return hash(self.key)
 
     def __eq__(self, other):
-        return isinstance(other, _FitStep) and other.objective is self.objective and other.opt == self.opt
+        return isinstance(other, _FitStep) and other.key == self.key
 
     def __call__(self, key, state, data):
         hypers, packed = data
