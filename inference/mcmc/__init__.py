@@ -1,7 +1,8 @@
 """MCMC: kernels over traces, kernel combinators and a multi-chain runner.
 
 Kernels are pure functions ``kernel(key, trace) -> (trace, info)`` built by :func:`mh`,
-:func:`mala`, :func:`hmc`, :func:`nuts` (NumPyro's NUTS) and :func:`gibbs`; combine them with
+:func:`mala`, :func:`hmc`, :func:`nuts` (NumPyro's NUTS), :func:`gibbs` and :func:`involutive`
+(involutive MCMC: reversible jump, split/merge moves); combine them with
 :func:`cycle`, :func:`mixture` and :func:`repeat`; run chains with :func:`run`. Gradient kernels
 move constrained choices (positive, unit interval, simplex) in unconstrained space.
 
@@ -24,6 +25,7 @@ Example:
 from .base import Kernel, accept
 from .combinators import Cycle, Mixture, Repeat, cycle, mixture, repeat
 from .gradient import HMC, MALA, hmc, mala
+from .involutive import Involutive, involutive
 from .kernels import MH, Gibbs, MHProposal, gibbs, mh
 from .nuts import NUTS, nuts
 from .runner import MCMCResult, init_chains, run, sample
@@ -32,5 +34,5 @@ from .transforms import UnconstrainedView
 __all__ = [
     "Kernel", "accept", "mh", "mala", "hmc", "nuts", "gibbs", "cycle", "mixture", "repeat", "run",
     "sample", "init_chains", "MCMCResult", "UnconstrainedView", "MH", "MHProposal", "MALA", "HMC",
-    "NUTS", "Gibbs", "Cycle", "Mixture", "Repeat",
+    "NUTS", "Gibbs", "Cycle", "Mixture", "Repeat", "involutive", "Involutive",
 ]
