@@ -1,7 +1,8 @@
 """Sequential Monte Carlo: particle collections, composable steps and complete algorithms.
 
 Building blocks (pure, jit-able): :func:`init`, :func:`extend`, :func:`resample`,
-:func:`resample_if`, :func:`rejuvenate`, :func:`change`. Algorithms: :func:`particle_filter`
+:func:`resample_if`, :func:`rejuvenate`, :func:`change`, :func:`move` (SMCP3 moves with forward and
+backward kernels). Algorithms: :func:`particle_filter`
 (``ppl.scan`` state-space models), :func:`tempered` (annealed importance sampling / tempered SMC),
 :func:`csmc` and :func:`particle_gibbs` (conditional SMC with ancestor sampling),
 :func:`backward_sample` (particle smoother), :func:`pmmh`, :func:`resample_move`, and parameter
@@ -38,5 +39,8 @@ __all__ += ["PMMHResult", "pmmh", "random_walk", "TemperedResult", "ais", "power
 from .learning import FitResult, fisher_gradient, fit_parameters, score_climbing_step
 
 __all__ += ["FitResult", "fisher_gradient", "fit_parameters", "score_climbing_step"]
+from .moves import move
+
+__all__ += ["move"]
 __all__ += ["FilterResult", "genealogy", "particle_filter", "CSMCResult", "PGResult", "backward_sample", "csmc",
             "particle_gibbs"]

@@ -233,30 +233,45 @@ def _spec(x):
     return jax.ShapeDtypeStruct(jnp.shape(x)[1:], x.dtype, weak_type=weak)
 
 
-def particle_map(fn, n: int, args: tuple, axes: tuple):
+def particle_map(fn, n: int, args: tuple, axes: tuple, copies: tuple | None = None):
     """``jax.vmap(fn)`` over ``n`` particles that stores particle-independent outputs only once.
 
     ``args`` are ``fn``'s arguments; ``axes`` gives, for each argument, ``True`` (every leaf has a
     leading particle axis), ``False`` (shared by all particles) or a tuple of such flags, one per
     leaf (``LANE_FLAGS`` for lane keys, a :class:`~inference.smc.ParticleCollection`'s
-    ``leaf_axes()`` for its stored traces). Returns ``(out, flags)``: output leaves that depend on
-    a per-particle input have a leading particle axis, the others (computed from shared values
-    only) have none; ``flags`` is the tuple of these per-leaf flags in ``tree_leaves(out)`` order.
+    ``leaf_axes()`` for its stored traces). ``copies`` optionally gives, per argument, ``None`` or
+    a tuple with one index per leaf: the first leaf of that argument holding the same shared value
+    (so ``jnp.where(accept, new, old)`` between two copies of a shared value stays shared).
+
+    Returns ``(out, flags, copies)``: output leaves that depend on a per-particle input have a
+    leading particle axis, the others (computed from shared values only) have none; ``flags`` is
+    the tuple of these per-leaf flags in ``tree_leaves(out)`` order and ``copies`` the index of the
+    first output leaf holding the same shared value (a leaf's own index if none).
 
     Example:
         >>> import jax.numpy as jnp
-        >>> out, flags = particle_map(lambda x, c: (x * c, c + 1.0), 4, (jnp.arange(4.0), jnp.ones(3)), (True, False))
-        >>> out[0].shape, out[1].shape, flags
-        ((4, 3), (3,), (True, False))
+        >>> out, flags, copies = particle_map(lambda x, c: (x * c, c + 1.0, c), 4, (jnp.arange(4.0), jnp.ones(3)),
+        ...                                   (True, False))
+        >>> out[0].shape, out[1].shape, flags, copies
+        ((4, 3), (3,), (True, False, False), (0, 1, 2))
     """
     args = tuple(args)
     leaves, treedef = jax.tree_util.tree_flatten(args)
     flags = _leaf_flags(args, axes)
+    src = list(range(len(leaves)))
+    off = 0
+    for a, cp in zip(args, copies or (None,) * len(args)):
+        k = len(jax.tree_util.tree_leaves(a))
+        if cp is not None:
+            for i, j in enumerate(cp):
+                if 0 <= j < k and not flags[off + i] and not flags[off + j]:
+                    src[off + i] = off + j
+        off += k
     idx = [i for i, f in enumerate(flags) if f]
     batched = [leaves[i] for i in idx]
 
     def per(*vals):
-        ls = list(leaves)
+        ls = [leaves[j] for j in src]  # copies of one shared value: one object, one jaxpr constant
         for i, v in zip(idx, vals):
             ls[i] = v
         return fn(*jax.tree_util.tree_unflatten(treedef, ls))
@@ -264,7 +279,11 @@ def particle_map(fn, n: int, args: tuple, axes: tuple):
     closed, out_shape = jax.make_jaxpr(per, return_shape=True)(*[_spec(x) for x in batched])
     out_tree = jax.tree_util.tree_structure(out_shape)
     jaxpr, consts = closed.jaxpr, closed.consts
-    dep = [d for d, _, _ in _walk(jaxpr, consts, [(True, v, None) for v in jaxpr.invars], False)]
+    res = _walk(jaxpr, consts, [(True, v, None) for v in jaxpr.invars], False)
+    dep = [d for d, _, _ in res]
+    first, out_copies = {}, []
+    for i, (d, v, _) in enumerate(res):
+        out_copies.append(i if d or v is None else first.setdefault(id(v), i))
 
     def run(*vals):
         outs = _walk(jaxpr, consts, [(True, v, x) for v, x in zip(jaxpr.invars, vals)], True)
@@ -275,8 +294,9 @@ def particle_map(fn, n: int, args: tuple, axes: tuple):
     except ValueError as e:  # a batching rule mapped a value computed from shared inputs only
         if "out_axes" not in str(e):
             raise
-        outs, dep = jax.vmap(run, in_axes=0, out_axes=0, axis_size=n)(*batched), [True] * len(dep)
-    return jax.tree_util.tree_unflatten(out_tree, outs), tuple(dep)
+        outs = jax.vmap(run, in_axes=0, out_axes=0, axis_size=n)(*batched)
+        dep, out_copies = [True] * len(dep), list(range(len(dep)))
+    return jax.tree_util.tree_unflatten(out_tree, outs), tuple(dep), tuple(out_copies)
 
 
 def broadcast_shared(tree, flags, n: int):

@@ -113,10 +113,13 @@ def _sample(flags, traces, idx):
 class ParticleCollection:
     """Weighted particles: ``traces`` (vectorized), ``log_weights`` (N,), ``log_z``, ``dead``.
 
-    ``ParticleCollection(traces, log_weights, log_z=0.0, dead=False, particle_axes=None)``:
-    ``traces`` is the trace as stored and ``particle_axes`` flags, per leaf of it, whether the
-    leaf has a leading particle axis (``None``: every leaf has one). A pytree (usable under
-    ``jit``, ``vmap`` and ``lax.scan``); ``particle_axes`` is static metadata.
+    ``ParticleCollection(traces, log_weights, log_z=0.0, dead=False, particle_axes=None,
+    shared_copies=None)``: ``traces`` is the trace as stored and ``particle_axes`` flags, per leaf
+    of it, whether the leaf has a leading particle axis (``None``: every leaf has one).
+    ``shared_copies`` (set by the SMC steps) records, per leaf, the first shared leaf holding the
+    same value (e.g. a model's return value that is an observed value), so that steps know them
+    to be equal; leaves recorded as copies must stay equal. A pytree (usable under ``jit``,
+    ``vmap`` and ``lax.scan``); ``particle_axes`` and ``shared_copies`` are static metadata.
 
     Example:
         >>> import jax, jax.numpy as jnp, ppl
@@ -130,9 +133,9 @@ class ParticleCollection:
         True
     """
 
-    __slots__ = ("stored_traces", "log_weights", "log_z", "dead", "particle_axes")
+    __slots__ = ("stored_traces", "log_weights", "log_z", "dead", "particle_axes", "shared_copies")
 
-    def __init__(self, traces, log_weights, log_z=0.0, dead=False, particle_axes=None):
+    def __init__(self, traces, log_weights, log_z=0.0, dead=False, particle_axes=None, shared_copies=None):
         self.stored_traces = traces
         self.log_weights = log_weights
         self.log_z = log_z
@@ -141,7 +144,14 @@ class ParticleCollection:
             particle_axes = tuple(bool(a) for a in particle_axes)
             if all(particle_axes):
                 particle_axes = None
+        if shared_copies is not None:
+            shared = particle_axes if particle_axes is not None else (True,) * len(shared_copies)
+            shared_copies = tuple(int(j) if not shared[i] and not shared[j] else i
+                                  for i, j in enumerate(shared_copies))
+            if shared_copies == tuple(range(len(shared_copies))):
+                shared_copies = None
         self.particle_axes = particle_axes
+        self.shared_copies = shared_copies
 
     @property
     def n_particles(self) -> int:
@@ -153,6 +163,12 @@ class ParticleCollection:
         if self.particle_axes is not None:
             return self.particle_axes
         return (True,) * len(jax.tree_util.tree_leaves(self.stored_traces))
+
+    def leaf_copies(self) -> tuple:
+        """Per leaf of ``stored_traces``: the index of the first shared leaf with the same value."""
+        if self.shared_copies is not None:
+            return self.shared_copies
+        return tuple(range(len(jax.tree_util.tree_leaves(self.stored_traces))))
 
     @property
     def traces(self):
@@ -225,17 +241,17 @@ class ParticleCollection:
 def _flatten_with_keys(ps):
     K = jax.tree_util.GetAttrKey
     return ((K("stored_traces"), ps.stored_traces), (K("log_weights"), ps.log_weights), (K("log_z"), ps.log_z),
-            (K("dead"), ps.dead)), ps.particle_axes
+            (K("dead"), ps.dead)), (ps.particle_axes, ps.shared_copies)
 
 
 def _flatten(ps):
-    return (ps.stored_traces, ps.log_weights, ps.log_z, ps.dead), ps.particle_axes
+    return (ps.stored_traces, ps.log_weights, ps.log_z, ps.dead), (ps.particle_axes, ps.shared_copies)
 
 
-def _unflatten(axes, children):
+def _unflatten(aux, children):
     ps = object.__new__(ParticleCollection)
     ps.stored_traces, ps.log_weights, ps.log_z, ps.dead = children
-    ps.particle_axes = axes
+    ps.particle_axes, ps.shared_copies = aux
     return ps
 
 

@@ -73,11 +73,13 @@ def _keep_axes(new, new_flags, old, old_flags, n):
     return jax.tree_util.tree_unflatten(treedef, leaves), flags
 
 
-def _collect(ps, traces, tflags, w, wflag, n, add):
+def _collect(ps, traces, flags, copies, w, n, log_z=None):
+    """A collection from a step's per-particle ``(traces, w)`` outputs (``w`` added to the weights)."""
+    tflags, (wflag,) = _split(flags, traces)
     traces, tflags = _keep_axes(traces, tflags, ps.stored_traces, ps.leaf_axes(), n)
     traces = _constrain(traces, tflags)
     w = sharding.constrain_batch(_weights_out(w, wflag, n))
-    return ParticleCollection(traces, ps.log_weights + w if add else w, ps.log_z, ps.dead, tflags)
+    return ParticleCollection(traces, ps.log_weights + w, ps.log_z, ps.dead, tflags, copies[:len(tflags)])
 
 
 def _init_impl(key, model, args, observations, n_particles: int, proposal=None, proposal_args=()):
@@ -99,8 +101,8 @@ def _init_impl(key, model, args, observations, n_particles: int, proposal=None, 
     n = check_n_particles(n_particles, "smc.init")
     args = tuple(args)
     if proposal is None:
-        (traces, w), flags = particle_map(lambda k: model.generate(k, obs, *args), n,
-                                          (sharding.lanes(key, n),), (LANE_FLAGS,))
+        (traces, w), flags, copies = particle_map(lambda k: model.generate(k, obs, *args), n,
+                                                  (sharding.lanes(key, n),), (LANE_FLAGS,))
     else:
         kq, kp = jax.random.split(key)
 
@@ -109,12 +111,13 @@ def _init_impl(key, model, args, observations, n_particles: int, proposal=None, 
             tr, w = model.generate(kp, obs | q.choices, *args)
             return tr, w - q.score
 
-        (traces, w), flags = particle_map(one, n, (sharding.lanes(kq, n), sharding.lanes(kp, n)),
-                                          (LANE_FLAGS, LANE_FLAGS))
+        (traces, w), flags, copies = particle_map(one, n, (sharding.lanes(kq, n), sharding.lanes(kp, n)),
+                                                  (LANE_FLAGS, LANE_FLAGS))
     tflags, (wflag,) = _split(flags, traces)
     traces = _constrain(traces, tflags)
     w = sharding.constrain_batch(_weights_out(w, wflag, n))
-    return ParticleCollection(traces, w, jnp.zeros((), jnp.float32), jnp.zeros((), bool), tflags)
+    return ParticleCollection(traces, w, jnp.zeros((), jnp.float32), jnp.zeros((), bool), tflags,
+                              copies[:len(tflags)])
 
 
 def _extend_impl(key, ps: ParticleCollection, args, observations=None, proposal=None, proposal_args=()):
@@ -149,9 +152,9 @@ def _extend_impl(key, ps: ParticleCollection, args, observations=None, proposal=
         new, w, _ = tr.gf.update(ku, tr, obs | q.choices, *args)
         return new, w - q.score
 
-    (traces, w), flags = particle_map(one, n, (sharding.lanes(key, n), ps.stored_traces), (LANE_FLAGS, ps.leaf_axes()))
-    tflags, (wflag,) = _split(flags, traces)
-    return _collect(ps, traces, tflags, w, wflag, n, add=True)
+    (traces, w), flags, copies = particle_map(one, n, (sharding.lanes(key, n), ps.stored_traces),
+                                              (LANE_FLAGS, ps.leaf_axes()), (None, ps.leaf_copies()))
+    return _collect(ps, traces, flags, copies, w, n)
 
 
 def _resample_impl(key, ps: ParticleCollection, scheme: str = "systematic"):
@@ -176,6 +179,7 @@ def _resample_impl(key, ps: ParticleCollection, scheme: str = "systematic"):
         ps.log_z + lse - jnp.log(float(n)),
         jnp.logical_or(ps.dead, dead),
         ps.particle_axes,
+        ps.shared_copies,
     )
 
 
@@ -200,6 +204,7 @@ def _resample_if_impl(key, ps: ParticleCollection, ess_fraction: float = 0.5, sc
         jnp.where(need, ps.log_z + lse - jnp.log(float(n)), ps.log_z),
         jnp.logical_or(ps.dead, need & dead),
         ps.particle_axes,
+        ps.shared_copies,
     )
 
 
@@ -230,11 +235,13 @@ def _rejuvenate_impl(key, ps: ParticleCollection, kernel):
     """
     n = ps.n_particles
     ks = jax.random.split(key, n)
-    (traces, info), flags = particle_map(kernel, n, (ks, ps.stored_traces), (True, ps.leaf_axes()))
+    (traces, info), flags, copies = particle_map(kernel, n, (ks, ps.stored_traces), (True, ps.leaf_axes()),
+                                                 (None, ps.leaf_copies()))
     tflags, iflags = _split(flags, traces)
     traces, tflags = _keep_axes(traces, tflags, ps.stored_traces, ps.leaf_axes(), n)
     traces = _constrain(traces, tflags)
-    return ParticleCollection(traces, ps.log_weights, ps.log_z, ps.dead, tflags), broadcast_shared(info, iflags, n)
+    out = ParticleCollection(traces, ps.log_weights, ps.log_z, ps.dead, tflags, copies[:len(tflags)])
+    return out, broadcast_shared(info, iflags, n)
 
 
 def _addresses(chm: ChoiceMap):
@@ -275,9 +282,9 @@ def _change_impl(key, ps: ParticleCollection, model, args, observations=None, tr
         return new, w - tr.score
 
     n = ps.n_particles
-    (traces, w), flags = particle_map(one, n, (sharding.lanes(key, n), ps.stored_traces), (LANE_FLAGS, ps.leaf_axes()))
-    tflags, (wflag,) = _split(flags, traces)
-    return _collect(ps, traces, tflags, w, wflag, n, add=True)
+    (traces, w), flags, copies = particle_map(one, n, (sharding.lanes(key, n), ps.stored_traces),
+                                              (LANE_FLAGS, ps.leaf_axes()), (None, ps.leaf_copies()))
+    return _collect(ps, traces, flags, copies, w, n)
 
 
 # ------------------------------------------------------------------------------ staged public API
