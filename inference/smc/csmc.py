@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._util import staged
+from ._util import check_n_particles, staged
 from .filters import (
     _trace_back,
     broadcast_carry,
@@ -188,7 +188,8 @@ def csmc(key, model, args, observations, n_particles: int, reference, ancestor_s
     from ._util import as_choicemap
 
     return _csmc_staged(
-        key, model=model, args=tuple(args), observations=as_choicemap(observations), n_particles=int(n_particles),
+        key, model=model, args=tuple(args), observations=as_choicemap(observations),
+        n_particles=check_n_particles(n_particles, "smc.csmc"),
         reference=as_choicemap(reference), ancestor_sampling=bool(ancestor_sampling),
     )
 
@@ -245,8 +246,9 @@ def particle_gibbs(key, model, args, observations, n_particles: int, n_iter: int
     from ._util import as_choicemap
 
     return _pg_staged(
-        key, model=model, args=tuple(args), observations=as_choicemap(observations), n_particles=int(n_particles),
-        n_iter=int(n_iter), init_reference=None if init_reference is None else as_choicemap(init_reference),
+        key, model=model, args=tuple(args), observations=as_choicemap(observations),
+        n_particles=check_n_particles(n_particles, "smc.particle_gibbs"),
+        n_iter=check_n_particles(n_iter, "smc.particle_gibbs", "n_iter"), init_reference=None if init_reference is None else as_choicemap(init_reference),
         ancestor_sampling=bool(ancestor_sampling),
     )
 
