@@ -4,12 +4,13 @@
 stochastic gradient ascent: each step draws ``fold_in(key, step)``, computes
 ``objective.value_and_grad_estimate`` once (the logged value comes from the same pass) and applies
 an optax update to ``-gradient``. Steps run as ``lax.scan`` chunks of
-:func:`inference.checkpoint.chunked_loop`, compiled once per objective, optimizer *structure* (a
-fingerprint of the transformation; its floating-point hyperparameters are passed as data) and
-argument shapes: new data of the same shapes, or a fresh optimizer object, does not recompile; a
-tqdm progress bar advances between chunks. With ``checkpoint_dir`` the state is saved after every
-chunk and a later call resumes from the latest intact checkpoint, bit-identically, after checking
-that the key, objective, optimizer and parameter shapes/dtypes match the saved run. :func:`minibatch` marks a data
+:func:`inference.checkpoint.chunked_loop`, compiled once per objective and optimizer *structure*
+(fingerprints of their code and closures; the optimizer's floating-point hyperparameters are
+passed as data) and argument shapes: new data of the same shapes, or a fresh objective or
+optimizer object built the same way, does not recompile; a tqdm progress bar advances between
+chunks. With ``checkpoint_dir`` the state is saved after every chunk and a later call resumes from
+the latest intact checkpoint, bit-identically, after checking that the key, objective, optimizer
+and parameter shapes/dtypes match the saved run. :func:`minibatch` marks a data
 argument that is subsampled (with replacement) at every step.
 
 Example:
@@ -369,8 +370,8 @@ def fit(key, objective: Expectation, params, optimizer, n_steps: int, *args, chu
     objective estimate or parameters are not finite.
 
     The steps run through :func:`inference.checkpoint.chunked_loop`. The compiled chunk is keyed on
-    the objective, a structural fingerprint of the optimizer (its functions' code and closures, not
-    the object's identity) and the argument shapes; the optimizer's floating-point hyperparameters
+    structural fingerprints of the objective and the optimizer (their functions' code and closures,
+    not the objects' identities) and the argument shapes; the optimizer's floating-point hyperparameters
     (learning rate, betas, schedule constants, ...) are passed as data when the optimizer's update
     accepts them traced, so a fresh ``optax.adam(lr)`` per call, for any ``lr``, does not recompile;
     otherwise they are part of the key. With ``checkpoint_dir`` the run is checkpointed after every
@@ -416,7 +417,8 @@ def fit(key, objective: Expectation, params, optimizer, n_steps: int, *args, chu
                 "model's log densities under ppl.debug(), or clip gradients (optax.clip_by_global_norm)")
 
     state, losses = chunked_loop(
-        key, _FitStep(objective, spec), {"params": params, "opt_state": opt_state}, n_steps, chunk, checkpoint_dir, progress,
+        key, _FitStep(objective, spec), {"params": params, "opt_state": opt_state}, n_steps, chunk, checkpoint_dir,
+        progress,
         f"vi.fit {objective.name}", data=(spec.hypers, pack_args(tuple(args))), keep=keep_checkpoints,
         settings=settings, validate=validate, postfix=lambda ls: {"loss": float(ls[-1])})
     return FitResult(state["params"], state["opt_state"], losses)
