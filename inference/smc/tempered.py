@@ -3,11 +3,20 @@
 :func:`tempered` moves particles through the targets ``pi_b(x) ∝ p(x) p(obs | x)^b`` for an
 increasing schedule ``0 < b_1 < ... < b_K = 1``: reweight by ``(b_k - b_{k-1}) log p(obs | x)``,
 resample when the ESS falls below ``ess_threshold * N``, then move every particle with random-walk
-Metropolis-Hastings steps that leave ``pi_{b_k}`` invariant (scale: ``step_size`` times the
-particles' current spread, per coordinate). With ``ess_threshold=0`` it is annealed importance
-sampling (no resampling). The log prior and log likelihood of a particle come from the GFI alone:
-``log p(x) = generate(x).weight`` (observed sites sampled, so their density cancels) and
-``log p(x, obs) = assess(x | obs)``. Only floating-point latent choices are moved.
+Metropolis-Hastings steps that leave ``pi_{b_k}`` invariant. With ``ess_threshold=0`` it is annealed
+importance sampling (no resampling). ``log Z-hat`` is the sum, over resampling events and the end,
+of ``log mean(w)`` of the weights accumulated since the previous event; ``Z-hat`` is unbiased.
+
+The proposal scale (``step_size`` times a per-coordinate spread) adapts by default to an
+independent *pilot* population run alongside on its own keys: a scale computed from the moving
+particles themselves makes each particle's kernel depend on its own state, which breaks
+invariance and biases Z-hat (``adapt="population"``, the cheaper consistent-but-biased option).
+Given the pilot, every kernel applied to the main particles is a fixed pi_b-invariant MH kernel,
+so Z-hat is exactly unbiased conditionally on the pilot, hence unconditionally.
+
+The log prior and log likelihood of a particle come from the GFI alone: ``log p(x) =
+generate(x).weight`` (observed sites sampled, so their density cancels) and ``log p(x, obs) =
+assess(x | obs)``. Only floating-point latent choices are moved.
 
 :func:`resample_move` runs init / extend / adaptive resampling / rejuvenation with any MCMC kernel
 over a sequence of targets (``model(*args_k)`` given ``observations_k``), for example data arriving
@@ -36,6 +45,7 @@ import jax.numpy as jnp
 
 from ppl import keys as pkeys
 from ppl.choicemap import Masked, select
+from ppl.errors import ModelError
 
 from .. import sharding
 from ._util import as_choicemap, staged
@@ -82,12 +92,53 @@ def _obs_selection(obs):
     return ~select(*paths) if paths else None
 
 
-def _tempered(key, model, args, observations, n_particles, betas, n_mcmc, step_size, resampling, ess_threshold):
+ADAPT_MODES = ("pilot", "population", "none")
+
+
+def _adapt_mode(adapt, where):
+    if adapt is None or adapt is False:
+        return "none"
+    if adapt is True:
+        return "pilot"
+    if isinstance(adapt, str) and adapt in ADAPT_MODES:
+        return adapt
+    raise ModelError(
+        f"{where}: adapt={adapt!r} is not a random-walk scale mode; pass adapt='pilot' (default: scale from an "
+        "independent pilot population, Z-hat unbiased), adapt='population' (scale from the moving particles "
+        "themselves: consistent but Z-hat biased at finite N) or adapt='none' / False (fixed scale step_size)")
+
+
+def _count(n, where, name):
+    try:
+        ok = not isinstance(n, bool) and float(n) == int(n) and int(n) >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ModelError(f"{where}: {name} must be a positive integer, got {n!r}; pass a Python int >= 1, "
+                         f"e.g. {name}=1000")
+    return int(n)
+
+
+def _spread(lat, lw):
+    """Per-coordinate weighted standard deviation of the floating-point latent leaves (+1e-6)."""
+    w = jnp.exp(log_normalize(lw)[0])
+
+    def one(x):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return jnp.zeros(x.shape[1:], x.dtype)
+        m = jnp.tensordot(w, x, axes=1)
+        return jnp.sqrt(jnp.tensordot(w, (x - m) ** 2, axes=1)) + 1e-6
+
+    return jax.tree_util.tree_map(one, lat)
+
+
+def _tempered(key, model, args, observations, n_particles, betas, n_mcmc, step_size, resampling, ess_threshold,
+              adapt, n_pilot):
     obs = observations
-    n = int(n_particles)
-    log_n = jnp.log(float(n))
     latent_sel = _obs_selection(obs)
-    k0, k_scan, k_fin = jax.random.split(key, 3)
+    k_main, k_pilot = jax.random.split(key)
+    k0, k_scan, k_fin = jax.random.split(k_main, 3)
+    kp0, kp_scan = jax.random.split(k_pilot)
 
     def latents_of(tr):
         return tr.choices.filter(latent_sel) if latent_sel is not None else tr.choices
@@ -97,31 +148,29 @@ def _tempered(key, model, args, observations, n_particles, betas, n_mcmc, step_s
         _, prior = model.generate(k, lat, *args)
         return prior, joint - prior
 
-    traces, ll = jax.vmap(lambda k: model.generate(k, obs, *args), in_axes=(pkeys.LANE_AXES,))(sharding.lanes(k0, n))
-    traces, ll = sharding.constrain_batch((traces, ll))
-    lat = jax.vmap(latents_of)(traces)
-    lp = traces.score - ll
+    def init_pop(k, n):
+        traces, ll = jax.vmap(lambda k: model.generate(k, obs, *args), in_axes=(pkeys.LANE_AXES,))(sharding.lanes(k, n))
+        traces, ll = sharding.constrain_batch((traces, ll))
+        # (latents, log prior, log likelihood, log weights, log Z-hat accumulated at resampling events)
+        return jax.vmap(latents_of)(traces), traces.score - ll, ll, jnp.zeros(n, jnp.float32), jnp.zeros((), jnp.float32)
 
-    def body(state, inp):
-        lat, lp, ll, lw, log_z, beta_prev = state
-        beta, k = inp
-        k_res, k_mh = jax.random.split(k)
+    def reweight_resample(pop, beta, beta_prev, k, thr):
+        """Reweight to ``beta``; if the ESS is below ``thr * n``, fold the mean weight into log Z and resample."""
+        lat, lp, ll, lw, log_z = pop
+        n = lw.shape[0]
         lw = lw + (beta - beta_prev) * ll
         _, lse, _ = log_normalize(lw)
-        need = _ess(lw) < ess_threshold * n
-        idx = jnp.where(need, resample_indices(k_res, lw, resampling), jnp.arange(n, dtype=jnp.int32))
+        need = _ess(lw) < thr * n
+        idx = jnp.where(need, resample_indices(k, lw, resampling), jnp.arange(n, dtype=jnp.int32))
         lat, lp, ll = gather((lat, lp, ll), idx)
-        log_z = jnp.where(need, log_z + lse - log_n, log_z)
+        log_z = jnp.where(need, log_z + lse - jnp.log(float(n)), log_z)
         lw = jnp.where(need, 0.0, lw)
-        w = jnp.exp(log_normalize(lw)[0])
+        return lat, lp, ll, lw, log_z
 
-        def spread(x):
-            if not jnp.issubdtype(x.dtype, jnp.floating):
-                return jnp.zeros(x.shape[1:], x.dtype)
-            m = jnp.tensordot(w, x, axes=1)
-            return jnp.sqrt(jnp.tensordot(w, (x - m) ** 2, axes=1)) + 1e-6
-
-        scale = jax.tree_util.tree_map(spread, lat)
+    def move(pop, beta, scale, k):
+        """``n_mcmc`` random-walk MH sweeps, each leaving ``p(x) p(obs | x)^beta`` invariant for a fixed ``scale``."""
+        lat, lp, ll, lw, log_z = pop
+        n = lw.shape[0]
 
         def mh(carry, km):
             lat, lp, ll = carry
@@ -140,45 +189,102 @@ def _tempered(key, model, args, observations, n_particles, betas, n_mcmc, step_s
             (lat, lp, ll), acc = jax.vmap(one)(jax.random.split(km, n), lat, lp, ll)
             return (lat, lp, ll), jnp.mean(acc.astype(jnp.float32))
 
-        (lat, lp, ll), accs = jax.lax.scan(mh, (lat, lp, ll), jax.random.split(k_mh, n_mcmc))
-        return (lat, lp, ll, lw, log_z, beta), (_ess(lw), jnp.mean(accs))
+        (lat, lp, ll), accs = jax.lax.scan(mh, (lat, lp, ll), jax.random.split(k, n_mcmc))
+        return (lat, lp, ll, lw, log_z), jnp.mean(accs)
+
+    pop = init_pop(k0, n_particles)
+    pilot = init_pop(kp0, n_pilot) if adapt == "pilot" else None
+    unit = jax.tree_util.tree_map(lambda x: jnp.ones(x.shape[1:], x.dtype), pop[0])
+
+    def body(state, inp):
+        pop, pilot, beta_prev = state
+        beta, k = inp
+        k_res, k_mh, kp_res, kp_mh = jax.random.split(k, 4)
+        if adapt == "pilot":
+            # The pilot population runs its own (population-adapted) sampler on independent keys and
+            # is never used for estimates: the main particles' kernels are fixed given the pilot.
+            pilot = reweight_resample(pilot, beta, beta_prev, kp_res, 0.5)
+            scale = _spread(pilot[0], pilot[3])
+            pilot, _ = move(pilot, beta, scale, kp_mh)
+        pop = reweight_resample(pop, beta, beta_prev, k_res, ess_threshold)
+        if adapt == "population":
+            scale = _spread(pop[0], pop[3])
+        elif adapt == "none":
+            scale = unit
+        pop, acc = move(pop, beta, scale, k_mh)
+        return (pop, pilot, beta), (_ess(pop[3]), acc)
 
     betas = jnp.asarray(betas, jnp.float32)
-    state0 = (lat, lp, ll, jnp.zeros(n, jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-    (lat, lp, ll, lw, log_z, _), (ess, acc) = jax.lax.scan(body, state0, (betas, jax.random.split(k_scan, betas.shape[0])))
+    state0 = (pop, pilot, jnp.zeros((), jnp.float32))
+    (pop, _, _), (ess, acc) = jax.lax.scan(body, state0, (betas, jax.random.split(k_scan, betas.shape[0])))
+    lat, _, _, lw, log_z = pop
     final, _ = jax.vmap(lambda k, l: model.generate(k, l | obs, *args), in_axes=(pkeys.LANE_AXES, 0))(
-        sharding.lanes(k_fin, n), lat)
+        sharding.lanes(k_fin, n_particles), lat)
     dead = log_normalize(lw)[2]
     return TemperedResult(ParticleCollection(final, lw, log_z, dead), betas, ess, acc)
 
 
-_tempered_staged = staged(("model", "n_particles", "n_mcmc", "resampling", "ess_threshold"), ("args",))(_tempered)
+_tempered_staged = staged(("model", "n_particles", "n_mcmc", "resampling", "adapt", "n_pilot"),
+                          ("args",))(_tempered)
 
 
 def tempered(key, model, args, observations, n_particles: int, betas=None, n_temps: int = 20, n_mcmc: int = 2,
-             step_size: float = 0.5, resampling: str = "systematic", ess_threshold: float = 0.5) -> TemperedResult:
+             step_size: float = 0.5, resampling: str = "systematic", ess_threshold: float = 0.5,
+             adapt="pilot", n_pilot: int | None = None) -> TemperedResult:
     """Tempered SMC from the prior to the posterior of ``model(*args)`` given ``observations``.
 
     ``betas`` is the increasing temperature schedule ending at 1 (default
-    ``power_schedule(n_temps)``); ``n_mcmc`` random-walk MH moves per temperature with scale
-    ``step_size`` times the particle spread. Returns a :class:`TemperedResult` whose
-    ``particles.log_marginal_likelihood()`` estimates ``log p(observations)`` (unbiased in Z).
-    One ``lax.scan`` over temperatures under ``jit``; a new schedule of the same length, new data
-    or a new step size do not recompile.
+    ``power_schedule(n_temps)``); at each temperature the particles are reweighted, resampled when
+    the ESS falls below ``ess_threshold * n_particles``, then moved by ``n_mcmc`` random-walk MH
+    sweeps that leave the tempered target invariant. Returns a :class:`TemperedResult` whose
+    ``particles.log_marginal_likelihood()`` estimates ``log p(observations)``; its exponential,
+    Z-hat, is unbiased for every ``adapt`` mode except ``"population"``.
+
+    The random-walk standard deviation of a coordinate is ``step_size`` times a per-coordinate
+    ``scale``, chosen by ``adapt``:
+
+    - ``"pilot"`` (default): the weighted spread, at the same temperature, of an independent pilot
+      population of ``n_pilot`` particles (default ``min(n_particles, 1024)``) that runs alongside
+      on its own keys, adapts to itself and resamples at ESS < 50%. Given the pilot, every move of the
+      main particles is a fixed MH kernel, so Z-hat is exactly unbiased. Costs the pilot's moves.
+    - ``"population"``: the spread of the particles being moved. Cheaper and consistent, but each
+      particle then influences its own proposal, so the move is not exactly invariant and Z-hat is
+      biased at finite N (about +30% at N=8, +8% at N=32 on a 3-D regression).
+    - ``"none"`` (or ``False``): scale 1, i.e. ``step_size`` is the absolute proposal standard deviation.
+
+    One ``lax.scan`` over temperatures under ``jit``; a new schedule of the same length, new data,
+    a new ``step_size`` or ``ess_threshold`` do not recompile (so ``tempered`` and ``ais`` share
+    one compilation).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ppl
+        >>> from inference import smc
+        >>> @ppl.gen
+        ... def model():
+        ...     mu = ppl.normal(0.0, 1.0) @ "mu"
+        ...     return ppl.normal(mu, 1.0) @ "y"
+        >>> out = smc.tempered(jax.random.key(0), model, (), ppl.ChoiceMap({"y": 0.5}), 300, n_temps=5, adapt=False)
+        >>> exact = jax.scipy.stats.norm.logpdf(0.5, 0.0, jnp.sqrt(2.0))
+        >>> bool(abs(out.log_marginal_likelihood() - exact) < 0.05)
+        True
     """
+    n = _count(n_particles, "smc.tempered", "n_particles")
+    mode = _adapt_mode(adapt, "smc.tempered")
+    n_pilot = min(n, 1024) if n_pilot is None else _count(n_pilot, "smc.tempered", "n_pilot")
     betas = power_schedule(int(n_temps)) if betas is None else jnp.asarray(betas, jnp.float32)
     from ppl.core import as_args_tuple
 
     return _tempered_staged(
-        key, model=model, args=as_args_tuple(args, "smc.tempered"), observations=as_choicemap(observations), n_particles=int(n_particles),
+        key, model=model, args=as_args_tuple(args, "smc.tempered"), observations=as_choicemap(observations), n_particles=n,
         betas=betas, n_mcmc=int(n_mcmc), step_size=jnp.float32(step_size), resampling=resampling,
-        ess_threshold=float(ess_threshold),
+        ess_threshold=jnp.float32(ess_threshold), adapt=mode, n_pilot=n_pilot if mode == "pilot" else 0,
     )
 
 
 def ais(key, model, args, observations, n_particles: int, betas=None, n_temps: int = 20, n_mcmc: int = 2,
-        step_size: float = 0.5) -> TemperedResult:
-    """Annealed importance sampling: :func:`tempered` without resampling.
+        step_size: float = 0.5, adapt="pilot", n_pilot: int | None = None) -> TemperedResult:
+    """Annealed importance sampling: :func:`tempered` without resampling (same ``adapt`` modes;
+    the pilot population of the default ``adapt="pilot"`` still resamples, only to estimate scales).
 
     Example:
         >>> import jax, jax.numpy as jnp, ppl
@@ -193,7 +299,7 @@ def ais(key, model, args, observations, n_particles: int, betas=None, n_temps: i
         True
     """
     return tempered(key, model, args, observations, n_particles, betas, n_temps, n_mcmc, step_size,
-                    ess_threshold=0.0)
+                    ess_threshold=0.0, adapt=adapt, n_pilot=n_pilot)
 
 
 # ------------------------------------------------------------------------------ resample-move
