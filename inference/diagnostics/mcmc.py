@@ -73,9 +73,10 @@ def _stats_dict(info):
 
 
 def to_arviz(result):
-    """ArviZ ``InferenceData`` of an :class:`inference.mcmc.MCMCResult`: every choice in the
-    ``posterior`` group (nested addresses as ``"a/b"``; absent branch choices as NaN) and kernel
-    statistics (acceptance rate, divergences, step size) in ``sample_stats``.
+    """ArviZ ``InferenceData`` of an :class:`inference.mcmc.MCMCResult`: every stored choice (the
+    ones the kernel moves; observations are not stored per draw) in the ``posterior`` group
+    (nested addresses as ``"a/b"``; absent branch choices as NaN) and kernel statistics
+    (acceptance rate, ``diverging``, step size) in ``sample_stats``.
 
     Example:
         >>> import jax, ppl

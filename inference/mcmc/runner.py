@@ -650,5 +650,7 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
         raise RuntimeError("mcmc.run: internal error, chains lost their batch axis")
     fixed_paths = tuple(p for p, _ in fixed.leaves())
     res = MCMCResult(DrawMap.wrap(choices, fixed_paths), info, tr, fixed, kernel)
+    if trace in _OBSERVED:  # a run continued from res.final_trace knows the observations too
+        _OBSERVED[tr] = _OBSERVED[trace]
     _warn_health(kernel, info)
     return res
