@@ -183,9 +183,11 @@ def test_negative_scale_traced_under_debug():
     with ppl.debug():
         with raises(ppl.ParameterError, "'x'", "scale", "-1"):
             scaled.simulate(KEY, -1.0)
-        # under the user's own jit the run-time error is XLA's, carrying the same message
-        with pytest.raises(Exception, match="'x'"):
+    # under the user's own jit, the end of the debug block re-raises the ppl error itself
+    with raises(ppl.ParameterError, "'x'", "scale") as info:
+        with ppl.debug():
             jax.block_until_ready(jax.jit(lambda s: scaled.simulate(KEY, s).score)(-1.0))
+    assert str(info.value).startswith("invalid parameter scale for normal at address 'x'")
     # without debug mode traced values are not checked (no host callbacks in compiled code)
     assert scaled.simulate(KEY, 1.0).score.shape == ()
 
@@ -193,11 +195,34 @@ def test_negative_scale_traced_under_debug():
 def test_non_finite_log_density_under_debug():
     @gen
     def m():
+        ppl.normal(0.0, 1.0) @ "z"
         return ppl.half_normal(1.0) @ "x"
 
     with ppl.debug():
-        with raises(ppl.NonFiniteError, "'x'"):
-            m.assess(ChoiceMap({"x": -1.0}))
+        with raises(ppl.NonFiniteError, "'z'", "NaN"):  # NaN is always an error
+            m.assess(ChoiceMap({"z": jnp.nan, "x": 1.0}))
+        # -inf at a given value is a zero likelihood (here: outside the support), not an error
+        lp, _ = m.assess(ChoiceMap({"z": 0.0, "x": -1.0}))
+        assert float(lp) == -float("inf")
+
+
+@gen
+def _bounded():
+    x = ppl.normal(0.0, 1.0) @ "x"
+    return ppl.uniform(x - 1.0, x + 1.0) @ "y"  # zero likelihood unless |y - x| < 1
+
+
+def test_debug_mode_allows_dead_particles_and_reports_all_dead():
+    from inference import importance, smc
+
+    with ppl.debug():
+        ps = importance.sample(KEY, _bounded, (), ChoiceMap({"y": 1.5}), 100)
+        dead = float(jnp.mean(jnp.isneginf(ps.log_weights)))
+        assert 0.3 < dead < 0.95 and bool(jnp.isfinite(ps.log_marginal_likelihood()))
+        ps = smc.init(KEY, _bounded, (), ChoiceMap({"y": 1.5}), 100)
+        assert bool(jnp.all(jnp.isfinite(smc.resample(KEY, ps).log_weights)))  # survivors resampled
+        with raises(smc.AllParticlesDeadError, "every particle"):
+            smc.resample(KEY, smc.init(KEY, _bounded, (), ChoiceMap({"y": 50.0}), 100))
 
 
 # ------------------------------------------------------------------------------ control flow
@@ -342,3 +367,285 @@ def test_wrong_trace_for_update():
     tr = outer.simulate(KEY, XS)
     with raises(ppl.ModelError, "trace of outer"):
         model.update(KEY, tr, ChoiceMap.empty(), XS)
+
+
+# ------------------------------------------------------------------------------ stale programs
+_LOOP_SRC = """
+import jax, ppl
+draws = []
+for s in (1.0, 100.0):
+    @ppl.gen
+    def f():
+        return ppl.normal(0.0, s) @ "x"
+    draws.append(float(f.simulate(jax.random.key(0)).retval))
+"""
+
+_REDEFINE_SRC = """
+import jax, ppl
+scale = 1.0
+@ppl.gen
+def f():
+    return ppl.normal(0.0, scale) @ "x"
+a = float(f.simulate(jax.random.key(0)).retval)
+scale = 100.0
+@ppl.gen
+def f():
+    return ppl.normal(0.0, scale) @ "x"
+b = float(f.simulate(jax.random.key(0)).retval)
+"""
+
+
+def test_gen_defined_in_a_module_level_loop_never_reuses_an_earlier_program():
+    ns: dict = {}
+    exec(compile(_LOOP_SRC, "<loop_module>", "exec"), ns)
+    a, b = ns["draws"]
+    assert a != 0.0 and abs(b / a - 100.0) < 1e-3  # same key: the second draw is 100 x the first
+
+
+def test_gen_redefined_after_changing_a_global_gets_its_own_program():
+    ns: dict = {}
+    exec(compile(_REDEFINE_SRC, "<redefine_module>", "exec"), ns)
+    assert ns["a"] != 0.0 and abs(ns["b"] / ns["a"] - 100.0) < 1e-3
+
+
+def test_helper_defined_inside_a_model_keeps_one_program():
+    from ppl.core import _staged_runner
+
+    def make():
+        @gen
+        def helper(m):
+            return ppl.normal(m, 1.0) @ "z"
+
+        return helper
+
+    assert make() == make() and hash(make()) == hash(make())
+
+    @gen
+    def outer_model(mu):
+        helper = make()
+        c = ppl.flip(0.5) @ "c"
+        a = helper(mu) @ "h"
+        return ppl.cond(c, helper, helper)(a) @ "br"
+
+    tr = outer_model.simulate(KEY, 0.0)
+    outer_model.update(KEY, tr, ChoiceMap({("h", "z"): 1.0}), 0.0)  # the trace's helper == the new one
+    n = _staged_runner._cache_size()
+    outer_model.simulate(KEY, 1.0)
+    assert _staged_runner._cache_size() == n
+
+
+# ------------------------------------------------------------------------------ discrete values
+@gen
+def _coin():
+    return ppl.flip(0.5) @ "c"
+
+
+def test_probability_given_at_a_discrete_site_raises():
+    assert _coin.simulate(KEY).retval.dtype == jnp.int32  # flip samples int32 0/1
+    for _ in range(2):  # also when the compiled program is reused
+        with raises(ppl.ShapeError, "'c'", "non-integer", "0.5"):
+            _coin.generate(KEY, ChoiceMap({"c": 0.5}))
+    with raises(ppl.ShapeError, "'c'"):
+        _coin.assess(ChoiceMap({"c": 0.3}))
+    with raises(ppl.ShapeError, "'c'"):
+        _coin.update(KEY, _coin.simulate(KEY), ChoiceMap({"c": 0.3}))
+    _, w = _coin.generate(KEY, ChoiceMap({"c": 1.0}))  # whole floats are fine
+    assert abs(float(w) - float(jnp.log(0.5))) < 1e-6
+
+    @gen
+    def coins():
+        return ppl.flip(jnp.full(3, 0.5)) @ "c"
+
+    masked = ppl.Masked(jnp.array([1.0, 0.5, 0.0]), jnp.array([True, False, True]))
+    coins.generate(KEY, ChoiceMap({"c": masked}))  # the masked-out 0.5 is never used
+    with raises(ppl.ShapeError, "'c'"):
+        coins.generate(KEY, ChoiceMap({"c": ppl.Masked(masked.value, jnp.ones(3, bool))}))
+
+
+# ------------------------------------------------------------------------------ constant parameters
+_BAD_CONSTANTS = {
+    "negative_scale": (lambda: ppl.normal(0.0, jnp.array(-1.0)) @ "x", "scale"),
+    "derived_constant": (lambda: ppl.normal(0.0, jnp.asarray(-1.0) * 2 + jnp.zeros(3)) @ "x", "scale"),
+    "probs_not_simplex": (lambda: ppl.categorical(jnp.array([0.5, 0.7])) @ "x", "probs"),
+    "nan_logits": (lambda: ppl.categorical(logits=jnp.array([0.5, jnp.nan])) @ "x", "logits"),
+    "not_positive_definite": (
+        lambda: ppl.mv_normal(jnp.zeros(2), jnp.array([[1.0, 2.0], [2.0, 1.0]])) @ "x", "positive definite"),
+    "uniform_low_above_high": (lambda: ppl.uniform(1.0, 0.0) @ "x", "low must be less than high"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_CONSTANTS))
+def test_invalid_constant_parameters_raise_at_trace_time(case):
+    body, fragment = _BAD_CONSTANTS[case]
+    with raises(ppl.ParameterError, "'x'", fragment):
+        gen(body).simulate(KEY)
+
+
+def test_valid_constants_and_traced_parameters():
+    @gen
+    def ok():
+        ppl.categorical(logits=jnp.array([0.0, -jnp.inf])) @ "c"  # -inf rules a category out
+        ppl.mv_normal(jnp.zeros(2), jnp.eye(2)) @ "v"
+        return ppl.uniform(0.0, 1.0) @ "u"
+
+    assert bool(jnp.isfinite(ok.simulate(KEY).score))
+
+    @gen
+    def box(lo, hi):
+        return ppl.uniform(lo, hi) @ "u"
+
+    assert box.simulate(KEY, 1.0, 0.0).score.shape == ()  # traced: unchecked outside debug mode
+    with ppl.debug(), raises(ppl.ParameterError, "'u'", "low must be less than high"):
+        box.simulate(KEY, 1.0, 0.0)
+
+
+# ------------------------------------------------------------------------------ selections, estimators
+@gen
+def _branchy():
+    c = ppl.flip(0.5) @ "c"
+    return ppl.cond(c, model, outer)(XS) @ "br"
+
+
+def test_regenerate_with_a_misspelled_selection_raises():
+    tr = _branchy.simulate(KEY)
+    _branchy.regenerate(KEY, tr, ppl.select(("br", "inner", "a")))
+    for sel in (ppl.select("c"), ppl.select("br"), ppl.select(("br", "a")), ppl.select(("br", "inner", "a")),
+                ~ppl.select("c"), ppl.select_all(), ppl.select_none(), ppl.select("c") | ppl.select(("br", "ys"))):
+        # untaken-branch addresses count as present (checked at trace time: no need to compile)
+        jax.eval_shape(lambda t, sel=sel: _branchy.regenerate(KEY, t, sel)[1], tr)
+    with raises(ppl.AddressError, "'typo'", "'c'", "spelling"):
+        _branchy.regenerate(KEY, tr, ppl.select("typo"))
+    with raises(ppl.AddressError, "'br' / 'zz'"):
+        _branchy.regenerate(KEY, tr, ~ppl.select(("br", "zz")))
+    with raises(ppl.AddressError, "'typo'"):
+        jax.jit(lambda t: _branchy.regenerate(KEY, t, ppl.select("typo"))[1])(tr)
+
+
+def test_with_estimators_misspelled_address_raises():
+    from inference import vi
+
+    @gen
+    def guide(p):
+        return ppl.flip(p) @ "b"
+
+    g = vi.with_estimators(guide, {"typo": vi.enum})
+
+    @vi.expectation
+    def f(key, p):
+        return g.simulate(key, p).retval * 1.0
+
+    with raises(ppl.ModelError, "'typo'", "with_estimators", "'b'"):
+        f.estimate(KEY, 0.3)
+
+
+# ------------------------------------------------------------------------------ CLI
+def test_cli_unknown_demo_section_and_version(capsys):
+    from ppl.cli import main
+
+    assert main(["demo", "--only", "foo"]) != 0
+    err = capsys.readouterr().err
+    assert "'foo'" in err and all(name in err for name in ("modeling", "smc", "mcmc", "vi"))
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and ppl.__version__ in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ newcomer slips
+def test_call_without_address_used_as_a_value():
+    for body in (lambda: ppl.normal(0.0, 1.0) * 2.0,
+                 lambda: jnp.exp(ppl.normal(0.0, 1.0)),
+                 lambda: ppl.normal(ppl.normal(0.0, 1.0), 1.0) @ "y",
+                 lambda: ppl.normal(0.0, 1.0)):  # returned from the model
+        with raises(ppl.ModelError, "normal(...)", '@ "'):
+            gen(body).simulate(KEY)
+
+
+def test_model_args_not_a_tuple():
+    from inference import importance, mcmc
+
+    obs = ChoiceMap({"ys": jnp.zeros(3)})
+    with raises(ppl.ArgumentError, "importance.sample", "args", "tuple"):
+        importance.sample(KEY, model, 3, obs, 10)
+    with raises(ppl.ArgumentError, "mcmc.init_chains", "args"):
+        mcmc.init_chains(KEY, model, 5, obs)
+    with raises(ppl.ArgumentError, "observations"):  # arguments and observations swapped
+        importance.sample(KEY, model, obs, (XS,), 10)
+    assert importance.sample(KEY, model, [XS], obs, 10).log_weights.shape == (10,)  # a list is fine
+
+
+def test_python_list_observations_become_arrays():
+    _, w_list = model.generate(KEY, ChoiceMap({"ys": [1.0, 2.0, 3.0]}), XS)
+    _, w_arr = model.generate(KEY, ChoiceMap({"ys": jnp.array([1.0, 2.0, 3.0])}), XS)
+    assert float(w_list) == float(w_arr)
+    stepped = ppl.scan(rw_step, length=3)
+    w = jax.jit(lambda o: stepped.generate(KEY, o, 0.0, None)[1])(ChoiceMap({"c": [0.1, 0.2, 0.3]}))
+    assert bool(jnp.isfinite(w))
+    with raises(ppl.ShapeError, "'ys'", "rectangular"):
+        model.generate(KEY, ChoiceMap({"ys": [1.0, [2.0, 3.0]]}), XS)
+
+
+# ------------------------------------------------------------------------------ error catalog
+def _catalog():
+    from inference import importance, mcmc, vi
+
+    @gen
+    def scaled(s):
+        return ppl.normal(0.0, s) @ "x"
+
+    @gen
+    def guide(p):
+        return ppl.flip(p) @ "b"
+
+    typo_guide = vi.with_estimators(guide, {"typo": vi.enum})
+    estimate = vi.expectation(lambda key, p: typo_guide.simulate(key, p).retval * 1.0)
+    obs = ChoiceMap({"ys": jnp.zeros(3)})
+
+    def user_jit_debug():
+        with ppl.debug():
+            jax.block_until_ready(jax.jit(lambda s: scaled.simulate(KEY, s).score)(-1.0))
+
+    def nan_density():
+        with ppl.debug():
+            gen(lambda: ppl.normal(0.0, 1.0) @ "x").assess(ChoiceMap({"x": jnp.nan}))
+
+    def all_dead():
+        from inference import smc
+
+        with ppl.debug():
+            smc.resample(KEY, smc.init(KEY, _bounded, (), ChoiceMap({"y": 50.0}), 100))
+
+    table = [
+        ("probability at a discrete site", ppl.ShapeError, ("'c'", "non-integer"),
+         lambda: _coin.generate(KEY, ChoiceMap({"c": 0.5}))),
+        ("non-rectangular list observation", ppl.ShapeError, ("'ys'", "rectangular"),
+         lambda: model.generate(KEY, ChoiceMap({"ys": [1.0, [2.0]]}), XS)),
+        ("misspelled regenerate selection", ppl.AddressError, ("'typo'", "regenerate"),
+         lambda: model.regenerate(KEY, model.simulate(KEY, XS), ppl.select("typo"), XS)),
+        ("misspelled with_estimators address", ppl.ModelError, ("'typo'", "with_estimators"),
+         lambda: estimate.estimate(KEY, 0.3)),
+        ("call without @ used as a value", ppl.ModelError, ("normal(...)", '@ "'),
+         lambda: gen(lambda: ppl.normal(0.0, 1.0) + 1.0).simulate(KEY)),
+        ("args not a tuple (importance)", ppl.ArgumentError, ("importance.sample", "args"),
+         lambda: importance.sample(KEY, model, 3, obs, 10)),
+        ("args not a tuple (mcmc)", ppl.ArgumentError, ("mcmc.init_chains", "args"),
+         lambda: mcmc.init_chains(KEY, model, 5, obs)),
+        ("debug check inside user jit", ppl.ParameterError, ("'x'", "scale"), user_jit_debug),
+        ("NaN log density (debug)", ppl.NonFiniteError, ("'x'", "NaN"), nan_density),
+        ("all particles dead (debug)", ppl.NonFiniteError, ("smc.resample", "every particle"), all_dead),
+    ]
+    for case, (body, fragment) in sorted(_BAD_CONSTANTS.items()):
+        table.append((f"constant parameter: {case}", ppl.ParameterError, ("'x'", fragment),
+                      lambda body=body: gen(body).simulate(KEY)))
+    return table
+
+
+_CATALOG_NAMES = [row[0] for row in _catalog()]
+
+
+@pytest.mark.parametrize("name", _CATALOG_NAMES)
+def test_error_catalog(name):
+    """Every error case of docs/modeling.md's error catalog: a ModelError subclass naming the site/argument."""
+    _, exc, fragments, fn = next(row for row in _catalog() if row[0] == name)
+    assert issubclass(exc, ppl.ModelError)
+    with raises(exc, *fragments):
+        fn()
