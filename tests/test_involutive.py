@@ -99,17 +99,23 @@ def _overall_mean(leaves, k):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _rj_chains(kernel, n, keys, traces):
-    """Independent chains (vmapped over keys and starting traces): per step the model index and
-    the overall mean of the data's means, and the kernel infos."""
+def _chains(kernel, n, keys, traces):
+    """Independent chains of ``n`` steps, vmapped over keys and starting traces (one compiled
+    program): the draws (a choice map with leading axes (chains, steps)) and the kernel infos."""
 
     def one(key, tr):
         ch, info, _ = mcmc.sample(key, kernel, tr, n)
-        leaves = dict(ch.leaves())
-        k = leaves[("k",)]
-        return k, _overall_mean(leaves, k), info
+        return ch, info
 
     return jax.vmap(one)(keys, traces)
+
+
+def _rj_chains(keys, traces):
+    """RJ chains: per step the model index, the overall mean of the data's means, the infos."""
+    ch, info = _chains(RJ_KERNEL, N_STEPS, keys, traces)
+    leaves = dict(ch.leaves())
+    k = leaves[("k",)]
+    return np.asarray(k), np.asarray(_overall_mean(leaves, k)), info
 
 
 def _loglik(tr):
@@ -188,13 +194,14 @@ def test_scale_move_gamma_posterior():
     moment, z-tests over independent chains' means)."""
     a, b = A0 + 5, B0 + float(jnp.sum(XS))
     trs = mcmc.init_chains(jax.random.key(2), rate_model, (), ppl.ChoiceMap({"ys": XS}), N_CHAINS)
-    res = mcmc.run(jax.random.key(3), SCALE, trs, N_STEPS - BURN, burn_in=BURN)
-    x = np.asarray(res.choices["rate"], float)
+    ch, info = _chains(SCALE, N_STEPS, jax.random.split(jax.random.key(3), N_CHAINS), trs)
+    x = np.asarray(ch["rate"], float)[:, BURN:]
     for stat, truth in [(x, a / b), (x**2, a * (a + 1) / b**2)]:
         means = stat.mean(axis=1)
         se = means.std(ddof=1) / np.sqrt(len(means))
         assert abs(means.mean() - truth) < 4 * se, (means.mean(), truth, se)
-    assert 0.2 < float(res.acceptance_rate().mean()) < 0.95
+    assert 0.2 < float(np.mean(info["accept_prob"])) < 0.95
+    assert np.all(np.asarray(info["log_det_jacobian"]) != 0.0)
 
 
 # ------------------------------------------------------------------ reversible jump posterior
@@ -205,7 +212,7 @@ def test_rj_model_index_posterior():
     truth = exact_p_two(YS)
     trs = mcmc.init_chains(jax.random.key(0), rj_model, (), ppl.ChoiceMap({"ys": YS}), N_CHAINS)
     keys = jax.random.split(jax.random.key(1), N_CHAINS)
-    k, _, info = _rj_chains(RJ_KERNEL, N_STEPS, keys, trs)
+    k, _, info = _rj_chains(keys, trs)
     means = np.asarray(k[:, BURN:], float).mean(axis=1)
     se = means.std(ddof=1) / np.sqrt(len(means))
     assert abs(means.mean() - truth) < 4 * se, (means.mean(), truth, se)
@@ -226,7 +233,7 @@ def test_rj_sbc():
     # chains start from an independent prior draw of the latents, given the simulated data
     starts = jax.vmap(lambda kk, y: rj_model.generate(kk, ppl.ChoiceMap({"ys": y}))[0])(
         jax.random.split(jax.random.key(5), n_rep), ys)
-    k, mean, _ = _rj_chains(RJ_KERNEL, N_STEPS, jax.random.split(jax.random.key(6), n_rep), starts)
+    k, mean, _ = _rj_chains(jax.random.split(jax.random.key(6), n_rep), starts)
     thin = (N_STEPS - BURN) // n_draws
     idx = BURN + thin * np.arange(1, n_draws + 1) - 1
     leaves = dict(truth_tr.choices.leaves())
