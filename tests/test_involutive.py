@@ -301,3 +301,17 @@ def test_missing_reverse_aux_raises():
         mcmc.involutive(shift_prop, no_aux)(jax.random.key(1), tr)
     with pytest.raises(TypeError, match="generative function"):
         mcmc.involutive(no_aux, no_aux)
+
+
+def test_dimension_change_raises():
+    """A proposal that draws u in both directions: a split maps (mu, u) to (mu1, mu2, u'), three
+    coordinates from two, which no involution can do."""
+
+    @ppl.gen
+    def always_u(tr, s):
+        draw_u(s) @ "aux"
+
+    tr, _ = rj_model.generate(jax.random.key(0), ppl.ChoiceMap({"ys": YS, "k": 0}))
+    with pytest.raises(ppl.ModelError, match="maps 2 continuous coordinates .* to 3"):
+        with ppl.debug():
+            jax.block_until_ready(mcmc.involutive(always_u, split_merge, (S_U,))(jax.random.key(1), tr))
