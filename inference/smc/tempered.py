@@ -48,7 +48,7 @@ from ppl.choicemap import Masked, select
 from ppl.errors import ModelError
 
 from .. import sharding
-from ._util import as_choicemap, staged
+from ._util import as_choicemap, check_n_particles, staged
 from .particles import ParticleCollection, gather
 from .pmmh import random_walk
 from .resampling import ess as _ess
@@ -106,17 +106,6 @@ def _adapt_mode(adapt, where):
         f"{where}: adapt={adapt!r} is not a random-walk scale mode; pass adapt='pilot' (default: scale from an "
         "independent pilot population, Z-hat unbiased), adapt='population' (scale from the moving particles "
         "themselves: consistent but Z-hat biased at finite N) or adapt='none' / False (fixed scale step_size)")
-
-
-def _count(n, where, name):
-    try:
-        ok = not isinstance(n, bool) and float(n) == int(n) and int(n) >= 1
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
-        raise ModelError(f"{where}: {name} must be a positive integer, got {n!r}; pass a Python int >= 1, "
-                         f"e.g. {name}=1000")
-    return int(n)
 
 
 def _spread(lat, lw):
@@ -268,9 +257,9 @@ def tempered(key, model, args, observations, n_particles: int, betas=None, n_tem
         >>> bool(abs(out.log_marginal_likelihood() - exact) < 0.05)
         True
     """
-    n = _count(n_particles, "smc.tempered", "n_particles")
+    n = check_n_particles(n_particles, "smc.tempered")
     mode = _adapt_mode(adapt, "smc.tempered")
-    n_pilot = min(n, 1024) if n_pilot is None else _count(n_pilot, "smc.tempered", "n_pilot")
+    n_pilot = min(n, 1024) if n_pilot is None else check_n_particles(n_pilot, "smc.tempered", "n_pilot")
     betas = power_schedule(int(n_temps)) if betas is None else jnp.asarray(betas, jnp.float32)
     from ppl.core import as_args_tuple
 
