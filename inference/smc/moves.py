@@ -78,6 +78,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,6 +116,13 @@ def _float(v) -> bool:
     return jnp.issubdtype(jnp.result_type(v), jnp.floating)
 
 
+def _full_flag(flag, val):
+    """A presence flag (whose shape is a prefix of the value's) broadcast to the value's shape."""
+    flag = jnp.asarray(flag, bool)
+    return jnp.broadcast_to(jnp.reshape(flag, jnp.shape(flag) + (1,) * (jnp.ndim(val) - jnp.ndim(flag))),
+                            jnp.shape(val))
+
+
 def _coords(maps, obs_paths):
     """Per leaf (``is_leaf=Masked``) of the tuple of choice maps ``maps``: whether it is a Jacobian
     coordinate, its value, and its presence flag broadcast to the value's shape (or None)."""
@@ -123,8 +132,7 @@ def _coords(maps, obs_paths):
             val, flag = (v.value, v.flag) if _is_masked(v) else (v, None)
             coord = _float(val) and path not in obs_paths
             if flag is not None:
-                flag = jnp.broadcast_to(jnp.reshape(flag, jnp.shape(flag) + (1,) * (jnp.ndim(val) - jnp.ndim(flag))),
-                                        jnp.shape(val))
+                flag = _full_flag(flag, val)
             infos.append((path, coord, val, flag))
     return infos
 
@@ -192,27 +200,31 @@ def _logabsdet(J, act_in, act_out, static_ok):
     return jnp.linalg.slogdet(M)[1], k_in == k_out
 
 
-def _dim_callback(ok, k_in, k_out):
-    if not bool(ok):
+def _debug_callback(dims_ok, k_in, k_out, fresh_bad, fresh_paths):
+    """One host check after the particle map (debug mode): dimension counts and fresh draws."""
+    fresh_bad = np.asarray(fresh_bad)
+    if fresh_bad.size and fresh_bad.any():
+        j = int(np.argmax(fresh_bad.reshape(-1, len(fresh_paths)).any(axis=0)))
         raise_from_callback(ModelError(
-            f"smc.move: the transform maps {int(k_in)} present continuous coordinates of (choices, u) to "
-            f"{int(k_out)} of (new_choices, v) (debug-mode run-time check); a move must be a bijection: "
-            "return the coordinates a move removes in v, and propose the ones it creates in u."))
-
-
-def _fresh_callback(bad, path):
-    if bool(bad):
+            f"smc.move: the new trace's choice at {fresh_paths[j]} was drawn from the prior because new_choices "
+            "leave it out (masked) where the new trace has it (debug-mode run-time check); return a value for "
+            "it from the transform, or pass allow_fresh=True to draw it from the prior."))
+    dims_ok, k_in, k_out = np.asarray(dims_ok), np.asarray(k_in), np.asarray(k_out)
+    if not dims_ok.all():
+        i = int(np.argmin(dims_ok))
         raise_from_callback(ModelError(
-            f"smc.move: the new trace's choice at {path} was drawn from the prior because new_choices "
-            "leave it out (masked) where the new trace has it (debug-mode run-time check); return a value "
-            "for it from the transform, or pass allow_fresh=True to draw it from the prior."))
+            f"smc.move: for particle {i} the transform maps {int(k_in[i])} present continuous coordinates of "
+            f"(choices, u) to {int(k_out[i])} of (new_choices, v) (debug-mode run-time check); a move must be a "
+            "bijection: return the coordinates a move removes in v, and propose the ones it creates in u."))
 
 
 def _check_fresh(new_tr, constraints, allow_fresh: bool, model):
-    """Static (and, in debug mode, run-time) check that every choice of ``t'`` was constrained."""
+    """Static check that every choice of ``t'`` is constrained; returns the masked addresses to check
+    at run time (debug mode) and, per address, whether it was drawn fresh."""
     if allow_fresh:
-        return
+        return [], jnp.zeros((0,), bool)
     given = dict(constraints.leaves())
+    paths, bad = [], []
     for path, v in new_tr.choices.leaves():
         c = given.get(path)
         if c is None:
@@ -222,10 +234,12 @@ def _check_fresh(new_tr, constraints, allow_fresh: bool, model):
                 "it from the transform (for a same-target move: start from the old choices, e.g. "
                 "choices.set(...)), add it to observations, or pass allow_fresh=True to draw it from the new "
                 "model's prior (its density then enters the weight as -log q through generate's weight).")
-        if _is_masked(c) and STATE.debug:
-            tflag = v.flag if _is_masked(v) else jnp.array(True)
-            bad = jnp.any(jnp.logical_and(tflag, jnp.logical_not(c.flag)))
-            jax.debug.callback(_fresh_callback, bad, fmt_addr(path))
+        if _is_masked(c):
+            val = v.value if _is_masked(v) else v
+            tflag = _full_flag(v.flag, val) if _is_masked(v) else jnp.ones(jnp.shape(val), bool)
+            paths.append(fmt_addr(path))
+            bad.append(jnp.any(jnp.logical_and(tflag, jnp.logical_not(_full_flag(c.flag, c.value)))))
+    return paths, (jnp.stack(bad) if bad else jnp.zeros((0,), bool))
 
 
 # ------------------------------------------------------------------------------ the move
@@ -269,9 +283,8 @@ def _move_impl(key, ps, forward, backward, transform, model, args, args_given, o
             J = jax.jacfwd(lambda x: f(x)[0])(x0) if n_in else jnp.zeros((n_out, 0), jnp.float32)
         else:
             J = jnp.zeros((0, 0), jnp.float32)
-        logdet, dims_ok = _logabsdet(J, _active(infos_in), _active(infos_out), not masked)
-        if masked and STATE.debug:
-            jax.debug.callback(_dim_callback, dims_ok, jnp.sum(_active(infos_in)), jnp.sum(_active(infos_out)))
+        act_in, act_out = _active(infos_in), _active(infos_out)
+        logdet, dims_ok = _logabsdet(J, act_in, act_out, not masked)
         new_choices, v = outs
         if drop_obs is not None:
             new_choices = new_choices.filter(drop_obs)
@@ -279,15 +292,22 @@ def _move_impl(key, ps, forward, backward, transform, model, args, args_given, o
         gf = tr.gf if model is None else model
         a = tuple(args) if args_given else tr.args
         new_tr, gw = gf.generate(kg, constraints, *a)
-        _check_fresh(new_tr, constraints, allow_fresh, gf)
+        fresh_paths, fresh_bad = _check_fresh(new_tr, constraints, allow_fresh, gf)
+        paths_box[:] = fresh_paths
         log_l, _ = backward.assess(v, new_tr, *backward_args)
         w = gw + log_l - tr.score - fwd.score + logdet
         w = jnp.where(dims_ok, w, -jnp.inf)
         w = jnp.where(jnp.isnan(w), -jnp.inf, w)
-        return new_tr, jnp.asarray(w, jnp.float32)
+        return new_tr, jnp.asarray(w, jnp.float32), (dims_ok, jnp.sum(act_in), jnp.sum(act_out), fresh_bad)
 
     keys = jax.random.split(key, n)
-    traces, w = jax.vmap(one)(keys, ps.traces)
+    paths_box: list = []
+    if STATE.debug:  # debug-mode checks are host callbacks, which JAX cannot batch inside a branch
+        traces, w, checks = jax.lax.map(lambda kt: one(*kt), (keys, ps.traces))
+    else:
+        traces, w, checks = jax.vmap(one)(keys, ps.traces)
+    if STATE.debug:
+        jax.debug.callback(functools.partial(_debug_callback, fresh_paths=tuple(paths_box)), *checks)
     return ParticleCollection(traces, ps.log_weights + w, ps.log_z, ps.dead)
 
 
