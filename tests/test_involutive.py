@@ -270,11 +270,13 @@ def test_not_an_involution_raises_in_debug_mode():
     def involution(ch, aux):  # (x, u) -> (x + u, -u)
         return ppl.ChoiceMap({"x": ch["x"] + aux["u"]}), ppl.ChoiceMap({"u": -aux["u"]})
 
-    with ppl.debug():  # a true involution passes the check, also for the RJ move and under vmap
+    # a true involution passes the check, also the RJ move in both directions (split and merge)
+    with ppl.debug():
         jax.block_until_ready(mcmc.involutive(shift_prop, involution)(jax.random.key(1), tr))
-        trs = mcmc.init_chains(jax.random.key(0), rj_model, (), ppl.ChoiceMap({"ys": YS}), 4)
         rj = mcmc.involutive(split_aux, split_merge, (S_U,))
-        jax.block_until_ready(jax.vmap(lambda kk, t: rj(kk, t))(jax.random.split(jax.random.key(2), 4), trs))
+        for k0 in (0, 1):
+            t0, _ = rj_model.generate(jax.random.key(k0), ppl.ChoiceMap({"ys": YS, "k": k0}))
+            jax.block_until_ready(rj(jax.random.key(2), t0))
 
 
 def test_fresh_prior_choice_raises():
