@@ -420,6 +420,23 @@ class SwitchTrace(Trace):
         return _merge_masked([(self.index == b, s.get_scores()) for b, s in enumerate(self.subs)])
 
 
+def _branch_switch(index, fns, *operands):
+    """``lax.switch`` with ``STATE.branch_depth`` raised while the branches are traced (debug checks
+    inside branches then use callbacks that ``vmap`` of ``cond`` supports)."""
+
+    def enter(f):
+        def g(*a):
+            STATE.branch_depth += 1
+            try:
+                return f(*a)
+            finally:
+                STATE.branch_depth -= 1
+
+        return g
+
+    return jax.lax.switch(index, [enter(f) for f in fns], *operands)
+
+
 def _index_callback(ok, idx, msg):
     if not bool(ok):
         raise_from_callback(ModelError(f"{msg}, got {int(idx)} (debug-mode run-time check). Pass as many "
@@ -623,7 +640,7 @@ class SwitchGF(GenerativeFunction):
 
             return f
 
-        subs, rv, score = jax.lax.switch(idx, [fn(b) for b in range(len(self.branches))], key, args)
+        subs, rv, score = _branch_switch(idx, [fn(b) for b in range(len(self.branches))], key, args)
         return SwitchTrace(self, pack_args((index, *args)), rv, _guard(score, in_range), idx, subs)
 
     def _assess(self, choices, index, *args):
@@ -652,7 +669,7 @@ class SwitchGF(GenerativeFunction):
                 )
             return f
 
-        lp, rv = jax.lax.switch(idx, [lambda ps, b=b: fn(b)(ps[b]) for b in range(len(self.branches))], parts)
+        lp, rv = _branch_switch(idx, [lambda ps, b=b: fn(b)(ps[b]) for b in range(len(self.branches))], parts)
         return _guard(lp, in_range), rv
 
     def _generate(self, key, constraints, index, *args):
@@ -667,7 +684,7 @@ class SwitchGF(GenerativeFunction):
 
             return f
 
-        subs, rv, score, w = jax.lax.switch(idx, [fn(b) for b in range(len(self.branches))], key, parts)
+        subs, rv, score, w = _branch_switch(idx, [fn(b) for b in range(len(self.branches))], key, parts)
         score, w = _guard(score, in_range), _guard(w, in_range)
         return SwitchTrace(self, pack_args((index, *args)), rv, score, idx, subs), w
 
@@ -738,11 +755,11 @@ class SwitchGF(GenerativeFunction):
 
         def outer(b):
             def f(key, subs):
-                return jax.lax.switch(old, [arm(b, c) for c in range(n_b)], key, subs)
+                return _branch_switch(old, [arm(b, c) for c in range(n_b)], key, subs)
 
             return f
 
-        subs, rv, score, w, discards = jax.lax.switch(new, [outer(b) for b in range(n_b)], key, trace.subs)
+        subs, rv, score, w, discards = _branch_switch(new, [outer(b) for b in range(n_b)], key, trace.subs)
         discard = _merge_masked([(jnp.array(True), d) for d in discards])
         score, w = _guard(score, in_range), _guard(w, in_range)
         return SwitchTrace(self, pack_args((index, *args)), rv, score, new, subs), w, _drop_absent(discard)

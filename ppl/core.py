@@ -81,6 +81,7 @@ class _State(threading.local):
         self.interceptors: list = []
         self.debug = False
         self.gfi_depth = 0  # nesting depth of GFI calls while an interceptor is active
+        self.branch_depth = 0  # > 0 while tracing the branches of a ppl.cond/switch/mix
 
 
 STATE = _State()
@@ -439,9 +440,12 @@ def as_args_tuple(args, where: str, name: str = "args") -> tuple:
         return tuple(args)
     from .errors import ArgumentError
 
-    shown = repr(args) if np.ndim(args) == 0 and not hasattr(args, "get_choices") else f"of shape {np.shape(args)}"
-    if isinstance(args, (dict, ChoiceMap)) or hasattr(args, "get_choices"):
+    if isinstance(args, (dict, ChoiceMap)):
         shown = "(looks like observations: pass the model arguments first, then the observations)"
+    elif isinstance(args, (jax.Array, np.ndarray)) and np.ndim(args) > 0:
+        shown = f"of shape {np.shape(args)}"
+    else:
+        shown = repr(args)[:80]
     raise ArgumentError(
         f"{where}: {name} must be a tuple of the model's arguments, got {type(args).__name__} {shown}; "
         f"write (x,) for one argument, () for none."

@@ -132,7 +132,10 @@ def debug_check(fn, *args):
         it = iter(vals)
         fn(*[s if s is not None else next(it) for s in static])
 
-    jax.experimental.io_callback(host, None, *dyn, ordered=False)
+    if STATE.branch_depth:  # inside ppl.cond/switch/mix: vmap of cond rejects io effects
+        jax.debug.callback(host, *dyn)
+    else:
+        jax.experimental.io_callback(host, None, *dyn, ordered=False)
 
 
 def _quiet_model_errors(record):

@@ -391,3 +391,42 @@ def test_curve_fit_with_outliers_cond_inside_vmap_matches_enumeration():
         assert abs(z) < 4.5, (j, samples.mean(), exact[j], z)
     # the two gross outliers are found
     assert exact[2] > 0.9 and exact[5] > 0.9
+
+
+def test_debug_mode_under_vmap_of_cond():
+    # debug checks inside branches must survive vmap (batched predicate: cond becomes select)
+    with ppl.debug():
+        trs = jax.vmap(lambda k: two_branch.simulate(k))(jax.random.split(jax.random.key(0), 4))
+    assert np.all(np.isfinite(np.asarray(trs.score)))
+
+
+def test_switch_index_out_of_range_is_an_error():
+    from ppl.errors import ModelError
+
+    with pytest.raises(ModelError, match="out of range"):
+        ppl.switch(7, branch_a, branch_b)
+    with pytest.raises(ModelError, match="out of range"):
+        ppl.switch(-1, branch_a, branch_b)
+
+    @gen
+    def bad():
+        i = ppl.categorical(probs=jnp.array([0.2, 0.3, 0.5])) @ "i"
+        return ppl.switch(i, branch_a, branch_b)() @ "br"
+
+    with ppl.debug():
+        with pytest.raises(ModelError, match="out of range"):
+            for s in range(20):  # some key draws index 2
+                bad.generate(jax.random.key(s), ChoiceMap({"i": 2}))
+    tr, w = bad.generate(jax.random.key(0), ChoiceMap({"i": 2}))  # outside debug: impossible trace
+    assert float(tr.score) == -np.inf and float(w) == -np.inf
+
+
+def test_mix_logits_must_match_components():
+    from ppl.errors import ModelError
+
+    @gen
+    def bad():
+        return ppl.mix(jnp.zeros(3), branch_a, branch_b)() @ "m"
+
+    with pytest.raises(ModelError, match="3 components|one logit per component"):
+        bad.simulate(jax.random.key(0))
