@@ -309,5 +309,6 @@ def particle_filter(key, model, args, observations, n_particles: int, proposal=N
         raise ValueError(f"unknown resampling scheme {resampling!r}")
     return _filter_staged(
         key, model=model, args=as_args_tuple(args, "smc.particle_filter"), observations=as_choicemap(observations),
-        n_particles=check_n_particles(n_particles, "smc.particle_filter"), proposal=proposal, resampling=resampling, ess_threshold=float(ess_threshold), history=bool(history),
+        n_particles=check_n_particles(n_particles, "smc.particle_filter"), proposal=proposal, resampling=resampling,
+        ess_threshold=float(ess_threshold), history=bool(history),
     )
