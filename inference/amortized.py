@@ -26,8 +26,8 @@ Example:
     ... def model():
     ...     mu = ppl.normal(0.0, 3.0) @ "mu"
     ...     return ppl.normal(jnp.full(6, mu), 1.0) @ "y"
-    >>> q = amortized.deep_sets_proposal(lambda obs: obs["y"][:, None], {"mu": "real"}, hidden=16)
-    >>> params = q.init_params(jax.random.key(0), model, (), ["y"])
+    >>> q = amortized.deep_sets_proposal(lambda obs: obs["y"][:, None], {"mu": "real"}, hidden=8)
+    >>> params = q.init_params(jax.random.key(0), model, (), ["y"], n_calibrate=256)
     >>> res = amortized.train(jax.random.key(1), model, (), ["y"], q, params, optax.adam(3e-3), 300,
     ...                       batch_size=64, progress=False)
     >>> obs = ppl.ChoiceMap({"y": jnp.array([2.1, 1.4, 3.0, 2.2, 1.9, 2.5])})
@@ -351,11 +351,15 @@ class NeuralProposal:
 
     def _local_dists(self, params, h, pooled, g_unc):
         norm = jax.lax.stop_gradient(params["norm"])
-        m = h.shape[0]
         g_in = (g_unc - norm["g_mean"]) / norm["g_std"]
-        inp = jnp.concatenate([h, jnp.broadcast_to(pooled, (m, pooled.shape[0])),
-                               jnp.broadcast_to(g_in, (m, g_in.shape[0]))], -1)
-        out = _mlp(params["l_head"], inp)
+        # first layer on [h_j, pooled, globals], split so that the data-only part is computed once
+        # (not once per particle when the sampled globals are batched over particles)
+        first, rest = params["l_head"][0], params["l_head"][1:]
+        hd = h.shape[1]
+        w = first["w"]
+        data_part = h @ w[:hd] + pooled @ w[hd:2 * hd] + first["b"]
+        pre = data_part + (g_in @ w[2 * hd:] if g_in.shape[0] else 0.0)
+        out = _mlp(rest, jax.nn.gelu(pre))
         L = len(self.local_latents)
         loc = norm["l_mean"] + norm["l_std"] * out[:, :L]
         scale = norm["l_std"] * (jax.nn.softplus(out[:, L:] + 0.5) + 1e-3)
