@@ -72,6 +72,9 @@ class GenTrace(Trace):
             children[addr] = sub.get_choices()
         return ChoiceMap.from_children(children)
 
+    def get_scores(self) -> ChoiceMap:
+        return ChoiceMap.from_children({addr: sub.get_scores() for addr, sub in self.subtraces.items()})
+
     def get_subtrace(self, addr):
         path = addr if isinstance(addr, tuple) else (addr,)
         tr = self
@@ -324,10 +327,13 @@ class GenFn(GenerativeFunction):
 
     def _edit_result(self, args, retval, h, trace):
         discard = dict(h.discard)
+        w = h.weight
         for addr, sub in trace.subtraces.items():
             if addr not in h.subtraces:  # removed because the control path changed
                 discard[addr] = sub.get_choices()
-        w = h.weight if not isinstance(h.weight, float) else jnp.zeros(())
+                if h.mode == "update":  # Gen's update: -log p of removed choices (regenerate: 0)
+                    w = add(w, -sub.score)
+        w = w if not isinstance(w, float) else jnp.zeros(())
         return self._make_trace(args, retval, h), w, ChoiceMap.from_children(discard)
 
     def _check_trace(self, trace, method):
