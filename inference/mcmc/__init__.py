@@ -15,7 +15,8 @@ Example:
     ...     noise = ppl.gamma(2.0, 2.0) @ "noise"
     ...     return ppl.normal(slope * xs, noise) @ "ys"
     >>> xs = jnp.linspace(-1, 1, 20)
-    >>> tr, _ = model.generate(jax.random.key(0), ppl.ChoiceMap({"ys": 0.7 * xs}), xs)
+    >>> ys = 0.7 * xs + 0.3 * jax.random.normal(jax.random.key(2), (20,))
+    >>> tr, _ = model.generate(jax.random.key(0), ppl.ChoiceMap({"ys": ys}), xs)
     >>> kernel = mcmc.hmc(ppl.select("slope", "noise"), 0.1, 5, adapt_step_size=True)
     >>> res = mcmc.run(jax.random.key(1), kernel, tr, 300, burn_in=200)
     >>> bool(abs(res.choices["slope"].mean() - 0.7) < 0.2)
