@@ -470,6 +470,11 @@ def _describe(v) -> str:
         if concrete_bool(v.flag) is True:
             return _describe(v.value)
         return f"{_describe(v.value)} (masked by {_short(v.flag)})"
+    if isinstance(v, (list, tuple)):  # converted to an array when a GFI method receives it
+        try:
+            v = np.asarray(v)
+        except ValueError:
+            return f"{v!r}  [ragged {type(v).__name__}]"
     shape = tuple(np.shape(v)) if not isinstance(v, jax.core.Tracer) else tuple(v.shape)
     dtype = jnp.result_type(v).name if not isinstance(v, jax.core.Tracer) else jnp.dtype(v.dtype).name
     return f"{_short(v)}  [{dtype}{list(shape)}]" if shape else f"{_short(v)}  [{dtype}]"
