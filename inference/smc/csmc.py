@@ -185,10 +185,12 @@ def csmc(key, model, args, observations, n_particles: int, reference, ancestor_s
         >>> out.reference["x"].shape, out.choices["x"].shape
         ((5,), (5, 10))
     """
+    from ppl.core import as_args_tuple
+
     from ._util import as_choicemap
 
     return _csmc_staged(
-        key, model=model, args=tuple(args), observations=as_choicemap(observations),
+        key, model=model, args=as_args_tuple(args, "smc.csmc"), observations=as_choicemap(observations),
         n_particles=check_n_particles(n_particles, "smc.csmc"),
         reference=as_choicemap(reference), ancestor_sampling=bool(ancestor_sampling),
     )
@@ -243,10 +245,12 @@ def particle_gibbs(key, model, args, observations, n_particles: int, n_iter: int
         >>> pg.smoothing_mean()["x"].shape
         (5,)
     """
+    from ppl.core import as_args_tuple
+
     from ._util import as_choicemap
 
     return _pg_staged(
-        key, model=model, args=tuple(args), observations=as_choicemap(observations),
+        key, model=model, args=as_args_tuple(args, "smc.particle_gibbs"), observations=as_choicemap(observations),
         n_particles=check_n_particles(n_particles, "smc.particle_gibbs"),
         n_iter=check_n_particles(n_iter, "smc.particle_gibbs", "n_iter"), init_reference=None if init_reference is None else as_choicemap(init_reference),
         ancestor_sampling=bool(ancestor_sampling),
@@ -305,9 +309,11 @@ def backward_sample(key, model, args, observations, result, n_samples: int):
         >>> smc.backward_sample(jax.random.key(1), model, (0.0, None), obs, res, 4)["x"].shape
         (4, 6)
     """
+    from ppl.core import as_args_tuple
+
     from ._util import as_choicemap
 
     return _backward_staged(
-        key, model=model, args=tuple(args), observations=as_choicemap(observations), result=result,
-        n_samples=int(n_samples),
+        key, model=model, args=as_args_tuple(args, "smc.backward_sample"), observations=as_choicemap(observations),
+        result=result, n_samples=check_n_particles(n_samples, "smc.backward_sample", "n_samples"),
     )
