@@ -80,6 +80,7 @@ from ppl.choicemap import ChoiceMap, Masked
 from ppl.core import STATE, GenerativeFunction, raise_from_callback
 from ppl.errors import ModelError, fmt_addr
 
+from .._jacobian import flatten, from_leaves, is_continuous, masked_logabsdet, presence, raw, unflatten
 from .base import Kernel, accept
 
 __all__ = ["involutive", "Involutive"]
@@ -100,88 +101,9 @@ def _as_chm(x, what: str) -> ChoiceMap:
     )
 
 
-def _build(items) -> ChoiceMap:
-    """A choice map from ``(path, leaf)`` pairs (paths are full leaf paths, no conflicts)."""
-    root: dict = {}
-    for path, v in items:
-        if path == ():
-            return ChoiceMap.value(v)
-        node = root
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = (v,)
-
-    def make(node):
-        children = {}
-        for k, c in node.items():
-            if isinstance(c, tuple):
-                children[k] = ChoiceMap.value(c[0])
-            else:
-                children[k] = make(c)
-        return ChoiceMap._make(None, children)
-
-    return make(root)
-
-
 def _unwrap(chm: ChoiceMap) -> ChoiceMap:
     """Every leaf's raw value (a ``Masked`` leaf's value whatever its flag)."""
-    return _build([(p, v.value if isinstance(v, Masked) else v) for p, v in chm.leaves()])
-
-
-def _raw(v):
-    return v.value if isinstance(v, Masked) else v
-
-
-def _presence(v):
-    """Elementwise presence of a (possibly ``Masked``) leaf, shaped like its value."""
-    if not isinstance(v, Masked):
-        return jnp.ones(jnp.shape(v), bool)
-    val, flag = jnp.asarray(v.value), jnp.asarray(v.flag, bool)
-    flag = jnp.reshape(flag, flag.shape + (1,) * (val.ndim - flag.ndim))
-    return jnp.broadcast_to(flag, val.shape)
-
-
-def _continuous(v) -> bool:
-    return jnp.issubdtype(jnp.result_type(_raw(v)), jnp.inexact)
-
-
-def _flat(values):
-    if not values:
-        return jnp.zeros((0,), jnp.float32)
-    return jnp.concatenate([jnp.ravel(jnp.asarray(v, jnp.float32)) for v in values])
-
-
-def _unflat(x, likes):
-    out, i = [], 0
-    for like in likes:
-        n = int(np.prod(jnp.shape(like)))
-        out.append(jnp.reshape(x[i:i + n], jnp.shape(like)).astype(jnp.result_type(like)))
-        i += n
-    return out
-
-
-def _masked_logdet(jac, in_mask, out_mask):
-    """``log |det|`` of the block of ``jac`` (outputs x inputs) at present rows and columns.
-
-    Present rows/columns are moved first (stable sort) and the matrix is padded to a square of
-    side ``max(m, n)`` whose absent block is the identity, so the determinant is the present
-    block's whatever the (arbitrary) values elsewhere."""
-    m, n = jac.shape
-    size = max(m, n)
-    if size == 0:
-        return jnp.zeros((), jnp.float32)
-    full = jnp.zeros((size, size), jac.dtype).at[:m, :n].set(jac)
-    rows = jnp.zeros((size,), bool).at[:m].set(out_mask)
-    cols = jnp.zeros((size,), bool).at[:n].set(in_mask)
-    rperm = jnp.argsort(jnp.logical_not(rows), stable=True)
-    cperm = jnp.argsort(jnp.logical_not(cols), stable=True)
-    perm = full[rperm][:, cperm]
-    k_r, k_c = jnp.sum(rows), jnp.sum(cols)
-    i = jnp.arange(size)
-    block = (i[:, None] < k_r) & (i[None, :] < k_c)
-    eye_part = (i[:, None] == i[None, :]) & (i[:, None] >= k_r) & (i[None, :] >= k_c)
-    mat = jnp.where(block, perm, jnp.where(eye_part, 1.0, 0.0))
-    return jnp.linalg.slogdet(mat)[1].astype(jnp.float32)
+    return from_leaves([(p, raw(v)) for p, v in chm.leaves()])
 
 
 def _check_validity(fresh, n_in, n_out, names, msgs):
@@ -278,24 +200,25 @@ class Involutive(Kernel):
         c_paths = {p for p, _ in c_struct.leaves()}
         # old coordinates the move may change or remove: constrained or conditionally present
         cand = [i for i, (p, v) in enumerate(old_leaves)
-                if _continuous(v) and (p in c_paths or isinstance(v, Masked))]
-        aux_cont = [i for i, (p, v) in enumerate(aux_leaves) if _continuous(v)]
-        x_likes = [_raw(old_leaves[i][1]) for i in cand] + [_raw(aux_leaves[i][1]) for i in aux_cont]
+                if is_continuous(v) and (p in c_paths or isinstance(v, Masked))]
+        aux_cont = [i for i, (p, v) in enumerate(aux_leaves) if is_continuous(v)]
+        x_likes = [raw(old_leaves[i][1]) for i in cand] + [raw(aux_leaves[i][1]) for i in aux_cont]
 
         def f(x):
-            vals = _unflat(x, x_likes)
-            o = [(p, _raw(v)) for p, v in old_leaves]
+            vals = unflatten(x, x_likes)
+            o = [(p, raw(v)) for p, v in old_leaves]
             for j, i in enumerate(cand):
                 o[i] = (o[i][0], vals[j])
-            a = [(p, _raw(v)) for p, v in aux_leaves]
+            a = [(p, raw(v)) for p, v in aux_leaves]
             for j, i in enumerate(aux_cont):
                 a[i] = (a[i][0], vals[len(cand) + j])
-            cons, new_aux = self._apply(_build(o), _build(a))
+            cons, new_aux = self._apply(from_leaves(o), from_leaves(a))
             c_l, a_l = cons.leaves(), new_aux.leaves()
-            y = _flat([_raw(v) for _, v in c_l if _continuous(v)] + [_raw(v) for _, v in a_l if _continuous(v)])
+            y = flatten([raw(v) for _, v in c_l if is_continuous(v)] + [raw(v) for _, v in a_l if is_continuous(v)],
+                        jnp.float32)
             return y, (cons, new_aux)
 
-        x0 = _flat(x_likes)
+        x0 = flatten(x_likes, jnp.float32)
         jac, (constraints, new_aux) = jax.jacfwd(f, has_aux=True)(x0)
 
         new, w, _ = trace.gf.update(k_upd, trace, constraints, *trace.args)
@@ -303,10 +226,10 @@ class Involutive(Kernel):
         new_leaves = dict(new_ch.leaves())
         old_map = dict(old_leaves)
         c_leaves = constraints.leaves()
-        c_flag = {p: _presence(v) for p, v in c_leaves}
+        c_flag = {p: presence(v) for p, v in c_leaves}
         for p, v in new_leaves.items():
             if p in c_flag:
-                c_flag[p] = jnp.broadcast_to(c_flag[p], jnp.shape(_raw(v)))
+                c_flag[p] = jnp.broadcast_to(c_flag[p], jnp.shape(raw(v)))
 
         # the reverse proposal scores new_aux from t'
         rev_struct = jax.eval_shape(lambda k, t: self.proposal.simulate(k, t, *self.proposal_args).choices,
@@ -331,32 +254,31 @@ class Involutive(Kernel):
         in_mask = []
         for i in cand:
             p, v = old_leaves[i]
-            gone = jnp.logical_not(_presence(new_leaves[p])) if p in new_leaves else True
+            gone = jnp.logical_not(presence(new_leaves[p])) if p in new_leaves else True
             changed = c_flag.get(p, False)
-            in_mask.append(jnp.ravel(_presence(v) & (changed | gone)))
+            in_mask.append(jnp.ravel(presence(v) & (changed | gone)))
         for i in aux_cont:
-            in_mask.append(jnp.ravel(_presence(aux_leaves[i][1])))
+            in_mask.append(jnp.ravel(presence(aux_leaves[i][1])))
         out_mask = []
         for p, v in c_leaves:
-            if _continuous(v):
-                present = _presence(new_leaves[p]) if p in new_leaves else jnp.zeros(jnp.shape(_raw(v)), bool)
-                out_mask.append(jnp.ravel(present & _presence(v)))
+            if is_continuous(v):
+                present = presence(new_leaves[p]) if p in new_leaves else jnp.zeros(jnp.shape(raw(v)), bool)
+                out_mask.append(jnp.ravel(present & presence(v)))
         for p, v in new_aux.leaves():
-            if _continuous(v):
-                out_mask.append(jnp.ravel(_presence(rev_leaves[p]) if p in rev_leaves
+            if is_continuous(v):
+                out_mask.append(jnp.ravel(presence(rev_leaves[p]) if p in rev_leaves
                                           else jnp.zeros(jnp.shape(v), bool)))
-        in_mask = jnp.concatenate(in_mask) if in_mask else jnp.zeros((0,), bool)
-        out_mask = jnp.concatenate(out_mask) if out_mask else jnp.zeros((0,), bool)
-        log_det = _masked_logdet(jac, in_mask, out_mask)
+        in_mask, out_mask = flatten(in_mask, bool), flatten(out_mask, bool)
+        log_det = masked_logabsdet(jac, in_mask, out_mask)
 
         # run-time validity: no choice drawn from the prior, dimension kept
         fresh_names, fresh = [], []
         for p, v in new_leaves.items():
             if not isinstance(v, Masked) and p in old_map and not isinstance(old_map[p], Masked):
                 continue  # present before and after: kept or constrained, never fresh
-            was = _presence(old_map[p]) if p in old_map else False
+            was = presence(old_map[p]) if p in old_map else False
             given_here = c_flag.get(p, False)
-            fresh.append(_presence(v) & jnp.logical_not(was) & jnp.logical_not(given_here))
+            fresh.append(presence(v) & jnp.logical_not(was) & jnp.logical_not(given_here))
             fresh_names.append(fmt_addr(p))
         check = _callback(
             lambda fr, a, b: _check_validity(fr, a, b, fresh_names,
@@ -380,10 +302,10 @@ class Involutive(Kernel):
         b_leaves = dict(back.choices.leaves())
         for p, v in trace.choices.leaves():
             b = b_leaves[p]
-            pa, pb = _presence(v), _presence(b)
+            pa, pb = presence(v), presence(b)
             diff = pa != pb
             both = pa & pb
-            diff = diff | (both & _mismatch(_raw(v), _raw(b)))
+            diff = diff | (both & _mismatch(raw(v), raw(b)))
             bad.append(jnp.any(diff))
             names.append(fmt_addr(p))
         ba = dict(back_aux.leaves())
@@ -392,7 +314,7 @@ class Involutive(Kernel):
                 raise ModelError(
                     f"mcmc.involutive: the involution applied to its own output gives no auxiliary value "
                     f"at {fmt_addr(p)} (it must return the proposal's auxiliary choices there).")
-            bad.append(jnp.any(_presence(v) & _mismatch(_raw(v), _raw(ba[p]))))
+            bad.append(jnp.any(presence(v) & _mismatch(raw(v), raw(ba[p]))))
             names.append(f"auxiliary choice {fmt_addr(p)}")
         return _callback(lambda b: _check_roundtrip(b, names), bad)
 

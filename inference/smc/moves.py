@@ -88,6 +88,7 @@ from ppl.choicemap import ChoiceMap, Masked, select
 from ppl.core import STATE, raise_from_callback
 from ppl.errors import AddressError, ArgumentError, ModelError, fmt_addr
 
+from .._jacobian import flatten, is_continuous, masked_logabsdet, presence, raw, unflatten
 from ._util import as_choicemap, staged
 from .particles import ParticleCollection
 
@@ -112,92 +113,41 @@ def _as_output_map(x, what: str) -> ChoiceMap:
     )
 
 
-def _float(v) -> bool:
-    return jnp.issubdtype(jnp.result_type(v), jnp.floating)
-
-
-def _full_flag(flag, val):
-    """A presence flag (whose shape is a prefix of the value's) broadcast to the value's shape."""
-    flag = jnp.asarray(flag, bool)
-    return jnp.broadcast_to(jnp.reshape(flag, jnp.shape(flag) + (1,) * (jnp.ndim(val) - jnp.ndim(flag))),
-                            jnp.shape(val))
-
-
 def _coords(maps, obs_paths):
-    """Per leaf (``is_leaf=Masked``) of the tuple of choice maps ``maps``: whether it is a Jacobian
-    coordinate, its value, and its presence flag broadcast to the value's shape (or None)."""
-    infos = []
-    for chm in maps:
-        for path, v in chm.leaves():
-            val, flag = (v.value, v.flag) if _is_masked(v) else (v, None)
-            coord = _float(val) and path not in obs_paths
-            if flag is not None:
-                flag = _full_flag(flag, val)
-            infos.append((path, coord, val, flag))
-    return infos
+    """Per leaf (``is_leaf=Masked``) of the tuple of choice maps ``maps``: ``(path, coord, leaf)``
+    with ``coord`` whether it is a Jacobian coordinate (floating-point and not observed)."""
+    return [(path, is_continuous(v) and path not in obs_paths, v) for chm in maps for path, v in chm.leaves()]
 
 
 def _vector(infos):
-    vals = [jnp.ravel(val) for _, c, val, _ in infos if c]
-    if not vals:
-        return jnp.zeros((0,), jnp.float32)
-    dtype = jnp.result_type(*vals)
-    return jnp.concatenate([v.astype(dtype) for v in vals])
+    return flatten([raw(v) for _, c, v in infos if c])
 
 
 def _active(infos):
-    parts = [jnp.ravel(flag) if flag is not None else jnp.ones((int(np.prod(jnp.shape(val)))), bool)
-             for _, c, val, flag in infos if c]
-    return jnp.concatenate(parts) if parts else jnp.zeros((0,), bool)
+    return flatten([presence(v) for _, c, v in infos if c], bool)
 
 
 def _rebuild(maps, x, infos):
     """``maps`` with their Jacobian-coordinate values replaced from the flat vector ``x``."""
     leaves, treedef = jax.tree_util.tree_flatten(maps, is_leaf=_is_masked)
-    out, i = [], 0
-    for leaf, (_, coord, val, _) in zip(leaves, infos, strict=True):
+    coords = [c for _, c, _ in infos]
+    new = iter(unflatten(x, [raw(leaf) for leaf, c in zip(leaves, coords, strict=True) if c]))
+    out = []
+    for leaf, coord in zip(leaves, coords):
         if coord:
-            size = int(np.prod(jnp.shape(val)))
-            new = jnp.reshape(x[i:i + size], jnp.shape(val)).astype(jnp.result_type(val))
-            i += size
-            leaf = Masked(new, leaf.flag) if _is_masked(leaf) else new
+            val = next(new)
+            leaf = Masked(val, leaf.flag) if _is_masked(leaf) else val
         out.append(leaf)
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def _names(infos, limit=6):
     paths = []
-    for p, c, _, _ in infos:
+    for p, c, _ in infos:
         if c and p not in paths:
             paths.append(p)
     shown = ", ".join(fmt_addr(p) for p in paths[:limit])
     return shown + (", ..." if len(paths) > limit else "") if paths else "none"
-
-
-def _logabsdet(J, act_in, act_out, static_ok):
-    """log |det| of ``J`` restricted to the present input/output coordinates.
-
-    Present coordinates are moved first (stable order); the absent block is replaced by the
-    identity. If the numbers of present inputs and outputs differ the result is ``nan``.
-    """
-    n_out, n_in = J.shape
-    if n_in == 0 and n_out == 0:
-        return jnp.zeros((), jnp.float32), jnp.array(True)
-    if static_ok:  # nothing masked and square: the plain determinant
-        return jnp.linalg.slogdet(J)[1], jnp.array(True)
-    d = max(n_in, n_out)
-    Jp = jnp.zeros((d, d), J.dtype).at[:n_out, :n_in].set(J)
-    a_in = jnp.zeros((d,), bool).at[:n_in].set(act_in)
-    a_out = jnp.zeros((d,), bool).at[:n_out].set(act_out)
-    o_in = jnp.argsort(~a_in, stable=True)
-    o_out = jnp.argsort(~a_out, stable=True)
-    k_in, k_out = jnp.sum(a_in), jnp.sum(a_out)
-    Jp = Jp[o_out][:, o_in]
-    idx = jnp.arange(d)
-    live = (idx[:, None] < k_out) & (idx[None, :] < k_in)
-    pad = (idx[:, None] == idx[None, :]) & (idx[:, None] >= k_out)
-    M = jnp.where(live, Jp, jnp.where(pad, 1.0, 0.0).astype(J.dtype))
-    return jnp.linalg.slogdet(M)[1], k_in == k_out
 
 
 def _debug_callback(dims_ok, k_in, k_out, fresh_bad, fresh_paths):
@@ -235,10 +185,8 @@ def _check_fresh(new_tr, constraints, allow_fresh: bool, model):
                 "choices.set(...)), add it to observations, or pass allow_fresh=True to draw it from the new "
                 "model's prior (its density then enters the weight as -log q through generate's weight).")
         if _is_masked(c):
-            val = v.value if _is_masked(v) else v
-            tflag = _full_flag(v.flag, val) if _is_masked(v) else jnp.ones(jnp.shape(val), bool)
             paths.append(fmt_addr(path))
-            bad.append(jnp.any(jnp.logical_and(tflag, jnp.logical_not(_full_flag(c.flag, c.value)))))
+            bad.append(jnp.any(jnp.logical_and(presence(v), jnp.logical_not(presence(c)))))
     return paths, (jnp.stack(bad) if bad else jnp.zeros((0,), bool))
 
 
@@ -271,7 +219,7 @@ def _move_impl(key, ps, forward, backward, transform, model, args, args_given, o
         # the primal pass gives the outputs and their presence flags; jacfwd the coordinates
         y0, (outs, infos_out) = f(x0)
         n_in, n_out = x0.shape[0], y0.shape[0]
-        masked = any(fl is not None for *_, fl in infos_in) or any(fl is not None for *_, fl in infos_out)
+        masked = any(_is_masked(v) for *_, v in infos_in + infos_out)
         if not masked and n_in != n_out:
             raise ModelError(
                 f"smc.move: the transform maps {n_in} continuous coordinates of (choices, u) (at "
@@ -284,7 +232,10 @@ def _move_impl(key, ps, forward, backward, transform, model, args, args_given, o
         else:
             J = jnp.zeros((0, 0), jnp.float32)
         act_in, act_out = _active(infos_in), _active(infos_out)
-        logdet, dims_ok = _logabsdet(J, act_in, act_out, not masked)
+        if masked:   # log|det| of the present block (-inf when the present counts differ)
+            logdet, dims_ok = masked_logabsdet(J, act_in, act_out), jnp.sum(act_in) == jnp.sum(act_out)
+        else:        # square (checked above): the plain determinant
+            logdet, dims_ok = masked_logabsdet(J), jnp.array(True)
         new_choices, v = outs
         if drop_obs is not None:
             new_choices = new_choices.filter(drop_obs)
