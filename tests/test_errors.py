@@ -540,7 +540,7 @@ def test_with_estimators_misspelled_address_raises():
 
 # ------------------------------------------------------------------------------ CLI
 def test_cli_unknown_demo_section_and_version(capsys):
-    from ppl.cli import main
+    from inference.cli import main
 
     assert main(["demo", "--only", "foo"]) != 0
     err = capsys.readouterr().err
