@@ -2,7 +2,7 @@
 
 ``sample`` returns a :class:`~inference.smc.ParticleCollection`: vectorized traces with
 ``log_weights``, ``log_marginal_likelihood()`` (log of an unbiased estimate of the evidence),
-``ess()``, ``normalized_weights()``, ``resample(key, scheme)`` and ``expectation(fn)``. Values
+``ess()``, ``normalized_weights()``, ``resample(key, resampling)`` and ``expectation(fn)``. Values
 shared by all particles (the model arguments, the observed values) are stored once, not once per
 particle; ``ps.traces`` broadcasts them on access (see :class:`~inference.smc.ParticleCollection`).
 
@@ -35,9 +35,9 @@ from __future__ import annotations
 import jax
 
 from .smc import steps as _steps
-from .smc._util import check_n_particles, staged
+from .smc._util import check_n_particles, renamed_kwargs, staged
 from .smc.particles import ParticleCollection
-from .smc.resampling import resample_indices
+from .smc.resampling import DEFAULT_RESAMPLING, check_resampling, resample_indices
 
 __all__ = ["sample", "sir", "log_marginal_likelihood", "ParticleCollection"]
 
@@ -73,11 +73,16 @@ def sample(key, model, args, observations, n_particles: int = 1000, proposal=Non
     )
 
 
+@renamed_kwargs("importance.sir", scheme="resampling")
 def sir(key, model, args, observations, n_particles: int = 1000, n_samples: int = 1, proposal=None,
-        proposal_args=(), scheme: str = "multinomial"):
+        proposal_args=(), resampling: str = DEFAULT_RESAMPLING):
     """Sampling importance resampling: ``n_samples`` traces drawn from ``n_particles`` weighted ones.
 
-    Returns the traces (leading axis ``n_samples``).
+    Returns the traces (leading axis ``n_samples``). ``resampling`` is the scheme drawing them
+    (any name registered in ``inference.smc.resampling``). The default is ``"systematic"``, as
+    everywhere else; it used to be ``"multinomial"``, so the same key now gives different traces.
+    Pass ``resampling="multinomial"`` for draws that are i.i.d. given the weights. ``scheme=`` is a
+    deprecated alias of ``resampling=``.
 
     Example:
         >>> import jax, ppl
@@ -90,10 +95,11 @@ def sir(key, model, args, observations, n_particles: int = 1000, n_samples: int 
         True
     """
     n_particles = check_n_particles(n_particles, "importance.sir")
+    check_resampling(resampling, "importance.sir")
     n_samples = check_n_particles(n_samples, "importance.sir", "n_samples")
     k1, k2 = jax.random.split(key)
     ps = sample(k1, model, args, observations, n_particles, proposal, proposal_args)
-    return ps.sample(k2, n_samples, scheme)
+    return ps.sample(k2, n_samples, resampling)
 
 
 def log_marginal_likelihood(key, model, args, observations, n_particles: int = 1000, proposal=None,

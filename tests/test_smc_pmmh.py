@@ -48,7 +48,7 @@ def test_pmmh_matches_grid_posterior():
                    step_size=1.5 * s, burn_in=200)
     a = np.asarray(out.samples["a"], np.float64)
     assert a.shape == (n,)
-    rate = float(out.acceptance_rate)
+    rate = float(out.acceptance_rate())
     assert 0.1 < rate < 0.9, rate
     mcse = batch_means_se(a, 25)
     assert abs(a.mean() - m) < 4.5 * mcse, (a.mean(), m, mcse)

@@ -18,14 +18,15 @@ Example:
 """
 
 from .particles import ParticleCollection
-from .resampling import SCHEMES, ess, log_normalize, offspring_counts, resample_indices
+from .resampling import (SCHEMES, UnknownResamplingError, ess, log_normalize, offspring_counts, register_resampling,
+                         resample_indices, resampling_schemes)
 from .steps import change, extend, init, rejuvenate, resample, resample_if
 from ._util import AllParticlesDeadError, ParticleCountError
 
 __all__ = [
     "ParticleCollection", "SCHEMES", "ess", "log_normalize", "offspring_counts", "resample_indices",
     "init", "extend", "resample", "resample_if", "rejuvenate", "change", "AllParticlesDeadError",
-    "ParticleCountError",
+    "ParticleCountError", "register_resampling", "resampling_schemes", "UnknownResamplingError",
 ]
 
 from .filters import FilterResult, genealogy, particle_filter

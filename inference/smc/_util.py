@@ -5,7 +5,9 @@ values every particle shares)."""
 from __future__ import annotations
 
 import functools
+import inspect
 import numbers
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +20,55 @@ from ppl.errors import ModelError, NonFiniteError
 from ..sharding import active_mesh, batch_sharding
 
 __all__ = ["AllParticlesDeadError", "ParticleCountError", "check_n_particles", "as_choicemap", "staged",
-           "check_alive", "pack_args", "unpack_args", "particle_map", "LANE_FLAGS"]
+           "check_alive", "pack_args", "unpack_args", "particle_map", "LANE_FLAGS", "renamed_kwargs"]
+
+
+def renamed_kwargs(where: str, **renames):
+    """Decorator: keep deprecated keyword names working as aliases of their new names.
+
+    ``renames`` maps old name -> new name. Passing an old name emits a ``DeprecationWarning``
+    naming the new one and forwards the value; passing both (the new one by keyword or by
+    position) raises :class:`ppl.errors.ArgumentError`. The signature and docstring are the
+    wrapped function's.
+
+    Example:
+        >>> import warnings
+        >>> @renamed_kwargs("demo", scheme="resampling")
+        ... def f(x, resampling="systematic"):
+        ...     return resampling
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     f(1, scheme="residual"), str(w[0].message).split(";")[0]
+        ('residual', "demo: the keyword 'scheme' is deprecated")
+    """
+    from ppl.errors import ArgumentError
+
+    def deco(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for old, new in renames.items():
+                if old not in kwargs:
+                    continue
+                value = kwargs.pop(old)
+                given = new in kwargs
+                if not given:
+                    try:
+                        given = new in sig.bind_partial(*args, **kwargs).arguments
+                    except TypeError:
+                        given = False
+                if given:
+                    raise ArgumentError(
+                        f"{where}: got both {old}= (deprecated) and {new}=; pass only {new}=.")
+                warnings.warn(f"{where}: the keyword {old!r} is deprecated; use {new}= instead "
+                              f"(same meaning).", DeprecationWarning, stacklevel=2)
+                kwargs[new] = value
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return deco
 
 
 class AllParticlesDeadError(NonFiniteError):

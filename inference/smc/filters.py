@@ -32,7 +32,8 @@ from ppl.errors import ModelError, ShapeError
 from .. import sharding
 from ._util import as_choicemap, check_alive, check_n_particles, pack_args, staged, unpack_args
 from .particles import gather
-from .resampling import ess_from_normalized, indices_from_normalized, log_normalize, resample_indices
+from .resampling import (DEFAULT_RESAMPLING, check_resampling, ess_from_normalized, indices_from_normalized,
+                         log_normalize, resample_indices)
 
 __all__ = ["FilterResult", "particle_filter", "check_ssm", "step_slices", "genealogy"]
 
@@ -269,16 +270,17 @@ _filter_staged = staged(("model", "n_particles", "proposal", "resampling", "ess_
 )
 
 
-def particle_filter(key, model, args, observations, n_particles: int, proposal=None, resampling: str = "systematic",
-                    ess_threshold: float = 1.0, history: bool = True) -> FilterResult:
+def particle_filter(key, model, args, observations, n_particles: int, proposal=None,
+                    resampling: str = DEFAULT_RESAMPLING, ess_threshold: float = 1.0, history: bool = True) -> FilterResult:
     """Bootstrap (or guided) particle filter for a ``ppl.scan`` model with per-step observations.
 
     ``args = (init_carry, xs)`` are the scan model's arguments; ``observations`` is a ChoiceMap of
     arrays stacked over time (leading axis ``T``), e.g. ``ChoiceMap({"y": ys})``. A guided
     ``proposal`` is a generative function called as ``proposal.simulate(key, carry, x_t, obs_t)``
     (``obs_t`` the step's observation ChoiceMap) whose choices cover some or all of the step's
-    latent choices. Resampling (``"systematic"``, ``"stratified"``, ``"multinomial"``,
-    ``"residual"``) happens before a step when the ESS is below ``ess_threshold * N``.
+    latent choices. Resampling by the scheme ``resampling`` (``"systematic"`` (default),
+    ``"stratified"``, ``"multinomial"``, ``"residual"``, or one added with
+    ``smc.register_resampling``) happens before a step when the ESS is below ``ess_threshold * N``.
 
     The whole filter is one ``lax.scan`` compiled once per model, proposal, ``N``, scheme and
     threshold; new observations or arguments of the same shapes do not recompile.
@@ -305,8 +307,7 @@ def particle_filter(key, model, args, observations, n_particles: int, proposal=N
     from ppl.choicemap import ChoiceMap  # noqa: F401
     from ppl.core import as_args_tuple
 
-    if resampling not in ("multinomial", "stratified", "systematic", "residual"):
-        raise ValueError(f"unknown resampling scheme {resampling!r}")
+    check_resampling(resampling, "smc.particle_filter")
     return _filter_staged(
         key, model=model, args=as_args_tuple(args, "smc.particle_filter"), observations=as_choicemap(observations),
         n_particles=check_n_particles(n_particles, "smc.particle_filter"), proposal=proposal, resampling=resampling,

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from ._util import as_choicemap, staged
 from .csmc import _backward, _sweep
 from .filters import _filter, genealogy, step_slices
-from .resampling import log_normalize
+from .resampling import DEFAULT_RESAMPLING, check_resampling, log_normalize
 
 __all__ = ["fisher_gradient", "score_climbing_step", "fit_parameters", "FitResult"]
 
@@ -62,7 +62,7 @@ _fisher_staged = staged(("model", "args_fn", "n_particles", "smoother", "n_paths
 
 
 def fisher_gradient(key, model, args_fn, params, observations, n_particles: int, smoother: str = "genealogy",
-                    n_paths: int = 100, resampling: str = "systematic"):
+                    n_paths: int = 100, resampling: str = DEFAULT_RESAMPLING):
     """``(log Z-hat, gradient estimate of log p(y; params))`` by Fisher's identity over smoothed paths.
 
     ``smoother="genealogy"`` weights the ``N`` genealogy-traced paths by the final weights (cheap,
@@ -86,7 +86,8 @@ def fisher_gradient(key, model, args_fn, params, observations, n_particles: int,
         ((), True)
     """
     return _fisher_staged(key, model=model, args_fn=args_fn, params=params, observations=as_choicemap(observations),
-                          n_particles=int(n_particles), smoother=smoother, n_paths=int(n_paths), resampling=resampling)
+                          n_particles=int(n_particles), smoother=smoother, n_paths=int(n_paths),
+                          resampling=check_resampling(resampling, "smc.fisher_gradient"))
 
 
 def _msc(key, model, args_fn, params, observations, n_particles, reference):

@@ -41,9 +41,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._util import broadcast_shared, check_n_particles
+from ._util import broadcast_shared, check_n_particles, renamed_kwargs
 from .resampling import ess as _ess
-from .resampling import log_normalize, resample_indices
+from .resampling import DEFAULT_RESAMPLING, log_normalize, resample_indices
 
 __all__ = ["ParticleCollection", "gather", "n_particles"]
 
@@ -204,11 +204,13 @@ class ParticleCollection:
         """Whether every particle has weight zero now or had at a past resampling step."""
         return _any_dead(self.log_weights, self.dead)
 
-    def resample(self, key, scheme: str = "systematic"):
-        """Resample by ``scheme``; the new weights are equal and log Z-hat is unchanged."""
+    @renamed_kwargs("ParticleCollection.resample", scheme="resampling")
+    def resample(self, key, resampling: str = DEFAULT_RESAMPLING):
+        """Resample by the scheme ``resampling`` (default ``"systematic"``); the new weights are
+        equal and log Z-hat is unchanged. ``scheme=`` is a deprecated alias of ``resampling=``."""
         from .steps import resample
 
-        return resample(key, self, scheme)
+        return resample(key, self, resampling)
 
     def expectation(self, fn):
         """Self-normalized estimate of ``E[fn(trace)]``; ``fn`` maps one trace to a pytree.
@@ -222,12 +224,26 @@ class ParticleCollection:
         """
         return _expectation(fn, self.leaf_axes(), self.log_weights, self.stored_traces)
 
-    def sample(self, key, n: int | None = None, scheme: str = "multinomial"):
+    @renamed_kwargs("ParticleCollection.sample", scheme="resampling")
+    def sample(self, key, n: int | None = None, resampling: str = DEFAULT_RESAMPLING):
         """``n`` traces drawn according to the weights (sampling importance resampling); every
-        leaf has a leading axis of size ``n``."""
+        leaf has a leading axis of size ``n`` (``N``, the number of particles, if ``n`` is None).
+
+        ``resampling`` is the scheme drawing the ancestors. The default is ``"systematic"``
+        (lower variance; it used to be ``"multinomial"``, so the same key now gives different
+        traces); pass ``resampling="multinomial"`` for i.i.d. draws, e.g. when the ``n`` traces
+        must be independent given the weights. ``scheme=`` is a deprecated alias.
+
+        Example:
+            >>> import jax, ppl
+            >>> from inference import importance
+            >>> ps = importance.sample(jax.random.key(0), ppl.normal, (0.0, 1.0), None, 100)
+            >>> ps.sample(jax.random.key(1), 5, resampling="multinomial").retval.shape
+            (5,)
+        """
         if n is not None:
             n = check_n_particles(n, "ParticleCollection.sample", "n")
-        idx = resample_indices(key, self.log_weights, scheme, n_out=n)
+        idx = resample_indices(key, self.log_weights, resampling, n_out=n)
         return _sample(self.leaf_axes(), self.stored_traces, idx)
 
     def __repr__(self):

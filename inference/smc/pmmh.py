@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from ._util import as_choicemap, staged
 from .filters import _filter, check_ssm
+from .resampling import DEFAULT_RESAMPLING, check_resampling
 
 __all__ = ["PMMHResult", "pmmh", "random_walk"]
 
@@ -27,14 +28,23 @@ __all__ = ["PMMHResult", "pmmh", "random_walk"]
 @dataclasses.dataclass(eq=False)
 class PMMHResult:
     """PMMH chain: ``samples`` (the prior's choices, leaves ``(n_samples, ...)``), ``accepted``
-    flags, ``log_z`` (the evidence estimate attached to each state) and ``acceptance_rate``."""
+    flags, ``log_z`` (the evidence estimate attached to each state) and the method
+    :meth:`acceptance_rate` (as on MCMC results)."""
 
     samples: Any
     accepted: Any
     log_z: Any
 
-    @property
     def acceptance_rate(self):
+        """Fraction of the kept MH steps that were accepted (a scalar array).
+
+        A method, as :meth:`inference.mcmc.MCMCResult.acceptance_rate` (it was a property).
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> float(PMMHResult(None, jnp.array([True, False, True, True]), jnp.zeros(4)).acceptance_rate())
+            0.75
+        """
         return jnp.mean(self.accepted.astype(jnp.float32))
 
 
@@ -97,13 +107,15 @@ _pmmh_staged = staged(("prior", "model", "args_fn", "n_particles", "n_samples", 
 
 
 def pmmh(key, prior, model, args_fn, observations, n_particles: int, n_samples: int, step_size=0.1, init=None,
-         resampling: str = "systematic", burn_in: int = 0, thin: int = 1) -> PMMHResult:
+         resampling: str = DEFAULT_RESAMPLING, burn_in: int = 0, thin: int = 1) -> PMMHResult:
     """Particle marginal Metropolis-Hastings over the choices of ``prior`` (see the module docs).
 
     ``args_fn(prior_retval) -> (init_carry, xs)`` builds the ``ppl.scan`` model's arguments; every
     MH step runs a bootstrap particle filter with ``n_particles`` particles. ``step_size`` is the
     random-walk scale (a float; it is data, so changing it does not recompile). ``init`` is an
-    optional starting ChoiceMap of the prior's choices. One ``lax.scan`` under ``jit``.
+    optional starting ChoiceMap of the prior's choices. ``resampling`` is the particle filter's
+    scheme (default ``"systematic"``). One ``lax.scan`` under ``jit``. ``out.acceptance_rate()``
+    is the fraction of accepted moves.
 
     Example:
         >>> import jax, jax.numpy as jnp, ppl
@@ -120,12 +132,13 @@ def pmmh(key, prior, model, args_fn, observations, n_particles: int, n_samples: 
         >>> obs = ppl.ChoiceMap({"y": jnp.sin(jnp.arange(10.0))})
         >>> out = smc.pmmh(jax.random.key(0), prior, ppl.scan(step, length=10), lambda a: ((0.0, a), None),
         ...                obs, n_particles=50, n_samples=30, step_size=0.2)
-        >>> out.samples["a"].shape, out.log_z.shape
-        ((30,), (30,))
+        >>> out.samples["a"].shape, out.log_z.shape, out.acceptance_rate().shape
+        ((30,), (30,), ())
     """
     return _pmmh_staged(
         key, prior=prior, model=model, args_fn=args_fn, observations=as_choicemap(observations),
         n_particles=int(n_particles), n_samples=int(n_samples), step_size=jnp.asarray(step_size, jnp.float32),
-        init=None if init is None else as_choicemap(init), resampling=resampling, burn_in=int(burn_in),
+        init=None if init is None else as_choicemap(init), resampling=check_resampling(resampling, "smc.pmmh"),
+        burn_in=int(burn_in),
         thin=int(thin),
     )

@@ -9,6 +9,12 @@ offspring counts have expectation ``M * w_i`` (``w`` the normalized weights):
 - ``"systematic"``: one shared uniform ``[(j + U) / M]`` (lowest variance in practice);
 - ``"residual"``: ``floor(M w_i)`` deterministic copies plus a multinomial draw of the rest.
 
+The schemes live in one registry (name -> function); every function that takes a scheme
+(``smc.resample``, ``smc.resample_if``, ``smc.particle_filter``, ``smc.tempered``, ``smc.pmmh``,
+``importance.sir``, ...) takes it as ``resampling=`` (default ``"systematic"``) and looks it up
+there. :func:`register_resampling` adds a scheme; an unknown name raises
+:class:`UnknownResamplingError` listing the registered ones.
+
 Never ``jax.random.categorical(..., shape=(N,))``, which builds an ``N x N`` Gumbel array.
 
 Weights are handled in log space: ``-inf`` weights (dead particles) are never selected, ``NaN``
@@ -24,12 +30,93 @@ Example:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
-__all__ = ["SCHEMES", "resample_indices", "offspring_counts", "log_normalize", "ess"]
+from ppl.errors import ModelError
 
+__all__ = ["SCHEMES", "DEFAULT_RESAMPLING", "UnknownResamplingError", "register_resampling",
+           "resampling_schemes", "check_resampling", "resample_indices", "offspring_counts", "log_normalize",
+           "ess"]
+
+#: The built-in schemes (see :func:`resampling_schemes` for every registered one).
 SCHEMES = ("multinomial", "stratified", "systematic", "residual")
+
+#: The default scheme of every function that takes ``resampling=``.
+DEFAULT_RESAMPLING = "systematic"
+
+
+class UnknownResamplingError(ModelError, ValueError):
+    """A resampling scheme name that is not in the registry."""
+
+
+#: name -> ``fn(key, weights, n_out) -> int32 ancestor indices of shape (n_out,)``
+_REGISTRY: dict[str, Callable] = {}
+
+
+def register_resampling(name: str, fn: Callable, *, overwrite: bool = False) -> None:
+    """Register ``fn`` as the resampling scheme ``name`` (usable as ``resampling=name`` everywhere).
+
+    ``fn(key, weights, n_out)`` receives a PRNG key, the normalized weights (shape ``(N,)``, summing
+    to 1, zero for dead particles; never all zero) and the number of ancestors to draw (a Python
+    int), and returns ``n_out`` ancestor indices in ``[0, N)``. It is traced under ``jax.jit``
+    with the name as a static argument. For unbiased SMC estimates the offspring counts should
+    have expectation ``n_out * w_i``. If every particle is dead, the caller returns the identity
+    instead of calling ``fn``. A name already registered is an error unless ``overwrite=True``
+    (compiled algorithms cached under the old function are then stale: register before use).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> def first_heaviest(key, w, m):   # deterministic toy scheme (not unbiased)
+        ...     return jnp.full((m,), jnp.argmax(w), jnp.int32)
+        >>> register_resampling("doc-heaviest", first_heaviest, overwrite=True)
+        >>> resample_indices(jax.random.key(0), jnp.log(jnp.array([0.2, 0.7, 0.1])), "doc-heaviest").tolist()
+        [1, 1, 1]
+        >>> "doc-heaviest" in resampling_schemes()
+        True
+    """
+    if not isinstance(name, str) or not name:
+        raise UnknownResamplingError(f"register_resampling: the name must be a non-empty string, got {name!r}.")
+    if not callable(fn):
+        raise UnknownResamplingError(
+            f"register_resampling: scheme {name!r} must be a function fn(key, weights, n_out) -> indices, "
+            f"got {fn!r}.")
+    if name in _REGISTRY and not overwrite and _REGISTRY[name] is not fn:
+        raise UnknownResamplingError(
+            f"register_resampling: scheme {name!r} is already registered; pick another name or pass "
+            "overwrite=True.")
+    _REGISTRY[name] = fn
+
+
+def resampling_schemes() -> tuple:
+    """Names of every registered resampling scheme (the built-ins first).
+
+    Example:
+        >>> resampling_schemes()[:4]
+        ('multinomial', 'stratified', 'systematic', 'residual')
+    """
+    return tuple(_REGISTRY)
+
+
+def check_resampling(name, where: str = "resampling") -> str:
+    """``name`` if it is a registered scheme, else :class:`UnknownResamplingError` listing them.
+
+    Example:
+        >>> check_resampling("residual")
+        'residual'
+        >>> try:
+        ...     check_resampling("best", "smc.resample")
+        ... except UnknownResamplingError as e:
+        ...     print(str(e).split(";")[0])
+        smc.resample: unknown resampling scheme 'best'
+    """
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise UnknownResamplingError(
+            f"{where}: unknown resampling scheme {name!r}; choose one of {resampling_schemes()} "
+            "(e.g. resampling=\"systematic\"), or add one with smc.register_resampling(name, fn).")
+    return name
 
 
 def log_normalize(log_weights):
@@ -82,8 +169,8 @@ def _invert(cdf_unnorm, u, w):
     return jnp.minimum(idx, last_pos).astype(jnp.int32)
 
 
-def resample_indices(key, log_weights, scheme: str = "systematic", n_out: int | None = None):
-    """Ancestor indices (int32, shape ``(n_out,)``) drawn by ``scheme`` from ``log_weights``.
+def resample_indices(key, log_weights, resampling: str = DEFAULT_RESAMPLING, n_out: int | None = None):
+    """Ancestor indices (int32, shape ``(n_out,)``) drawn by the scheme ``resampling`` from ``log_weights``.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -92,9 +179,8 @@ def resample_indices(key, log_weights, scheme: str = "systematic", n_out: int | 
         >>> a.shape, int((a == 1).sum())
         ((10,), 0)
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown resampling scheme {scheme!r}; choose one of {SCHEMES}")
-    return _resample_jit(key, log_weights, scheme, None if n_out is None else int(n_out))
+    check_resampling(resampling, "resample_indices")
+    return _resample_jit(key, log_weights, resampling, None if n_out is None else int(n_out))
 
 
 @jax.jit(static_argnames=("scheme", "n_out"))
@@ -105,19 +191,14 @@ def _resample_jit(key, log_weights, scheme, n_out):
 
 def indices_from_normalized(key, lw, dead, scheme, n_out=None):
     """:func:`resample_indices` from already normalized log weights and the ``dead`` flag."""
+    fn = _REGISTRY[check_resampling(scheme)]
     n = lw.shape[0]
     m = n if n_out is None else int(n_out)
-    w = jnp.exp(lw)
-    if scheme == "residual":
-        idx = _residual(key, w, m)
-    else:
-        if scheme == "multinomial":
-            u = _sorted_uniforms(key, m)
-        elif scheme == "stratified":
-            u = (jnp.arange(m) + jax.random.uniform(key, (m,))) / m
-        else:  # systematic
-            u = (jnp.arange(m) + jax.random.uniform(key, ())) / m
-        idx = _invert(jnp.cumsum(w), u, w)
+    idx = jnp.asarray(fn(key, jnp.exp(lw), m)).astype(jnp.int32)
+    if idx.shape != (m,):
+        raise UnknownResamplingError(
+            f"resampling scheme {scheme!r} returned indices of shape {idx.shape}, expected ({m},); a scheme "
+            "fn(key, weights, n_out) must return n_out ancestor indices.")
     identity = jnp.arange(m, dtype=jnp.int32)
     if m != n:
         identity = identity % n
@@ -127,6 +208,18 @@ def indices_from_normalized(key, lw, dead, scheme, n_out=None):
 def ess_from_normalized(lw, dead):
     """:func:`ess` from already normalized log weights and the ``dead`` flag."""
     return jnp.where(dead, 0.0, jnp.exp(-jax.nn.logsumexp(2.0 * lw, axis=-1)))
+
+
+def _multinomial(key, w, m):
+    return _invert(jnp.cumsum(w), _sorted_uniforms(key, m), w)
+
+
+def _stratified(key, w, m):
+    return _invert(jnp.cumsum(w), (jnp.arange(m) + jax.random.uniform(key, (m,))) / m, w)
+
+
+def _systematic(key, w, m):
+    return _invert(jnp.cumsum(w), (jnp.arange(m) + jax.random.uniform(key, ())) / m, w)
 
 
 def _residual(key, w, m):
@@ -143,6 +236,10 @@ def _residual(key, w, m):
     rnd = _invert(jnp.cumsum(resid), u, resid)
     rnd = jnp.where(jnp.sum(resid) > 0, rnd, jnp.minimum(det, n - 1))
     return jnp.where(slots < n_det, jnp.minimum(det, n - 1), rnd)
+
+
+for _name, _fn in zip(SCHEMES, (_multinomial, _stratified, _systematic, _residual)):
+    register_resampling(_name, _fn)
 
 
 def offspring_counts(ancestors, n: int):

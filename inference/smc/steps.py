@@ -36,9 +36,10 @@ from ppl import keys as pkeys
 from ppl.choicemap import ChoiceMap, select
 
 from .. import sharding
-from ._util import LANE_FLAGS, as_choicemap, broadcast_shared, check_alive, check_n_particles, particle_map, staged
+from ._util import (LANE_FLAGS, as_choicemap, broadcast_shared, check_alive, check_n_particles, particle_map,
+                    renamed_kwargs, staged)
 from .particles import ParticleCollection, gather_stored
-from .resampling import log_normalize, resample_indices
+from .resampling import DEFAULT_RESAMPLING, check_resampling, log_normalize, resample_indices
 
 __all__ = ["init", "extend", "resample", "resample_if", "rejuvenate", "change"]
 
@@ -157,8 +158,11 @@ def _extend_impl(key, ps: ParticleCollection, args, observations=None, proposal=
     return _collect(ps, traces, flags, copies, w, n)
 
 
-def _resample_impl(key, ps: ParticleCollection, scheme: str = "systematic"):
-    """Resample by ``scheme``; weights become equal and log Z-hat is carried in ``log_z``.
+def _resample_impl(key, ps: ParticleCollection, resampling: str = "systematic"):
+    """Resample by the scheme ``resampling`` (a name registered in ``smc.resampling``: ``"systematic"``
+    (default), ``"multinomial"``, ``"stratified"``, ``"residual"``, or one added with
+    ``smc.register_resampling``); weights become equal and log Z-hat is carried in ``log_z``.
+    ``scheme=`` is a deprecated alias of ``resampling=``.
 
     Example:
         >>> import jax, jax.numpy as jnp, ppl
@@ -171,7 +175,7 @@ def _resample_impl(key, ps: ParticleCollection, scheme: str = "systematic"):
     """
     n = ps.n_particles
     _, lse, dead = log_normalize(ps.log_weights)
-    idx = resample_indices(key, ps.log_weights, scheme)
+    idx = resample_indices(key, ps.log_weights, resampling)
     check_alive(dead, "smc.resample")
     return ParticleCollection(
         gather_stored(ps.stored_traces, ps.leaf_axes(), idx),
@@ -183,8 +187,10 @@ def _resample_impl(key, ps: ParticleCollection, scheme: str = "systematic"):
     )
 
 
-def _resample_if_impl(key, ps: ParticleCollection, ess_fraction: float = 0.5, scheme: str = "systematic"):
-    """Resample only when the ESS is below ``ess_fraction * N`` (adaptive resampling).
+def _resample_if_impl(key, ps: ParticleCollection, ess_threshold: float = 0.5, resampling: str = "systematic"):
+    """Resample (by the scheme ``resampling``) only when the ESS is below ``ess_threshold * N``
+    (adaptive resampling). ``ess_fraction=`` and ``scheme=`` are deprecated aliases of
+    ``ess_threshold=`` and ``resampling=``.
 
     Example:
         >>> import jax, ppl
@@ -194,9 +200,9 @@ def _resample_if_impl(key, ps: ParticleCollection, ess_fraction: float = 0.5, sc
         True
     """
     n = ps.n_particles
-    need = ps.ess() < ess_fraction * n
+    need = ps.ess() < ess_threshold * n
     _, lse, dead = log_normalize(ps.log_weights)
-    idx = jnp.where(need, resample_indices(key, ps.log_weights, scheme), jnp.arange(n, dtype=jnp.int32))
+    idx = jnp.where(need, resample_indices(key, ps.log_weights, resampling), jnp.arange(n, dtype=jnp.int32))
     check_alive(dead, "smc.resample_if")
     return ParticleCollection(
         gather_stored(ps.stored_traces, ps.leaf_axes(), idx),
@@ -297,9 +303,9 @@ _init_s = staged(("model", "n_particles", "proposal"), ("args", "proposal_args")
 _extend_s = staged(("proposal",), ("args", "proposal_args"))(
     lambda key, ps, args, observations, proposal, proposal_args: _extend_impl(
         key, ps, args, observations, proposal, proposal_args))
-_resample_s = staged(("scheme",))(lambda key, ps, scheme: _resample_impl(key, ps, scheme))
-_resample_if_s = staged(("scheme",))(
-    lambda key, ps, ess_fraction, scheme: _resample_if_impl(key, ps, ess_fraction, scheme))
+_resample_s = staged(("resampling",))(lambda key, ps, resampling: _resample_impl(key, ps, resampling))
+_resample_if_s = staged(("resampling",))(
+    lambda key, ps, ess_threshold, resampling: _resample_if_impl(key, ps, ess_threshold, resampling))
 _rejuvenate_s = staged(("kernel",))(lambda key, ps, kernel: _rejuvenate_impl(key, ps, kernel))
 _change_s = staged(("model", "translate"), ("args",))(
     lambda key, ps, model, args, observations, translate: _change_impl(key, ps, model, args, observations, translate))
@@ -320,12 +326,15 @@ def extend(key, ps: ParticleCollection, args, observations=None, proposal=None, 
                      proposal=proposal, proposal_args=as_args_tuple(proposal_args, "smc.extend", "proposal_args"))
 
 
-def resample(key, ps: ParticleCollection, scheme: str = "systematic"):
-    return _resample_s(key, ps=ps, scheme=scheme)
+@renamed_kwargs("smc.resample", scheme="resampling")
+def resample(key, ps: ParticleCollection, resampling: str = DEFAULT_RESAMPLING):
+    return _resample_s(key, ps=ps, resampling=check_resampling(resampling, "smc.resample"))
 
 
-def resample_if(key, ps: ParticleCollection, ess_fraction: float = 0.5, scheme: str = "systematic"):
-    return _resample_if_s(key, ps=ps, ess_fraction=jnp.float32(ess_fraction), scheme=scheme)
+@renamed_kwargs("smc.resample_if", scheme="resampling", ess_fraction="ess_threshold")
+def resample_if(key, ps: ParticleCollection, ess_threshold: float = 0.5, resampling: str = DEFAULT_RESAMPLING):
+    return _resample_if_s(key, ps=ps, ess_threshold=jnp.float32(ess_threshold),
+                          resampling=check_resampling(resampling, "smc.resample_if"))
 
 
 def rejuvenate(key, ps: ParticleCollection, kernel):

@@ -48,11 +48,11 @@ from ppl.choicemap import Masked, select
 from ppl.errors import ModelError
 
 from .. import sharding
-from ._util import as_choicemap, check_n_particles, staged
+from ._util import as_choicemap, check_n_particles, renamed_kwargs, staged
 from .particles import ParticleCollection, gather
 from .pmmh import random_walk
 from .resampling import ess as _ess
-from .resampling import log_normalize, resample_indices
+from .resampling import DEFAULT_RESAMPLING, check_resampling, log_normalize, resample_indices
 from .steps import extend, init, rejuvenate, resample_if
 
 __all__ = ["TemperedResult", "tempered", "ais", "power_schedule", "resample_move"]
@@ -218,13 +218,14 @@ _tempered_staged = staged(("model", "n_particles", "n_mcmc", "resampling", "adap
 
 
 def tempered(key, model, args, observations, n_particles: int, betas=None, n_temps: int = 20, n_mcmc: int = 2,
-             step_size: float = 0.5, resampling: str = "systematic", ess_threshold: float = 0.5,
+             step_size: float = 0.5, resampling: str = DEFAULT_RESAMPLING, ess_threshold: float = 0.5,
              adapt="pilot", n_pilot: int | None = None) -> TemperedResult:
     """Tempered SMC from the prior to the posterior of ``model(*args)`` given ``observations``.
 
     ``betas`` is the increasing temperature schedule ending at 1 (default
     ``power_schedule(n_temps)``); at each temperature the particles are reweighted, resampled when
-    the ESS falls below ``ess_threshold * n_particles``, then moved by ``n_mcmc`` random-walk MH
+    the ESS falls below ``ess_threshold * n_particles`` (by the scheme ``resampling``, default
+    ``"systematic"``), then moved by ``n_mcmc`` random-walk MH
     sweeps that leave the tempered target invariant. Returns a :class:`TemperedResult` whose
     ``particles.log_marginal_likelihood()`` estimates ``log p(observations)``; its exponential,
     Z-hat, is unbiased for every ``adapt`` mode except ``"population"``.
@@ -265,7 +266,8 @@ def tempered(key, model, args, observations, n_particles: int, betas=None, n_tem
 
     return _tempered_staged(
         key, model=model, args=as_args_tuple(args, "smc.tempered"), observations=as_choicemap(observations), n_particles=n,
-        betas=betas, n_mcmc=int(n_mcmc), step_size=jnp.float32(step_size), resampling=resampling,
+        betas=betas, n_mcmc=int(n_mcmc), step_size=jnp.float32(step_size),
+        resampling=check_resampling(resampling, "smc.tempered"),
         ess_threshold=jnp.float32(ess_threshold), adapt=mode, n_pilot=n_pilot if mode == "pilot" else 0,
     )
 
@@ -292,10 +294,10 @@ def ais(key, model, args, observations, n_particles: int, betas=None, n_temps: i
 
 
 # ------------------------------------------------------------------------------ resample-move
-@jax.jit(static_argnames=("kernel", "n_moves", "scheme"))
-def _move_j(key, ps, kernel, n_moves, ess_fraction, scheme):
+@jax.jit(static_argnames=("kernel", "n_moves", "resampling"))
+def _move_j(key, ps, kernel, n_moves, ess_threshold, resampling):
     k1, k2 = jax.random.split(key)
-    ps = resample_if(k1, ps, ess_fraction, scheme)
+    ps = resample_if(k1, ps, ess_threshold, resampling)
     infos = []
     for k in jax.random.split(k2, n_moves):
         ps, info = rejuvenate(k, ps, kernel)
@@ -303,13 +305,15 @@ def _move_j(key, ps, kernel, n_moves, ess_fraction, scheme):
     return ps, infos
 
 
+@renamed_kwargs("smc.resample_move", ess_fraction="ess_threshold", scheme="resampling")
 def resample_move(key, model, args_seq, observations_seq, n_particles: int, kernel, n_moves: int = 1,
-                  ess_fraction: float = 0.5, scheme: str = "systematic", proposal=None):
+                  ess_threshold: float = 0.5, resampling: str = DEFAULT_RESAMPLING, proposal=None):
     """Resample-move SMC over a sequence of targets ``model(*args_seq[k])`` given ``observations_seq[k]``.
 
     Step 0 is importance sampling; each later step extends the particles with ``update`` to the
     new arguments and observations (``observations_seq[k]`` holds only the *new* observations),
-    resampling adaptively (ESS below ``ess_fraction * N``) and then applying ``n_moves`` sweeps of
+    resampling adaptively (by the scheme ``resampling`` when the ESS is below ``ess_threshold * N``;
+    ``ess_fraction=`` and ``scheme=`` are deprecated aliases) and then applying ``n_moves`` sweeps of
     ``kernel(key, trace) -> (trace, info)`` (any MCMC kernel for the current target). Each step is
     compiled once per shape; a Python loop drives the steps. Returns ``(particles, ess_history)``.
 
@@ -332,13 +336,14 @@ def resample_move(key, model, args_seq, observations_seq, n_particles: int, kern
         (2, (200,))
     """
     args_seq, observations_seq = list(args_seq), list(observations_seq)
+    check_resampling(resampling, "smc.resample_move")
     if len(args_seq) != len(observations_seq) or not args_seq:
         raise ValueError("resample_move: args_seq and observations_seq must be non-empty and of equal length")
     keys = jax.random.split(key, 2 * len(args_seq))
     ps = init(keys[0], model, tuple(args_seq[0]), observations_seq[0], int(n_particles))
     ess_hist = [ps.ess()]
     for k in range(1, len(args_seq)):
-        ps, _ = _move_j(keys[2 * k], ps, kernel, int(n_moves), jnp.float32(ess_fraction), scheme)
+        ps, _ = _move_j(keys[2 * k], ps, kernel, int(n_moves), jnp.float32(ess_threshold), resampling)
         ps = extend(keys[2 * k + 1], ps, tuple(args_seq[k]), observations_seq[k], proposal)
         ess_hist.append(ps.ess())
     return ps, jnp.stack(ess_hist)
