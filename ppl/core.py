@@ -47,7 +47,6 @@ import functools
 import logging
 import threading
 import zlib
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -131,7 +130,7 @@ def debug(enabled: bool = True):
     STATE.debug = enabled
     try:
         yield
-    except jax.errors.JaxRuntimeError as e:
+    except jax.errors.JaxRuntimeError:
         err = pop_callback_error()
         if err is not None:  # a debug-mode check failed inside the user's own jit
             raise err.with_traceback(None) from None

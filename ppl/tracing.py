@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import linecache
 import re
@@ -31,7 +30,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from .choicemap import ChoiceMap, Selection
+from .choicemap import ChoiceMap
 from .core import (
     STATE,
     GenerativeFunction,

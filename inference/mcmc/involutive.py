@@ -70,7 +70,7 @@ Example (a scaling move ``x -> x s``, ``s -> 1/s`` on a positive choice):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -37,9 +37,6 @@ from ppl.errors import ModelError, fmt_addr
 
 __all__ = ["UnconstrainedView"]
 
-_KEY = None
-
-
 def _const_key():
     return jax.random.key(0)
 

@@ -39,7 +39,6 @@ from .filters import (
     _trace_back,
     broadcast_carry,
     latent_part,
-    particle_filter,
     propagate,
     step_slices,
 )

@@ -52,7 +52,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax._src import core as _jcore
 
 from ppl import keys as _keys

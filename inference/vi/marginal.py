@@ -39,7 +39,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ppl.choicemap import ChoiceMap, Selection
+from ppl.choicemap import ChoiceMap
 
 __all__ = ["marginal", "normalize", "Normalized", "detached"]
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ppl.choicemap import ChoiceMap, Selection, select
+from ppl.choicemap import Selection, select
 
 from .adev import Expectation, expectation
 from .marginal import detached, marginal, normalize
@@ -48,13 +48,6 @@ from .marginal import detached, marginal, normalize
 __all__ = ["elbo", "iwelbo", "hvi", "iwhvi", "diwhvi", "rws", "wake_p", "wake_q", "sleep_q", "vimco"]
 
 _sg = jax.lax.stop_gradient
-
-
-def _log_weight(key, params, model, guide, observations, model_args, guide_args):
-    """One importance weight ``log p(x, z) - log q(z)`` with ``z ~ q``."""
-    q = guide.simulate(key, params, *guide_args)
-    logp, _ = model.assess(q.choices | observations, params, *model_args)
-    return logp - q.score
 
 
 def elbo(model, guide) -> Expectation:
