@@ -37,7 +37,7 @@ import jax
 from .smc import steps as _steps
 from .smc._util import check_n_particles, renamed_kwargs, staged
 from .smc.particles import ParticleCollection
-from .smc.resampling import DEFAULT_RESAMPLING, check_resampling, resample_indices
+from .smc.resampling import DEFAULT_RESAMPLING, check_resampling
 
 __all__ = ["sample", "sir", "log_marginal_likelihood", "ParticleCollection"]
 

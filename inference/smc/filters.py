@@ -30,7 +30,7 @@ from ppl.combinators import ScanGF
 from ppl.errors import ModelError, ShapeError
 
 from .. import sharding
-from ._util import as_choicemap, check_alive, check_n_particles, pack_args, staged, unpack_args
+from ._util import as_choicemap, check_alive, check_n_particles, staged
 from .particles import gather
 from .resampling import (DEFAULT_RESAMPLING, check_resampling, ess_from_normalized, indices_from_normalized,
                          log_normalize, resample_indices)
@@ -304,7 +304,6 @@ def particle_filter(key, model, args, observations, n_particles: int, proposal=N
         >>> bool(res.resampled.sum() < 8), res.log_z_steps.shape
         (True, (8,))
     """
-    from ppl.choicemap import ChoiceMap  # noqa: F401
     from ppl.core import as_args_tuple
 
     check_resampling(resampling, "smc.particle_filter")
