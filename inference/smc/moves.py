@@ -253,10 +253,7 @@ def _move_impl(key, ps, forward, backward, transform, model, args, args_given, o
 
     keys = jax.random.split(key, n)
     paths_box: list = []
-    if STATE.debug:  # debug-mode checks are host callbacks, which JAX cannot batch inside a branch
-        traces, w, checks = jax.lax.map(lambda kt: one(*kt), (keys, ps.traces))
-    else:
-        traces, w, checks = jax.vmap(one)(keys, ps.traces)
+    traces, w, checks = jax.vmap(one)(keys, ps.traces)
     if STATE.debug:
         jax.debug.callback(functools.partial(_debug_callback, fresh_paths=tuple(paths_box)), *checks)
     return ParticleCollection(traces, ps.log_weights + w, ps.log_z, ps.dead)
