@@ -61,10 +61,11 @@ def exact(y):
 
 @pytest.fixture(scope="module")
 def trained():
-    q = amortized.deep_sets_proposal(lambda o: o["y"][..., None], {"mu": "real"}, {"theta": "real"}, hidden=24)
+    q = amortized.deep_sets_proposal(lambda o: o["y"][..., None], {"mu": "real"}, {"theta": "real"}, hidden=16)
     p0 = q.init_params(jax.random.key(0), hier, (), ["y"], n_calibrate=256)
-    res = amortized.train(jax.random.key(1), hier, (), ["y"], q, p0, optax.adam(3e-3), 300, 64, progress=False)
-    return q, res
+    res = amortized.train(jax.random.key(1), hier, (), ["y"], q, p0, optax.adam(3e-3), 240, 64, chunk_size=20,
+                          progress=False)
+    return q, res, p0
 
 
 @pytest.fixture(scope="module")
@@ -84,20 +85,18 @@ def test_simulate_pairs_split_and_determinism():
 
 
 def test_training_reduces_forward_kl(trained):
-    q, res = trained
-    assert res.losses.shape == (300,)
+    q, res, p0 = trained
+    assert res.losses.shape == (240,)
     assert res.losses[-50:].mean() < res.losses[:10].mean() - 5.0
-    # trained twice with the same key: the same parameters bit for bit
-    p0 = q.init_params(jax.random.key(0), hier, (), ["y"], n_calibrate=256)
-    again, first = (amortized.train(jax.random.key(1), hier, (), ["y"], q, p0, optax.adam(3e-3), 10, 64,
-                                    progress=False) for _ in range(2))
-    for a, b in zip(jax.tree_util.tree_leaves(again.params), jax.tree_util.tree_leaves(first.params)):
-        assert np.array_equal(a, b)
+    # same key, same run: a shorter run reproduces the first steps' losses bit for bit
+    short = amortized.train(jax.random.key(1), hier, (), ["y"], q, p0, optax.adam(3e-3), 20, 64, chunk_size=20,
+                            progress=False)
+    assert np.array_equal(short.losses, res.losses[:20])
 
 
 def test_ess_gain_over_prior(trained, held_out):
     """ESS per particle with the trained proposal is >= 10x the prior's on every held-out data set."""
-    q, res = trained
+    q, res, _ = trained
     n = 1000
     for i in range(held_out.shape[0]):
         obs = ppl.ChoiceMap({"y": held_out[i]})
@@ -110,7 +109,7 @@ def test_ess_gain_over_prior(trained, held_out):
 
 def test_log_z_unbiased(trained, held_out):
     """Z-hat / Z has mean 1 over independent IS runs (z-test, 4 standard errors), vmapped in one call."""
-    q, res = trained
+    q, res, _ = trained
     reps, n = (2000, 10) if FULL else (400, 10)
 
     def one(key, y):
@@ -129,7 +128,7 @@ def test_log_z_unbiased(trained, held_out):
 
 
 def test_posterior_mean_matches_exact(trained, held_out):
-    q, res = trained
+    q, res, _ = trained
     n = 4000
     for i in range(2):
         obs = ppl.ChoiceMap({"y": held_out[i]})
@@ -201,12 +200,12 @@ def test_errors_name_the_problem():
 
 @pytest.mark.statistical
 def test_positive_latent_posterior_mean_matches_nuts():
-    """tau ~ half-normal (a positive latent, log-normal proposal): IS posterior means agree with NUTS."""
+    """tau ~ gamma (a positive latent, log-normal proposal): IS posterior means agree with NUTS."""
 
     @ppl.gen
     def hier_tau():
         mu = ppl.normal(0.0, S0) @ "mu"
-        tau = ppl.half_normal(2.0) @ "tau"
+        tau = ppl.gamma(8.0, 8.0) @ "tau"          # kept away from 0: no funnel for NUTS
         theta = ppl.normal(jnp.full(J, mu), tau) @ "theta"
         ppl.normal(jnp.broadcast_to(theta[:, None], (J, K)), SIGMA) @ "y"
 
@@ -220,9 +219,9 @@ def test_positive_latent_posterior_mean_matches_nuts():
     ps = importance.sample(jax.random.key(10), hier_tau, (), obs, 20000 if FULL else 4000, proposal=q.proposal,
                            proposal_args=(params, obs))
     tr0, _ = hier_tau.generate(jax.random.key(11), obs)
-    n_draws = 2000 if FULL else 500
-    draws = mcmc.run(jax.random.key(12), mcmc.nuts(ppl.select("mu", "tau", "theta")), tr0, n_draws, n_chains=4,
-                     burn_in=500, progress=False)
+    n_draws = 2000 if FULL else 400
+    draws = mcmc.run(jax.random.key(12), mcmc.nuts(ppl.select("mu", "tau", "theta"), target_accept_prob=0.95), tr0, n_draws, n_chains=4,
+                     burn_in=300, progress=False)
     for addr in ("mu", "tau"):
         is_mean = float(ps.expectation(lambda tr: tr.choices[addr]))
         is_sd = float(jnp.sqrt(ps.expectation(lambda tr: tr.choices[addr] ** 2) - is_mean ** 2))
