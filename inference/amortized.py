@@ -265,7 +265,21 @@ class NeuralProposal:
 
         The feature and latent means and scales (in unconstrained space) are estimated from
         simulated pairs and stored in ``params["norm"]``; the network reads them through
-        ``stop_gradient``, so training leaves them fixed. Example: see :func:`deep_sets_proposal`.
+        ``stop_gradient``, so training leaves them fixed.
+
+        Example:
+            >>> import jax, jax.numpy as jnp, ppl
+            >>> @ppl.gen
+            ... def model():
+            ...     s = ppl.gamma(2.0, 2.0) @ "s"
+            ...     return ppl.normal(jnp.zeros(5), s) @ "y"
+            >>> q = deep_sets_proposal(lambda obs: obs["y"][:, None], {"s": "positive"}, hidden=4)
+            >>> params = q.init_params(jax.random.key(0), model, (), ["y"], n_calibrate=64)
+            >>> sorted(params["norm"]), params["phi"][0]["w"].shape
+            (['f_mean', 'f_std', 'g_mean', 'g_std', 'l_mean', 'l_std'], (1, 4))
+            >>> h, pooled = q.encode(params, ppl.ChoiceMap({"y": jnp.ones(5)}))
+            >>> h.shape, pooled.shape
+            ((5, 4), (4,))
         """
         paths = _addresses(observed_addresses, "NeuralProposal.init_params")
         z, x = simulate_pairs(key, model, args, paths, n_calibrate)
@@ -332,7 +346,9 @@ class NeuralProposal:
         return z[addr]
 
     def encode(self, params, observations):
-        """Per-element embeddings ``(m, hidden)`` and the pooled embedding ``(hidden,)``."""
+        """Per-element embeddings ``(m, hidden)`` and the pooled embedding ``(hidden,)``.
+
+        Example: see :meth:`init_params`."""
         norm = jax.lax.stop_gradient(params["norm"])
         f = (self._features(observations) - norm["f_mean"]) / norm["f_std"]
         if f.ndim == 3:

@@ -220,8 +220,8 @@ def test_positive_latent_posterior_mean_matches_nuts():
                            proposal_args=(params, obs))
     tr0, _ = hier_tau.generate(jax.random.key(11), obs)
     n_draws = 2000 if FULL else 400
-    draws = mcmc.run(jax.random.key(12), mcmc.nuts(ppl.select("mu", "tau", "theta"), target_accept_prob=0.95), tr0, n_draws, n_chains=4,
-                     burn_in=300, progress=False)
+    kernel = mcmc.nuts(ppl.select("mu", "tau", "theta"), target_accept_prob=0.95)
+    draws = mcmc.run(jax.random.key(12), kernel, tr0, n_draws, n_chains=4, burn_in=300, progress=False)
     for addr in ("mu", "tau"):
         is_mean = float(ps.expectation(lambda tr: tr.choices[addr]))
         is_sd = float(jnp.sqrt(ps.expectation(lambda tr: tr.choices[addr] ** 2) - is_mean ** 2))
