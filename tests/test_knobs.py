@@ -168,8 +168,13 @@ def test_registered_toy_scheme_is_used_by_resample():
 
 
 def test_registry_rejects_bad_registrations():
-    with pytest.raises(smc.UnknownResamplingError, match="already registered"):
+    with pytest.raises(smc.UnknownResamplingError, match="already registered|already been used"):
         smc.register_resampling("systematic", _every_other_heaviest)
+    # a scheme that compiled programs have used can never be replaced (they are cached by name)
+    smc.register_resampling("test-used", _every_other_heaviest, overwrite=True)
+    resample_indices(jax.random.key(0), jnp.zeros(4), "test-used")
+    with pytest.raises(smc.UnknownResamplingError, match="already been used"):
+        smc.register_resampling("test-used", lambda key, w, m: jnp.zeros((m,), jnp.int32), overwrite=True)
     with pytest.raises(smc.UnknownResamplingError, match="must be a function"):
         smc.register_resampling("test-not-callable", 3)
     assert "test-not-callable" not in smc.resampling_schemes()

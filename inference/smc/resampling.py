@@ -54,6 +54,7 @@ class UnknownResamplingError(ModelError, ValueError):
 
 #: name -> ``fn(key, weights, n_out) -> int32 ancestor indices of shape (n_out,)``
 _REGISTRY: dict[str, Callable] = {}
+_USED: set = set()  # names looked up by a traced algorithm: their function may not change
 
 
 def register_resampling(name: str, fn: Callable, *, overwrite: bool = False) -> None:
@@ -64,8 +65,9 @@ def register_resampling(name: str, fn: Callable, *, overwrite: bool = False) -> 
     int), and returns ``n_out`` ancestor indices in ``[0, N)``. It is traced under ``jax.jit``
     with the name as a static argument. For unbiased SMC estimates the offspring counts should
     have expectation ``n_out * w_i``. If every particle is dead, the caller returns the identity
-    instead of calling ``fn``. A name already registered is an error unless ``overwrite=True``
-    (compiled algorithms cached under the old function are then stale: register before use).
+    instead of calling ``fn``. A name already registered is an error unless ``overwrite=True``,
+    and replacing a scheme that has already been used is always an error (programs compiled with
+    the old function are cached under the name): register a new name instead.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -83,10 +85,15 @@ def register_resampling(name: str, fn: Callable, *, overwrite: bool = False) -> 
         raise UnknownResamplingError(
             f"register_resampling: scheme {name!r} must be a function fn(key, weights, n_out) -> indices, "
             f"got {fn!r}.")
-    if name in _REGISTRY and not overwrite and _REGISTRY[name] is not fn:
-        raise UnknownResamplingError(
-            f"register_resampling: scheme {name!r} is already registered; pick another name or pass "
-            "overwrite=True.")
+    if name in _REGISTRY and _REGISTRY[name] is not fn:
+        if name in _USED:
+            raise UnknownResamplingError(
+                f"register_resampling: scheme {name!r} has already been used, and compiled programs "
+                "are cached under its name; register the new function under another name.")
+        if not overwrite:
+            raise UnknownResamplingError(
+                f"register_resampling: scheme {name!r} is already registered; pick another name or pass "
+                "overwrite=True.")
     _REGISTRY[name] = fn
 
 
@@ -192,6 +199,7 @@ def _resample_jit(key, log_weights, scheme, n_out):
 def indices_from_normalized(key, lw, dead, scheme, n_out=None):
     """:func:`resample_indices` from already normalized log weights and the ``dead`` flag."""
     fn = _REGISTRY[check_resampling(scheme)]
+    _USED.add(scheme)
     n = lw.shape[0]
     m = n if n_out is None else int(n_out)
     idx = jnp.asarray(fn(key, jnp.exp(lw), m)).astype(jnp.int32)
