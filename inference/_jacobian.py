@@ -24,14 +24,15 @@ garbage value and derivative are left out):
     >>> import jax, jax.numpy as jnp, ppl
     >>> from inference import _jacobian as jac
     >>> chm = ppl.ChoiceMap({"r": 2.0, "theta": 0.3, "k": 1, "junk": ppl.Masked(7.0, False)})
-    >>> leaves = [v for _, v in chm.leaves() if jac.is_continuous(v)]
-    >>> x = jac.flatten([jac.raw(v) for v in leaves])
+    >>> coords = [(p, v) for p, v in chm.leaves() if jac.is_continuous(v)]   # sorted: junk, r, theta
+    >>> x = jac.flatten([jac.raw(v) for _, v in coords])
     >>> def polar(x):
-    ...     r, theta, junk = jac.unflatten(x, [jac.raw(v) for v in leaves])
-    ...     return jnp.stack([r * jnp.cos(theta), r * jnp.sin(theta), junk ** 3])
-    >>> mask = jac.flatten([jac.presence(v) for v in leaves], bool)
+    ...     new = jac.unflatten(x, [jac.raw(v) for _, v in coords])
+    ...     c = jac.from_leaves([(p, a) for (p, _), a in zip(coords, new)])
+    ...     return jnp.stack([c["junk"] ** 3, c["r"] * jnp.cos(c["theta"]), c["r"] * jnp.sin(c["theta"])])
+    >>> mask = jac.flatten([jac.presence(v) for _, v in coords], bool)
     >>> mask.tolist()
-    [True, True, False]
+    [False, True, True]
     >>> ld = jac.masked_logabsdet(jax.jacfwd(polar)(x), mask, mask)
     >>> bool(jnp.isclose(ld, jnp.log(2.0)))
     True
