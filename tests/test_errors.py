@@ -614,7 +614,37 @@ def _catalog():
         with ppl.debug():
             smc.resample(KEY, smc.init(KEY, _bounded, (), ChoiceMap({"y": 50.0}), 100))
 
+    @gen
+    def left():
+        return ppl.normal(0.0, 1.0) @ "x"
+
+    @gen
+    def right():
+        return ppl.normal(1.0, 1.0) @ "x"
+
+    @gen
+    def three_way():
+        i = ppl.categorical(probs=jnp.array([0.2, 0.3, 0.5])) @ "i"
+        return ppl.switch(i, left, right)() @ "br"
+
+    @gen
+    def bad_mix():
+        return ppl.mix(jnp.zeros(3), left, right)() @ "m"
+
+    def traced_index_debug():
+        with ppl.debug():
+            three_way.generate(KEY, ChoiceMap({"i": 2}))
+
     table = [
+        ("switch index out of range (constant)", ppl.ModelError, ("out of range", "2 branches"),
+         lambda: ppl.switch(7, left, right)),
+        ("switch index out of range (traced, debug)", ppl.ModelError, ("'br'", "out of range"), traced_index_debug),
+        ("mix logits count differs from components", ppl.ShapeError, ("'m'", "one logit per component"),
+         lambda: bad_mix.simulate(KEY)),
+        ("zero particles", ppl.ModelError, ("n_particles", "positive integer"),
+         lambda: importance.sample(KEY, model, (XS,), obs, 0)),
+        ("negative particles", ppl.ModelError, ("n_particles", "positive integer"),
+         lambda: importance.sample(KEY, model, (XS,), obs, -5)),
         ("probability at a discrete site", ppl.ShapeError, ("'c'", "non-integer"),
          lambda: _coin.generate(KEY, ChoiceMap({"c": 0.5}))),
         ("non-rectangular list observation", ppl.ShapeError, ("'ys'", "rectangular"),
