@@ -68,6 +68,7 @@ __all__ = [
     "intercept",
     "Interceptor",
     "as_args_tuple",
+    "as_choicemap",
 ]
 
 
@@ -375,7 +376,14 @@ def site_key(key, addr: str):
     return keys.fold_in(key, address_hash(addr))
 
 
-def _as_choicemap(x, what: str) -> ChoiceMap:
+def as_choicemap(x, what: str = "choices") -> ChoiceMap:
+    """``x`` as a :class:`ChoiceMap`: ``None`` is empty, a dict is converted, Python lists of numbers
+    become arrays; anything else is a ``TypeError`` naming ``what``.
+
+    Example:
+        >>> as_choicemap({"y": [1.0, 2.0]})["y"].shape
+        (2,)
+    """
     if x is None:
         return ChoiceMap.empty()
     if isinstance(x, dict):
@@ -383,6 +391,9 @@ def _as_choicemap(x, what: str) -> ChoiceMap:
     if isinstance(x, ChoiceMap):
         return _lists_to_arrays(x, what)
     raise TypeError(f"{what} must be a ppl.ChoiceMap (or a dict of address -> value), got {type(x).__name__}")
+
+
+_as_choicemap = as_choicemap
 
 
 def _lists_to_arrays(chm: ChoiceMap, what: str) -> ChoiceMap:

@@ -118,7 +118,7 @@ class CompileCounter:
                 c.names.append(kw.get("fun_name"))
 
     def __enter__(self):
-        from jax._src import monitoring
+        from jax import monitoring
 
         with CompileCounter._lock:
             if not CompileCounter._registered:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppl.choicemap import ChoiceMap
-from ppl.core import STATE, _as_choicemap, pack_args, unpack_args
+from ppl.core import STATE, as_choicemap as core_as_choicemap, pack_args, unpack_args
 from ppl.errors import ModelError, NonFiniteError
 
 from ..sharding import active_mesh, batch_sharding
@@ -109,7 +109,7 @@ def check_n_particles(n, where: str, name: str = "n_particles") -> int:
 
 
 def as_choicemap(x) -> ChoiceMap:
-    return _as_choicemap(x, "observations")
+    return core_as_choicemap(x, "observations")
 
 
 def staged(static_argnames: tuple, packed_argnames: tuple = ()):
