@@ -34,7 +34,6 @@ from ppl.choicemap import ChoiceMap, Masked, Selection, normalize_addr, select
 from ppl.core import GenerativeFunction, Interceptor, intercept, masked_total
 from ppl.errors import AddressError, ModelError, fmt_addr
 
-from .._jacobian import from_leaves
 from .base import Kernel, accept, check_selection, index_trace
 
 __all__ = ["mh", "MH", "MHProposal", "gibbs", "Gibbs"]
@@ -59,6 +58,13 @@ def _static_paths(chm: ChoiceMap):
     return {p for p, _ in chm.leaves()}
 
 
+def _from_paths(items) -> ChoiceMap:
+    out = ChoiceMap.empty()
+    for p, v in items:
+        out = out | ChoiceMap._nest(p, ChoiceMap.value(v))
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class MHProposal(Kernel):
     """Metropolis-Hastings with a custom proposal generative function (see :func:`mh`)."""
@@ -81,7 +87,7 @@ class MHProposal(Kernel):
         # update, so their prior density (their score in the old trace) enters the ratio. Fresh
         # choices drawn from the prior are already in update's weight (-log q(fresh)).
         d_leaves = discard.leaves()
-        back = from_leaves([(p, v) for p, v in d_leaves if p in reach])
+        back = _from_paths([(p, v) for p, v in d_leaves if p in reach])
         bwd, _ = self.proposal.assess(back, new, *self.proposal_args)
         unreached = {p: (v.flag if isinstance(v, Masked) else True) for p, v in d_leaves if p not in reach}
         removed = masked_total([(p, v) for p, v in trace.get_scores().leaves() if p in unreached],
