@@ -2,5 +2,16 @@
 
 Submodules: :mod:`inference.importance`, :mod:`inference.smc`, :mod:`inference.mcmc`,
 :mod:`inference.vi`, :mod:`inference.diagnostics`, :mod:`inference.amortized` (neural proposals trained on
-simulations from the model).
+simulations from the model), :mod:`inference.predictive` (``inference.Predictive`` and
+``inference.log_likelihood``: predictive distributions and pointwise log-likelihoods).
 """
+
+__all__ = ["Predictive", "log_likelihood"]
+
+
+def __getattr__(name):  # imported on first use, so that `import inference` stays light
+    if name in ("Predictive", "log_likelihood"):
+        from . import predictive
+
+        return getattr(predictive, name)
+    raise AttributeError(f"module 'inference' has no attribute {name!r}")

@@ -72,14 +72,27 @@ def _stats_dict(info):
     return {rename.get(k, k): v for k, v in out.items()}
 
 
-def to_arviz(result):
-    """ArviZ ``InferenceData`` of an :class:`inference.mcmc.MCMCResult`: every stored choice (the
-    ones the kernel moves; observations are not stored per draw) in the ``posterior`` group
-    (nested addresses as ``"a/b"``; absent branch choices as NaN) and kernel statistics
-    (acceptance rate, ``diverging``, step size) in ``sample_stats``.
+def to_arviz(result, *, model=None, args=(), observations=None, log_likelihood=None,
+             posterior_predictive=None, observed_data=None, sample_stats=None):
+    """ArviZ ``InferenceData`` of an :class:`inference.mcmc.MCMCResult` (or of a
+    :class:`ppl.ChoiceMap`/``dict`` of draws with leading ``(chain, draw)`` axes, e.g. a guide's
+    samples ``v[None]``): every stored choice (the ones the kernel moves; observations are not
+    stored per draw) in the ``posterior`` group (nested addresses as ``"a/b"``; absent branch
+    choices as NaN) and kernel statistics (acceptance rate, ``diverging``, step size) in
+    ``sample_stats``. Optional groups, so that ``az.loo``, ``az.waic`` and ``az.compare`` work
+    on the result:
+
+    - ``log_likelihood``: pointwise log-likelihoods shaped ``(chain, draw, ...)`` (a choice map
+      or dict, e.g. from :func:`inference.predictive.log_likelihood`). Left out (``None``) and
+      given ``model``, ``args`` and ``observations``, it is computed with
+      :func:`inference.predictive.log_likelihood`; ``False`` leaves the group out.
+    - ``posterior_predictive``: draws shaped ``(chain, draw, ...)``, e.g. the output of
+      :class:`inference.predictive.Predictive` for an MCMC posterior.
+    - ``observed_data``: the observed values (default: ``observations``).
+    - ``sample_stats``: extra per-draw statistics ``(chain, draw, ...)``, added to the kernel's.
 
     Example:
-        >>> import jax, ppl
+        >>> import jax, jax.numpy as jnp, ppl
         >>> from inference import mcmc
         >>> @ppl.gen
         ... def model():
@@ -88,13 +101,40 @@ def to_arviz(result):
         >>> idata = to_arviz(res)
         >>> dict(idata.posterior["x"].sizes)
         {'chain': 2, 'draw': 20}
+        >>> @ppl.gen
+        ... def reg():
+        ...     mu = ppl.normal(0.0, 1.0) @ "mu"
+        ...     return ppl.normal(jnp.full(3, mu), 1.0) @ "y"
+        >>> obs = {"y": jnp.array([0.1, 0.5, 0.3])}
+        >>> tr, _ = reg.generate(jax.random.key(2), obs)
+        >>> res = mcmc.run(jax.random.key(3), mcmc.mh(ppl.select("mu")), tr, 50, n_chains=2)
+        >>> idata = to_arviz(res, model=reg, observations=obs)
+        >>> dict(idata.log_likelihood["y"].sizes), idata.observed_data["y"].shape
+        ({'chain': 2, 'draw': 50, 'y_dim_0': 3}, (3,))
     """
     az = _az()
-    post = _posterior_dict(result.choices)
-    stats = _stats_dict(result.info)
+    if hasattr(result, "choices") and hasattr(result, "info"):
+        post, stats = _posterior_dict(result.choices), _stats_dict(result.info)
+    else:
+        from ppl.core import as_choicemap
+
+        post, stats = _posterior_dict(as_choicemap(result, "to_arviz: result")), {}
+    stats.update(_arviz_group(sample_stats, "sample_stats"))
+    if log_likelihood is None and model is not None and observations is not None:
+        from inference.predictive import log_likelihood as pointwise
+
+        log_likelihood = pointwise(model, result, *args, observations=observations, batch_ndims=2)
+    if observed_data is None:
+        observed_data = observations
+    groups = dict(
+        posterior=post, sample_stats=stats or None,
+        log_likelihood=_arviz_group(log_likelihood, "log_likelihood") or None,
+        posterior_predictive=_arviz_group(posterior_predictive, "posterior_predictive") or None,
+        observed_data=_arviz_group(observed_data, "observed_data") or None,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return az.from_dict(posterior=post, sample_stats=stats or None)
+        return az.from_dict(**{k: v for k, v in groups.items() if v is not None})
 
 
 def summary(result, var_names=None, **kw):
@@ -215,3 +255,12 @@ def geweke_z(x, first: float = 0.1, last: float = 0.5):
     a, b = x[: int(first * n)], x[n - int(last * n):]
     se = math.sqrt(mcse(a) ** 2 + mcse(b) ** 2)
     return (a.mean() - b.mean()) / se
+
+
+def _arviz_group(values, name):
+    """A ``{var_name: numpy array}`` dict of a choice map or dict (``None``/``False``: empty)."""
+    if values is None or values is False:
+        return {}
+    from ppl.core import as_choicemap
+
+    return _posterior_dict(as_choicemap(values, f"to_arviz: {name}"))
