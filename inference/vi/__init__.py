@@ -23,6 +23,8 @@ Example:
 """
 
 from .adev import Expectation, MapMean, expectation, map_mean, with_estimators
+from .autoguide import (AutoDelta, AutoGuide, AutoLaplaceApproximation, AutoLowRankMultivariateNormal,
+                        AutoMultivariateNormal, AutoNormal)
 from .estimators import EstimatorError, Strategy, enum, mvd, reinforce, reparam
 from .fit import FitResult, Minibatch, fit, minibatch
 from .marginal import Normalized, detached, marginal, normalize
@@ -32,4 +34,6 @@ __all__ = ["expectation", "Expectation", "with_estimators", "map_mean", "MapMean
            "reparam", "reinforce", "enum", "mvd", "Strategy", "EstimatorError",
            "fit", "FitResult", "minibatch", "Minibatch",
            "marginal", "normalize", "Normalized", "detached",
-           "elbo", "iwelbo", "hvi", "iwhvi", "diwhvi", "rws", "wake_p", "wake_q", "sleep_q", "vimco"]
+           "elbo", "iwelbo", "hvi", "iwhvi", "diwhvi", "rws", "wake_p", "wake_q", "sleep_q", "vimco",
+           "AutoGuide", "AutoNormal", "AutoMultivariateNormal", "AutoLowRankMultivariateNormal", "AutoDelta",
+           "AutoLaplaceApproximation"]
