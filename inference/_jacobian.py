@@ -15,9 +15,10 @@ The pieces (each a plain function of JAX values):
   whether it is a coordinate at all;
 - :func:`flatten` / :func:`unflatten`: between a list of arrays and one flat vector (for
   :func:`jax.jacfwd`), also used to concatenate presence masks;
-- :func:`masked_logabsdet`: ``log |det|`` of a Jacobian's present block;
-- :func:`from_leaves`: a :class:`ppl.ChoiceMap` rebuilt from ``(path, leaf)`` pairs (the
-  inverse of ``ChoiceMap.leaves()``).
+- :func:`masked_logabsdet`: ``log |det|`` of a Jacobian's present block.
+
+A choice map is rebuilt from ``(path, leaf)`` pairs with :meth:`ppl.ChoiceMap.from_leaves` (the
+inverse of ``ChoiceMap.leaves()``; ``from_leaves`` here is the same function).
 
 Example (polar to Cartesian coordinates, ``|det J| = r``, with a third, absent coordinate whose
 garbage value and derivative are left out):
@@ -28,7 +29,7 @@ garbage value and derivative are left out):
     >>> x = jac.flatten([jac.raw(v) for _, v in coords])
     >>> def polar(x):
     ...     new = jac.unflatten(x, [jac.raw(v) for _, v in coords])
-    ...     c = jac.from_leaves([(p, a) for (p, _), a in zip(coords, new)])
+    ...     c = ppl.ChoiceMap.from_leaves([(p, a) for (p, _), a in zip(coords, new)])
     ...     return jnp.stack([c["junk"] ** 3, c["r"] * jnp.cos(c["theta"]), c["r"] * jnp.sin(c["theta"])])
     >>> mask = jac.flatten([jac.presence(v) for _, v in coords], bool)
     >>> mask.tolist()
@@ -43,9 +44,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from ppl.choicemap import _NO_VALUE, ChoiceMap, Masked
+from ppl.choicemap import ChoiceMap, Masked
 
 __all__ = ["raw", "presence", "is_continuous", "flatten", "unflatten", "masked_logabsdet", "from_leaves"]
+
+from_leaves = ChoiceMap.from_leaves  # the one (path, leaf) builder, re-exported for the moves
 
 
 def raw(leaf):
@@ -168,30 +171,3 @@ def masked_logabsdet(jac, in_mask=None, out_mask=None):
     eye_part = (i[:, None] == i[None, :]) & (i[:, None] >= k_r) & (i[None, :] >= k_c)
     mat = jnp.where(block, perm, jnp.where(eye_part, 1.0, 0.0).astype(jac.dtype))
     return jnp.linalg.slogdet(mat)[1]
-
-
-def from_leaves(items) -> ChoiceMap:
-    """A choice map from ``(path, leaf)`` pairs, the inverse of ``ChoiceMap.leaves()`` (leaves may
-    be ``Masked``; paths are tuples of address parts, ``()`` for a value at the root).
-
-    Example:
-        >>> import ppl
-        >>> chm = ppl.ChoiceMap({"a": 1.0, ("b", "c"): 2.0})
-        >>> from_leaves([(p, v * 10) for p, v in chm.leaves()]) == ppl.ChoiceMap({"a": 10.0, ("b", "c"): 20.0})
-        True
-    """
-    root = [_NO_VALUE, {}]
-    for path, v in items:
-        node = root
-        for part in path:
-            if node[0] is not _NO_VALUE:
-                raise ValueError(f"from_leaves: a value and a sub-map share the address {path}")
-            node = node[1].setdefault(part, [_NO_VALUE, {}])
-        if node[0] is not _NO_VALUE or node[1]:
-            raise ValueError(f"from_leaves: two leaves share the address {path}")
-        node[0] = v
-
-    def make(node):
-        return ChoiceMap._make(node[0], {k: make(c) for k, c in node[1].items()})
-
-    return make(root)

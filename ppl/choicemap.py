@@ -5,8 +5,12 @@ nesting (calling a generative function at an address) makes tuples. Choice maps 
 set of addresses is static structure, the values are leaves, so they pass through ``jax.jit``,
 ``jax.vmap`` and ``jax.lax.scan`` unchanged.
 
+A :class:`Masked` value is present only where its flag holds (the choices of untaken branches).
+
 A :class:`Selection` is a static set of addresses (with prefixes selecting whole subtrees, a
-complement and set algebra). It carries no arrays.
+complement and set algebra). It carries no arrays. Selections and :func:`normalize_addr` live in
+:mod:`ppl.selection` and are re-exported here; the algebra of masked choice maps (combining the
+choices of alternative branches) is :mod:`ppl.masking`.
 
 Example:
     >>> import jax.numpy as jnp
@@ -22,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Iterator
 
 import jax
@@ -30,6 +33,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import AddressError, fmt_addr
+from .selection import (  # noqa: F401  (re-exported: ppl.choicemap is the layer's front door)
+    Selection,
+    _AddrSel,
+    _AllSel,
+    _ComplementSel,
+    _external_addr,
+    _InterSel,
+    _NoneSel,
+    _UnionSel,
+    normalize_addr,
+    select,
+    select_all,
+    select_none,
+)
 
 __all__ = [
     "ChoiceMap",
@@ -40,28 +57,6 @@ __all__ = [
     "select_none",
     "normalize_addr",
 ]
-
-
-def normalize_addr(addr) -> tuple:
-    """Turn ``"a"`` or ``("a", "b")`` into a tuple path, checking that every part is a string."""
-    if isinstance(addr, str):
-        return (addr,)
-    if isinstance(addr, tuple):
-        for part in addr:
-            if not isinstance(part, str):
-                raise AddressError(
-                    f"address {addr!r} contains {part!r}, which is not a string: addresses are "
-                    "strings, and nested addresses are tuples of strings such as ('group', 'theta')."
-                )
-        return addr
-    raise AddressError(
-        f"address {addr!r} is not a string or a tuple of strings: write e.g. "
-        "`normal(0.0, 1.0) @ \"x\"` or chm[\"group\", \"theta\"]."
-    )
-
-
-def _external_addr(path: tuple):
-    return path[0] if len(path) == 1 else path
 
 
 def concrete_bool(flag):
@@ -221,6 +216,45 @@ class ChoiceMap:
         """Build a choice map from ``{name: ChoiceMap}``, dropping empty children (internal)."""
         return ChoiceMap._make(_NO_VALUE, {k: v for k, v in children.items() if not v.is_empty()})
 
+    @staticmethod
+    def from_leaves(pairs) -> "ChoiceMap":
+        """A choice map from ``(path, leaf)`` pairs: the inverse of :meth:`leaves`.
+
+        ``path`` is a tuple of address parts (``()`` for a value at the root); ``leaf`` is stored
+        as given (a :class:`Masked` leaf stays masked, even where its flag is concretely false).
+        One pass, linear in the number of leaves; sub-maps are ordered by first appearance. Two
+        leaves at one path, or a leaf at a prefix of another leaf's path, raise
+        :class:`ppl.AddressError`, whose ``path`` attribute is the conflicting path.
+
+        Example:
+            >>> chm = ChoiceMap({"a": 1.0, ("b", "c"): 2.0})
+            >>> ChoiceMap.from_leaves([(p, v * 10) for p, v in chm.leaves()]) == ChoiceMap({"a": 10.0, ("b", "c"): 20.0})
+            True
+            >>> ChoiceMap.from_leaves([(("b",), 1.0), (("b", "c"), 2.0)])
+            Traceback (most recent call last):
+            ...
+            ppl.errors.AddressError: from_leaves: address 'b' holds a value and also nested choices; a leaf cannot sit above another leaf
+        """
+        root = [_NO_VALUE, {}]
+        for path, v in pairs:
+            node = root
+            for i, part in enumerate(path):
+                if node[0] is not _NO_VALUE:
+                    raise _leaf_conflict(path[:i], "holds a value and also nested choices; a leaf "
+                                                   "cannot sit above another leaf")
+                node = node[1].setdefault(part, [_NO_VALUE, {}])
+            if node[0] is not _NO_VALUE:
+                raise _leaf_conflict(path, "is given twice; give one leaf per address")
+            if node[1]:
+                raise _leaf_conflict(path, "holds a value and also nested choices; a leaf cannot sit "
+                                           "above another leaf")
+            node[0] = v
+
+        def make(node):
+            return ChoiceMap._make(node[0], {k: make(c) for k, c in node[1].items()})
+
+        return make(root)
+
     # -- pytree ---------------------------------------------------------------------------------
     # The whole tree is one pytree node (one Python call to flatten, not one per inner node):
     # the static structure is a nested tuple, the leaves are the values in sorted-address order.
@@ -377,6 +411,15 @@ class ChoiceMap:
                 children[k] = f
         return ChoiceMap._make(value, children)
 
+    def without(self, name: str) -> "ChoiceMap":
+        """A copy without the top-level sub-map ``name`` (absent names are fine).
+
+        Example:
+            >>> ChoiceMap({"component": 1, ("x", "y"): 2.0}).without("component").addresses()
+            [('x', 'y')]
+        """
+        return ChoiceMap._make(self._value, {k: v for k, v in self._children.items() if k != name})
+
     def set(self, addr, value) -> "ChoiceMap":
         """A copy with ``addr`` set to ``value`` (replacing any existing value).
 
@@ -410,6 +453,12 @@ class ChoiceMap:
         return ta == tb and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
 
     __hash__ = None
+
+
+def _leaf_conflict(path, what) -> AddressError:
+    err = AddressError(f"from_leaves: address {fmt_addr(tuple(path))} {what}")
+    err.path = tuple(path)
+    return err
 
 
 def _flatten_struct(chm: ChoiceMap, leaves: list):
@@ -478,191 +527,3 @@ def _describe(v) -> str:
     shape = tuple(np.shape(v)) if not isinstance(v, jax.core.Tracer) else tuple(v.shape)
     dtype = jnp.result_type(v).name if not isinstance(v, jax.core.Tracer) else jnp.dtype(v.dtype).name
     return f"{_short(v)}  [{dtype}{list(shape)}]" if shape else f"{_short(v)}  [{dtype}]"
-
-
-# ------------------------------------------------------------------------------------ Selection
-class Selection:
-    """A static set of addresses. Build with :func:`select`, combine with ``|``, ``&``, ``~``.
-
-    Selecting an address selects everything nested under it.
-
-    Example:
-        >>> s = select("slope", ("group", "theta"))
-        >>> s.contains("slope"), s.contains(("group", "theta")), s.contains("noise")
-        (True, True, False)
-        >>> (~s).contains("noise")
-        True
-    """
-
-    def has_root(self) -> bool:  # is the current node itself (the whole subtree) selected
-        raise NotImplementedError
-
-    def child(self, name: str) -> "Selection":
-        raise NotImplementedError
-
-    def contains(self, addr) -> bool:
-        """Whether ``addr`` (or a prefix of it) is selected."""
-        sel = self
-        for part in normalize_addr(addr):
-            if isinstance(sel, _AllSel):
-                return True
-            if isinstance(sel, _NoneSel):
-                return False
-            sel = sel.child(part)
-        return sel.has_root()
-
-    def __call__(self, addr) -> bool:
-        return self.contains(addr)
-
-    def __or__(self, other):
-        return _UnionSel(self, other)
-
-    def __and__(self, other):
-        return _InterSel(self, other)
-
-    def __invert__(self):
-        return _ComplementSel(self)
-
-    def is_static_empty(self) -> bool:
-        return isinstance(self, _NoneSel)
-
-
-def _sel_pytree(cls):
-    jax.tree_util.register_pytree_node(cls, lambda s: ((), s), lambda aux, _: aux)
-    return cls
-
-
-@_sel_pytree
-@dataclasses.dataclass(frozen=True)
-class _AllSel(Selection):
-    def has_root(self):
-        return True
-
-    def child(self, name):
-        return self
-
-    def __repr__(self):
-        return "select_all()"
-
-
-@_sel_pytree
-@dataclasses.dataclass(frozen=True)
-class _NoneSel(Selection):
-    def has_root(self):
-        return False
-
-    def child(self, name):
-        return self
-
-    def __repr__(self):
-        return "select_none()"
-
-
-@_sel_pytree
-@dataclasses.dataclass(frozen=True)
-class _AddrSel(Selection):
-    paths: frozenset
-
-    def has_root(self):
-        return () in self.paths
-
-    def child(self, name):
-        if () in self.paths:
-            return _AllSel()
-        rest = frozenset(p[1:] for p in self.paths if p[0] == name)
-        return _AddrSel(rest) if rest else _NoneSel()
-
-    def __repr__(self):
-        return "select(" + ", ".join(repr(_external_addr(p)) for p in sorted(self.paths)) + ")"
-
-
-@_sel_pytree
-@dataclasses.dataclass(frozen=True)
-class _ComplementSel(Selection):
-    inner: Selection
-
-    def has_root(self):
-        return not self.inner.has_root()
-
-    def child(self, name):
-        c = self.inner.child(name)
-        if isinstance(c, _NoneSel):
-            return _AllSel()
-        if isinstance(c, _AllSel):
-            return _NoneSel()
-        return _ComplementSel(c)
-
-    def __repr__(self):
-        return f"~{self.inner!r}"
-
-
-@_sel_pytree
-@dataclasses.dataclass(frozen=True)
-class _UnionSel(Selection):
-    a: Selection
-    b: Selection
-
-    def has_root(self):
-        return self.a.has_root() or self.b.has_root()
-
-    def child(self, name):
-        a, b = self.a.child(name), self.b.child(name)
-        if isinstance(a, _NoneSel):
-            return b
-        if isinstance(b, _NoneSel):
-            return a
-        return _UnionSel(a, b)
-
-    def __repr__(self):
-        return f"({self.a!r} | {self.b!r})"
-
-
-@_sel_pytree
-@dataclasses.dataclass(frozen=True)
-class _InterSel(Selection):
-    a: Selection
-    b: Selection
-
-    def has_root(self):
-        return self.a.has_root() and self.b.has_root()
-
-    def child(self, name):
-        a, b = self.a.child(name), self.b.child(name)
-        if isinstance(a, _NoneSel) or isinstance(b, _NoneSel):
-            return _NoneSel()
-        return _InterSel(a, b)
-
-    def __repr__(self):
-        return f"({self.a!r} & {self.b!r})"
-
-
-def select(*addrs) -> Selection:
-    """Select addresses (strings or tuples); a selected address selects its whole subtree.
-
-    Example:
-        >>> select("x", ("g", "y")).contains(("g", "y"))
-        True
-    """
-    if not addrs:
-        return _NoneSel()
-    return _AddrSel(frozenset(normalize_addr(a) for a in addrs))
-
-
-def select_all() -> Selection:
-    """The selection of every address.
-
-    Example:
-        >>> select_all().contains(("any", "thing"))
-        True
-    """
-    return _AllSel()
-
-
-def select_none() -> Selection:
-    """The empty selection.
-
-    Example:
-        >>> select_none().contains("x")
-        False
-    """
-    return _NoneSel()
