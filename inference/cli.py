@@ -1,5 +1,6 @@
 """The ``ppl`` command line: ``ppl demo`` runs a tour of the inference families; ``ppl --version``
-prints the package version.
+prints the package version. Compiled programs are kept on disk between runs (see :mod:`ppl.cache`;
+``--no-compilation-cache`` turns that off).
 
 It lives in ``inference`` (not in the modeling language ``ppl``) because the demo runs inference
 algorithms and the language package imports nothing from ``inference``.
@@ -11,7 +12,7 @@ Example:
     >>> from inference.cli import build_parser, main
     >>> build_parser().parse_args(["demo", "--only", "modeling"]).only
     ['modeling']
-    >>> main(["demo", "--only", "nosuchsection"])  # the message goes to stderr
+    >>> main(["--no-compilation-cache", "demo", "--only", "nosuchsection"])  # message on stderr
     2
 """
 
@@ -29,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="ppl", description="probabilistic programming on JAX")
     p.add_argument("--version", action="version", version=f"ppl {__version__}")
+    p.add_argument("--no-compilation-cache", action="store_true",
+                   help="do not keep compiled programs on disk (default: kept in ~/.cache/ppl/jax, "
+                        "or $PPL_CACHE_DIR; PPL_COMPILATION_CACHE=0 also turns it off)")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run a tour of the inference families on built-in data")
     d.add_argument("--out", default="demo_output", help="folder for the PNG plots (default: demo_output)")
@@ -67,8 +71,20 @@ def run_demo(out: str, only=None, seed: int = 0) -> int:
     return 0
 
 
+def _cache_wanted(args) -> bool:
+    return not args.no_compilation_cache and os.environ.get("PPL_COMPILATION_CACHE", "1") != "0"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if _cache_wanted(args):
+        from ppl.cache import enable_compilation_cache
+
+        try:
+            where = enable_compilation_cache()
+            print(f"compiled programs are cached in {where} (--no-compilation-cache to turn off)")
+        except OSError as e:  # a read-only home: run without the cache rather than fail
+            print(f"ppl: compilation cache disabled ({e})", file=sys.stderr)
     if args.command == "demo":
         return run_demo(args.out, args.only, args.seed)
     return 2  # pragma: no cover
