@@ -290,6 +290,118 @@ class Trace:
     def get_subtrace(self, addr):
         raise AddressError(f"{type(self).__name__} has no subtrace at {fmt_addr(addr)}")
 
+    # -- the trace protocol: what inference code may ask of any trace ---------------------------
+    def get_gen_fn(self):
+        """The generative function that produced this trace.
+
+        Example:
+            >>> import jax, ppl
+            >>> ppl.normal.simulate(jax.random.key(0), 0.0, 1.0).get_gen_fn() is ppl.normal
+            True
+        """
+        return self.gf
+
+    def get_args(self):
+        """The model arguments of the call, as a tuple (``None`` for a trace stored inside another
+        trace: nested traces are kept without their arguments).
+
+        Example:
+            >>> import jax, ppl
+            >>> [float(a) for a in ppl.normal.simulate(jax.random.key(0), 0.0, 2.0).get_args()]
+            [0.0, 2.0]
+        """
+        return self.args
+
+    def get_retval(self):
+        """The return value of the call (``None`` for a nested ``@gen`` trace, see :meth:`get_args`).
+
+        Example:
+            >>> import jax, ppl
+            >>> tr = ppl.normal.simulate(jax.random.key(0), 0.0, 1.0)
+            >>> bool(tr.get_retval() == tr.choices[()])
+            True
+        """
+        return self.retval
+
+    def get_score(self):
+        """``log p(choices; args)``: the joint log density of all choices of this trace.
+
+        Example:
+            >>> import jax, ppl
+            >>> tr = ppl.normal.simulate(jax.random.key(0), 0.0, 1.0)
+            >>> bool(tr.get_score() == tr.score)
+            True
+        """
+        return self.score
+
+    def site_score(self, path):
+        """The summed log density of the site at ``path`` (an address or a tuple of addresses),
+        over all its copies (combinators' copy and time axes are summed; a site in an untaken
+        branch counts 0). A path naming a sub-model sums every site below it. ``None`` when the
+        trace has no site at ``path``.
+
+        Example:
+            >>> import jax, ppl
+            >>> @ppl.gen
+            ... def m():
+            ...     x = ppl.normal(0.0, 1.0) @ "x"
+            ...     return ppl.normal.repeat(3)(x, 1.0) @ "ys"
+            >>> tr = m.simulate(jax.random.key(0))
+            >>> bool(abs(tr.site_score("ys") - tr.get_scores()["ys"].sum()) < 1e-5)
+            True
+            >>> tr.site_score("zz") is None
+            True
+        """
+        from .choicemap import normalize_addr
+
+        path = () if path == () else normalize_addr(path)
+        sub = self.get_scores().get_submap(path)
+        if sub.is_empty():
+            return None
+        return masked_total([(path + p, v) for p, v in sub.leaves()])
+
+    def batch_axes(self, axis=0):
+        """A pytree prefix of this trace for ``jax.vmap``'s ``in_axes``/``out_axes``: ``axis`` for the
+        per-trace data (choices, scores, return value), ``None`` for the model's arguments, which
+        a batch of traces (chains, particles) shares.
+
+        Example:
+            >>> import jax, jax.numpy as jnp, ppl
+            >>> @ppl.gen
+            ... def m(mu):
+            ...     return ppl.normal(mu, 1.0) @ "x"
+            >>> tr = m.simulate(jax.random.key(0), jnp.array(0.5))
+            >>> batch = jax.vmap(lambda k: m.simulate(k, jnp.array(0.5)), out_axes=tr.batch_axes(0))(
+            ...     jax.random.split(jax.random.key(1), 4))
+            >>> batch.choices["x"].shape, batch.get_args()[0].shape
+            ((4,), ())
+        """
+        if not dataclasses.is_dataclass(self):
+            return axis
+        fields = {f.name: (None if f.name == "packed_args" else axis)
+                  for f in dataclasses.fields(self) if f.name != "gf"}
+        return dataclasses.replace(self, **fields)
+
+    def select(self, pred, other):
+        """This trace where the scalar bool ``pred`` holds, else ``other`` (elementwise ``where`` over
+        the per-trace data), keeping ``other``'s model arguments: an MH accept/reject step that
+        leaves the shared arguments as they are. Both traces must have the same structure.
+
+        Example:
+            >>> import jax, jax.numpy as jnp, ppl
+            >>> @ppl.gen
+            ... def m():
+            ...     return ppl.normal(0.0, 1.0) @ "x"
+            >>> a, b = m.simulate(jax.random.key(0)), m.simulate(jax.random.key(1))
+            >>> bool(a.select(jnp.array(False), b).choices["x"] == b.choices["x"])
+            True
+        """
+        if dataclasses.is_dataclass(self) and isinstance(other, Trace) and dataclasses.is_dataclass(other):
+            fields = {f.name: tree_select(pred, getattr(self, f.name), getattr(other, f.name))
+                      for f in dataclasses.fields(self) if f.name not in ("gf", "packed_args")}
+            return dataclasses.replace(other, **fields)
+        return tree_select(pred, self, other)
+
     def strip(self):
         return dataclasses.replace(self, packed_args=None, retval=None)
 
