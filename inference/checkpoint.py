@@ -57,8 +57,8 @@ import numpy as np
 
 from ppl.errors import ModelError
 
-__all__ = ["save", "restore", "latest_step", "chunked_loop", "CheckpointError", "CheckpointMismatchError",
-           "CheckpointWarning"]
+__all__ = ["save", "restore", "latest_step", "chunked_loop", "run_chunk", "CheckpointError",
+           "CheckpointMismatchError", "CheckpointWarning"]
 
 _FORMAT = 1
 _NO_DATA = object()
@@ -409,7 +409,24 @@ def _prune(directory: str, keep: int, current: int):
 
 # ------------------------------------------------------------------------------ the loop
 @functools.partial(jax.jit, static_argnames=("step", "size", "with_data"))
-def _run_chunk(step, size, with_data, key, start, state, data):
+def run_chunk(step, size, with_data, key, start, state, data):
+    """One compiled chunk of :func:`chunked_loop`: ``size`` steps ``i = start .. start+size-1`` of
+    ``state, out = step(fold_in(key, i), state[, data])`` as a ``lax.scan``; returns
+    ``(state, outs)`` with the outputs stacked along a leading axis of length ``size``.
+
+    ``step`` (hashable), ``size`` and ``with_data`` are static: the program is compiled once per
+    step, size and argument shapes and shared by every caller (``vi.fit``, ``mcmc.run``); it is
+    traceable, so a pure function (``mcmc.sample``) may call it under ``jit``/``vmap``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> def count(key, x):
+        ...     return x + 1, x
+        >>> x, xs = run_chunk(count, 3, False, jax.random.key(0), 0, jnp.int32(5), None)
+        >>> int(x), xs.tolist()
+        (8, [5, 6, 7])
+    """
+
     def body(s, i):
         k = jax.random.fold_in(key, i)
         return step(k, s, data) if with_data else step(k, s)
@@ -469,6 +486,7 @@ def chunked_loop(
     settings: dict | None = None,
     validate: Callable[[int, int, Any, Any], None] | None = None,
     postfix: Callable[[Any], dict] | None = None,
+    device_outputs: bool = False,
 ):
     """Run ``state, out = step(fold_in(key, i), state)`` for ``i < n_steps`` in jitted chunks.
 
@@ -478,7 +496,9 @@ def chunked_loop(
     traced. With ``data``, the step is called as ``step(key, state, data)`` (data such as
     observations or hyperparameters: new values do not recompile). ``validate(start, size, state,
     outs)`` may raise to reject a chunk before it is accepted (and saved); ``postfix(outs)`` returns
-    the progress bar's postfix.
+    the progress bar's postfix. The outputs are NumPy arrays, or with ``device_outputs=True`` JAX
+    arrays left where the computation put them (on the accelerator, sharded as the step made them;
+    chunks restored from a checkpoint are copied back), for callers that keep computing on them.
 
     With ``directory``, the state is checkpointed after each chunk (only the last ``keep`` are kept;
     outputs are stored once per chunk) and a later call resumes from the latest intact checkpoint,
@@ -507,7 +527,7 @@ def chunked_loop(
 
     @functools.cache
     def outputs():  # per-step output shapes (traced once: after the resume checks of state and settings)
-        shapes = _run_chunk.eval_shape(step, 1, with_data, key, 0, state, data)[1]
+        shapes = run_chunk.eval_shape(step, 1, with_data, key, 0, state, data)[1]
         return shapes, _describe_outs(jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
                                                              shapes))
 
@@ -527,8 +547,10 @@ def chunked_loop(
     try:
         while done < n_steps:
             size = min(chunk_size, n_steps - done)
-            new_state, out = _run_chunk(step, size, with_data, key, done, state, data)
-            out = [np.asarray(x) for x in jax.tree_util.tree_leaves(out)]
+            new_state, out = run_chunk(step, size, with_data, key, done, state, data)
+            out = jax.tree_util.tree_leaves(out)
+            if not device_outputs:
+                out = [np.asarray(x) for x in out]
             if validate is not None:
                 validate(done, size, new_state, jax.tree_util.tree_unflatten(out_treedef, out))
             state = new_state
@@ -546,8 +568,11 @@ def chunked_loop(
     finally:
         if bar is not None:
             bar.close()
-    if chunks:
-        outs = [np.concatenate(xs) for xs in zip(*chunks)]
+    xp = jnp if device_outputs else np
+    if len(chunks) == 1 and device_outputs:
+        outs = chunks[0]
+    elif chunks:
+        outs = [xp.concatenate(xs) for xs in zip(*chunks)]
     else:
-        outs = [np.zeros((0, *s.shape[1:]), s.dtype) for s in jax.tree_util.tree_leaves(out_shapes)]
+        outs = [xp.zeros((0, *s.shape[1:]), s.dtype) for s in jax.tree_util.tree_leaves(out_shapes)]
     return state, jax.tree_util.tree_unflatten(out_treedef, outs)

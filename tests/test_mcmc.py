@@ -256,7 +256,8 @@ def test_result_holds_only_choices_and_exports_to_arviz():
     assert res.choices["mu"].shape == (2, 200)
     assert res.choices.addresses() == ["mu"]  # observations are kept once, not per draw
     assert res.fixed_choices["ys"].shape == (5,)
-    assert set(res.info) >= {"accept_prob", "accepted", "step_size"}
+    assert set(res.info._fields) >= {"acceptance_rate", "accepted", "step_size", "diverging"}
+    assert res.info["accept_prob"] is res.info.acceptance_rate  # the earlier dict-style name still works
     assert res.final_trace.args[0].shape == YS.shape  # model arguments not copied per chain
     idata = res.to_arviz()
     assert dict(idata.posterior["mu"].sizes) == {"chain": 2, "draw": 200}

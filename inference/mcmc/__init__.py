@@ -1,10 +1,11 @@
 """MCMC: kernels over traces, kernel combinators and a multi-chain runner.
 
 Kernels are pure functions ``kernel(key, trace) -> (trace, info)`` built by :func:`mh`,
-:func:`mala`, :func:`hmc`, :func:`nuts` (NumPyro's NUTS), :func:`gibbs` and :func:`involutive`
-(involutive MCMC: reversible jump, split/merge moves); combine them with
-:func:`cycle`, :func:`mixture` and :func:`repeat`; run chains with :func:`run`. Gradient kernels
-move constrained choices (positive, unit interval, simplex) in unconstrained space.
+:func:`rw` (Gaussian random walk), :func:`mala`, :func:`hmc`, :func:`nuts` (NumPyro's NUTS),
+:func:`gibbs` and :func:`involutive` (involutive MCMC: reversible jump, split/merge moves);
+combine them with :func:`cycle`, :func:`mixture` and :func:`repeat`; run chains with :func:`run`.
+``rw`` and the gradient kernels move constrained choices (positive, unit interval, simplex) in
+unconstrained space. Each kernel's info is a typed ``NamedTuple`` (:mod:`inference.mcmc.infos`).
 
 Example:
     >>> import jax, jax.numpy as jnp, ppl
@@ -23,17 +24,21 @@ Example:
     True
 """
 
+from . import infos
 from .base import Kernel, accept
 from .combinators import Cycle, Mixture, Repeat, cycle, mixture, repeat
 from .gradient import HMC, MALA, hmc, mala
+from .infos import GibbsInfo, HMCInfo, InvolutiveInfo, MHInfo, MixtureInfo, NUTSInfo, RWInfo
 from .involutive import Involutive, involutive
 from .kernels import MH, Gibbs, MHProposal, gibbs, mh
 from .nuts import NUTS, nuts
 from .runner import MCMCResult, init_chains, run, sample
+from .rw import RW, rw
 from .transforms import UnconstrainedView
 
 __all__ = [
-    "Kernel", "accept", "mh", "mala", "hmc", "nuts", "gibbs", "cycle", "mixture", "repeat", "run",
-    "sample", "init_chains", "MCMCResult", "UnconstrainedView", "MH", "MHProposal", "MALA", "HMC",
-    "NUTS", "Gibbs", "Cycle", "Mixture", "Repeat", "involutive", "Involutive",
+    "Kernel", "accept", "mh", "rw", "mala", "hmc", "nuts", "gibbs", "cycle", "mixture", "repeat", "run",
+    "sample", "init_chains", "MCMCResult", "UnconstrainedView", "MH", "MHProposal", "RW", "MALA", "HMC",
+    "NUTS", "Gibbs", "Cycle", "Mixture", "Repeat", "involutive", "Involutive", "MHInfo", "GibbsInfo",
+    "HMCInfo", "RWInfo", "NUTSInfo", "InvolutiveInfo", "MixtureInfo",
 ]

@@ -27,22 +27,22 @@ Example:
     ...     return ppl.normal(0.0, 1.0) @ "x"
     >>> tr = model.simulate(jax.random.key(0))
     >>> tr2, info = mcmc.mh(ppl.select("x"))(jax.random.key(1), tr)
-    >>> sorted(info)
-    ['accept_prob', 'accepted']
+    >>> info._fields
+    ('acceptance_rate', 'accepted')
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
-from ppl.choicemap import Masked, Selection
+from ppl.choicemap import Masked, Selection, select
 from ppl.core import Trace, tree_select
 from ppl.errors import AddressError, ModelError, fmt_addr
 
-__all__ = ["Kernel", "accept", "select_trace", "index_trace", "selected_paths", "check_selection"]
+from .infos import MHInfo
+
+__all__ = ["Kernel", "accept", "select_trace", "index_trace", "selected_paths", "check_selection", "as_selection", "map_batched"]
 
 
 class Kernel:
@@ -85,50 +85,96 @@ def _call(kernel, key, trace):
 def accept(key, log_alpha, new, old):
     """Metropolis-Hastings accept/reject between two traces of the same structure.
 
-    Returns ``(trace, info)`` with ``info = {"accept_prob", "accepted"}``; a NaN ratio rejects.
+    Returns ``(trace, info)`` with ``info`` an :class:`inference.mcmc.infos.MHInfo`
+    ``(acceptance_rate, accepted)``; a NaN ratio rejects. ``new`` and ``old`` are traces (the
+    result keeps ``old``'s model arguments, see :meth:`ppl.core.Trace.select`) or any pytrees of
+    the same structure. Every MH-type move of the library (``mh``, ``rw``, ``hmc``, ``involutive``,
+    SMC's rejuvenation moves) accepts through this function.
 
     Example:
         >>> import jax.numpy as jnp
         >>> tr, info = accept(jax.random.key(0), jnp.array(0.0), jnp.ones(2), jnp.zeros(2))
-        >>> bool(info["accepted"]), tr.tolist()
+        >>> bool(info.accepted), tr.tolist()
         (True, [1.0, 1.0])
     """
     log_alpha = jnp.where(jnp.isnan(log_alpha), -jnp.inf, log_alpha)
     acc = jnp.log(jax.random.uniform(key)) < log_alpha
     out = select_trace(acc, new, old)
-    return out, {"accept_prob": jnp.exp(jnp.minimum(log_alpha, 0.0)), "accepted": acc}
-
-
-def _keep_args(fn, new, old):
-    if isinstance(new, Trace) and dataclasses.is_dataclass(new):
-        fields = {f.name: fn(getattr(new, f.name), getattr(old, f.name))
-                  for f in dataclasses.fields(new) if f.name not in ("gf", "packed_args")}
-        return dataclasses.replace(old, **fields)
-    return fn(new, old)
+    return out, MHInfo(jnp.exp(jnp.minimum(log_alpha, 0.0)), acc)
 
 
 def select_trace(pred, new, old):
     """``where(pred, new, old)`` over traces (or any pytrees); a trace keeps ``old``'s model
-    arguments, so that chains vmapped over traces share one copy of the data."""
-    return _keep_args(lambda a, b: tree_select(pred, a, b), new, old)
+    arguments (:meth:`ppl.core.Trace.select`), so that chains vmapped over traces share one copy
+    of the data.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> select_trace(jnp.array(False), jnp.ones(2), jnp.zeros(2)).tolist()
+        [0.0, 0.0]
+    """
+    if isinstance(new, Trace):
+        return new.select(pred, old)
+    return tree_select(pred, new, old)
 
 
 def index_trace(batched, j, like):
-    """Entry ``j`` of a batch of traces, keeping ``like``'s model arguments."""
-    return _keep_args(lambda a, b: jax.tree_util.tree_map(lambda x: x[j], a), batched, like)
+    """Entry ``j`` of a batch of traces whose per-trace data has a leading axis (see
+    :meth:`ppl.core.Trace.batch_axes`); the model arguments are ``like``'s.
+
+    Example:
+        >>> import jax, ppl
+        >>> @ppl.gen
+        ... def m():
+        ...     return ppl.normal(0.0, 1.0) @ "x"
+        >>> tr = m.simulate(jax.random.key(0))
+        >>> batch = jax.vmap(m.simulate, out_axes=tr.batch_axes(0))(jax.random.split(jax.random.key(1), 3))
+        >>> bool(index_trace(batch, 2, tr).choices["x"] == batch.choices["x"][2])
+        True
+    """
+    return map_batched(lambda x: x[j], batched, like)
+
+
+def _is_none(x):
+    return x is None
+
+
+def map_batched(fn, batched, like):
+    """``fn`` applied to every per-trace array of ``batched`` (a batch of traces laid out as
+    ``like.batch_axes(0)`` says), with the model arguments taken from ``like`` (a trace of the
+    same structure).
+
+    Example:
+        >>> import jax, ppl
+        >>> @ppl.gen
+        ... def m():
+        ...     return ppl.normal(0.0, 1.0) @ "x"
+        >>> tr = m.simulate(jax.random.key(0))
+        >>> batch = jax.vmap(m.simulate, out_axes=tr.batch_axes(0))(jax.random.split(jax.random.key(1), 3))
+        >>> map_batched(lambda x: x[:2], batch, tr).choices["x"].shape
+        (2,)
+    """
+    return jax.tree_util.tree_map(
+        lambda ax, b, l: l if ax is None else jax.tree_util.tree_map(fn, b),
+        like.batch_axes(0), batched, like, is_leaf=_is_none)
+
+
+def as_selection(selection) -> Selection:
+    """A :class:`ppl.Selection` from a selection, an address or a list of addresses (the
+    ``selection`` argument of the kernel constructors).
+
+    Example:
+        >>> as_selection(["a", "b"])
+        select('a', 'b')
+    """
+    if isinstance(selection, Selection):
+        return selection
+    return select(*selection) if isinstance(selection, list) else select(selection)
 
 
 def _explicit_paths(sel: Selection):
     """Addresses named explicitly in a selection (for 'names no address' errors)."""
-    out = []
-    paths = getattr(sel, "paths", None)
-    if paths is not None:
-        out.extend(paths)
-    for attr in ("a", "b"):
-        sub = getattr(sel, attr, None)
-        if isinstance(sub, Selection) and type(sel).__name__ == "_UnionSel":
-            out.extend(_explicit_paths(sub))
-    return out
+    return sel.named_paths()
 
 
 def check_selection(trace, selection, who: str):
@@ -141,7 +187,7 @@ def check_selection(trace, selection, who: str):
             top = sorted({q[0] for q in leaves if q})
             raise AddressError(
                 f"{who}: the selection names address {fmt_addr(p)}, but the model "
-                f"{getattr(trace.gf, 'name', '')} has no choice there (its top-level addresses are "
+                f"{getattr(trace.get_gen_fn(), 'name', '')} has no choice there (its top-level addresses are "
                 f"{top}); fix the spelling or the selection."
             )
     chosen = [(p, v) for p, v in trace.choices.leaves() if p and selection.contains(p)]

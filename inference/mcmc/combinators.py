@@ -1,7 +1,8 @@
 """Kernel combinators: :func:`cycle`, :func:`mixture`, :func:`repeat`.
 
 Each combinator is itself a kernel: its state is the tuple of its components' states and its
-info the tuple of their infos (for :func:`repeat`, the info of the last application).
+info the tuple of their infos (for :func:`mixture` a :class:`inference.mcmc.infos.MixtureInfo`, for
+:func:`repeat` the info of the last application).
 
 Example:
     >>> import jax, jax.numpy as jnp, ppl
@@ -21,15 +22,27 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 
 import jax
 import jax.numpy as jnp
 
+from ppl.choicemap import Selection, select
 from ppl.core import tree_select
 
 from .base import Kernel, select_trace
+from .infos import MixtureInfo
 
 __all__ = ["cycle", "mixture", "repeat", "Cycle", "Mixture", "Repeat"]
+
+
+def _union_moves(kernels, trace):
+    """The union of the components' ``moves`` (``None`` if any cannot say)."""
+    parts = [k.moves(trace) for k in kernels]
+    if any(p is None for p in parts):
+        return None
+    return functools.reduce(operator.or_, [p if isinstance(p, Selection) else select(*p) for p in parts])
 
 
 def _check(kernels, who):
@@ -44,6 +57,10 @@ class Cycle(Kernel):
 
     kernels: tuple
     name = "cycle"
+
+    def moves(self, trace):
+        """The choices any component moves."""
+        return _union_moves(self.kernels, trace)
 
     def init(self, key, trace, n_warmup=0):
         ks = jax.random.split(key, len(self.kernels))
@@ -67,6 +84,10 @@ class Repeat(Kernel):
     kernel: Kernel
     n: int
     name = "repeat"
+
+    def moves(self, trace):
+        """The choices its kernel moves."""
+        return self.kernel.moves(trace)
 
     def init(self, key, trace, n_warmup=0):
         return self.kernel.init(key, trace, n_warmup * self.n)
@@ -99,6 +120,10 @@ class Mixture(Kernel):
     probs: tuple
     name = "mixture"
 
+    def moves(self, trace):
+        """The choices any component moves."""
+        return _union_moves(self.kernels, trace)
+
     def init(self, key, trace, n_warmup=0):
         ks = jax.random.split(key, len(self.kernels))
         return tuple(k.init(kk, trace, n_warmup) for k, kk in zip(self.kernels, ks))
@@ -115,7 +140,7 @@ class Mixture(Kernel):
             out_tr = select_trace(chosen, tr_i, out_tr)
             states.append(tree_select(chosen, st_i, st))
             infos.append(info_i)
-        return out_tr, tuple(states), (j, tuple(infos))
+        return out_tr, tuple(states), MixtureInfo(j, tuple(infos))
 
 
 def cycle(*kernels) -> Cycle:
@@ -130,8 +155,8 @@ def cycle(*kernels) -> Cycle:
         >>> from inference import mcmc
         >>> k = cycle(mcmc.mh(ppl.select("a")), mcmc.mh(ppl.select("b")))
         >>> tr2, (ia, ib) = k(jax.random.key(0), model.simulate(jax.random.key(1)))
-        >>> sorted(ia)
-        ['accept_prob', 'accepted']
+        >>> ia._fields
+        ('acceptance_rate', 'accepted')
     """
     if len(kernels) == 1 and isinstance(kernels[0], (list, tuple)):
         kernels = tuple(kernels[0])
@@ -143,7 +168,7 @@ def mixture(kernels, probs=None) -> Mixture:
     """Apply one of the kernels, chosen with probabilities ``probs`` (uniform by default).
 
     Every component is evaluated and the chosen one's result kept, so that vmapped chains stay
-    in lockstep; the info is ``(chosen_index, infos)``.
+    in lockstep; the info is a :class:`inference.mcmc.infos.MixtureInfo` ``(chosen, infos)``.
 
     Example:
         >>> import jax, ppl
@@ -176,7 +201,7 @@ def repeat(kernel: Kernel, n: int) -> Repeat:
         ... def model():
         ...     return ppl.normal(0.0, 1.0) @ "x"
         >>> tr2, info = repeat(mcmc.mh(ppl.select("x")), 5)(jax.random.key(0), model.simulate(jax.random.key(1)))
-        >>> info["accept_prob"].shape
+        >>> info.acceptance_rate.shape
         ()
     """
     _check([kernel], "repeat")

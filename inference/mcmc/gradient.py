@@ -6,10 +6,11 @@ noise per coordinate. Gradients are taken through the model's ``update``. With
 ``adapt_step_size=True`` the step size is tuned by dual averaging during the runner's burn-in
 (target acceptance 0.8 for HMC, 0.574 for MALA) and then frozen.
 
-Each step's info holds ``accept_prob``, ``accepted``, ``step_size`` and ``diverging``: the
-proposal's energy error (minus the log acceptance ratio) exceeded :data:`DIVERGENCE_THRESHOLD`
-(1000, as in NumPyro and Stan) or was not finite, the sign of a step size far too large for the
-posterior's curvature (``mcmc.run`` warns about them).
+Each step's info is an :class:`inference.mcmc.infos.HMCInfo` (``acceptance_rate``, ``accepted``,
+``step_size``, ``diverging``); ``diverging`` means the proposal's energy error (minus the log
+acceptance ratio) exceeded :data:`DIVERGENCE_THRESHOLD` (1000, as in NumPyro and Stan) or was not
+finite, the sign of a step size far too large for the posterior's curvature (``mcmc.run`` warns
+about them).
 
 Example:
     >>> import jax, jax.numpy as jnp, ppl
@@ -33,12 +34,13 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.hmc_util import dual_averaging
 
-from ppl.choicemap import Selection, select
+from ppl.choicemap import Selection
 
-from .base import Kernel, accept, selected_paths
+from .base import Kernel, accept, as_selection, selected_paths
+from .infos import HMCInfo
 from .transforms import UnconstrainedView
 
-__all__ = ["hmc", "mala", "HMC", "MALA", "GradState", "DIVERGENCE_THRESHOLD"]
+__all__ = ["hmc", "mala", "HMC", "MALA", "GradState", "UnconstrainedKernel", "DIVERGENCE_THRESHOLD"]
 
 _tmap = jax.tree_util.tree_map
 
@@ -63,16 +65,36 @@ class GradState:
     n_warmup: int = dataclasses.field(metadata=dict(static=True), default=0)
 
 
-class _GradientKernel(Kernel):
+class UnconstrainedKernel(Kernel):
+    """Base of the Metropolis-Hastings kernels that move the selected continuous choices in
+    unconstrained space with one step size, adapted by dual averaging during burn-in toward
+    ``target_accept`` (``hmc``, ``mala``, ``rw``). A subclass defines ``_propose(key, vg, u, lp,
+    g, eps) -> (u2, lp2, g2, log_q)`` (``vg(u) -> (log density, gradient)``, ``log_q`` the proposal's
+    log ratio ``log q(u | u2) - log q(u2 | u)``) and may override ``_value_and_grad`` and ``_info``.
+
+    Example:
+        >>> import ppl
+        >>> from inference import mcmc
+        >>> isinstance(mcmc.hmc(ppl.select("x")), UnconstrainedKernel)
+        True
+    """
+
     target_accept = 0.8
 
     def moves(self, trace):
         """The kernel moves the selected choices only."""
+        return self._selection(trace)
+
+    def _selection(self, trace):
         return self.selection
 
     def _view(self, trace):
-        paths = selected_paths(trace, self.selection, f"mcmc.{self.name}", continuous=True)
-        return UnconstrainedView(trace.gf, paths, f"mcmc.{self.name}")
+        paths = selected_paths(trace, self._selection(trace), f"mcmc.{self.name}", continuous=True)
+        return UnconstrainedView(trace.get_gen_fn(), paths, f"mcmc.{self.name}")
+
+    @staticmethod
+    def _info(mh, eps, diverging):
+        return HMCInfo(mh.acceptance_rate, mh.accepted, eps, diverging)
 
     @staticmethod
     def _value_and_grad(view, trace, u, unravel):
@@ -121,19 +143,18 @@ class _GradientKernel(Kernel):
         log_alpha = lp2 - lp + log_q
         diverging = jnp.logical_not(jnp.isfinite(log_alpha)) | (-log_alpha > DIVERGENCE_THRESHOLD)
         new_trace, _ = view.write(trace, unravel(u2))
-        out, info = accept(k2, log_alpha, new_trace, trace)
-        acc = info["accepted"]
+        out, mh = accept(k2, log_alpha, new_trace, trace)
+        acc = mh.accepted
         pick = lambda a, b: _tmap(lambda x, y: jnp.where(acc, x, y), a, b)  # noqa: E731
-        log_step, da = self._adapt(state, info["accept_prob"])
-        info["step_size"] = eps
-        info["diverging"] = diverging
+        log_step, da = self._adapt(state, mh.acceptance_rate)
+        info = self._info(mh, eps, diverging)
         new_state = GradState(state.i + 1, log_step, da, pick(u2, u), jnp.where(acc, lp2, lp), pick(g2, g),
                               state.n_warmup)
         return out, new_state, info
 
 
 @dataclasses.dataclass(frozen=True)
-class HMC(_GradientKernel):
+class HMC(UnconstrainedKernel):
     """Hamiltonian Monte Carlo with a fixed number of leapfrog steps (see :func:`hmc`)."""
 
     selection: Selection
@@ -157,7 +178,7 @@ class HMC(_GradientKernel):
 
 
 @dataclasses.dataclass(frozen=True)
-class MALA(_GradientKernel):
+class MALA(UnconstrainedKernel):
     """Metropolis-adjusted Langevin algorithm (see :func:`mala`)."""
 
     selection: Selection
@@ -177,12 +198,6 @@ class MALA(_GradientKernel):
         return u2, lp2, g2, log_q(u, u2, g2) - log_q(u2, u, g)
 
 
-def _sel(selection):
-    if isinstance(selection, Selection):
-        return selection
-    return select(*selection) if isinstance(selection, list) else select(selection)
-
-
 def hmc(selection, step_size: float = 0.1, n_leapfrog: int = 10, adapt_step_size: bool = False) -> HMC:
     """Hamiltonian Monte Carlo on the selected continuous choices (unconstrained space, unit mass).
 
@@ -199,7 +214,7 @@ def hmc(selection, step_size: float = 0.1, n_leapfrog: int = 10, adapt_step_size
         >>> bool(tr2.choices["s"] > 0)
         True
     """
-    return HMC(_sel(selection), float(step_size), int(n_leapfrog), bool(adapt_step_size))
+    return HMC(as_selection(selection), float(step_size), int(n_leapfrog), bool(adapt_step_size))
 
 
 def mala(selection, step_size: float = 0.1, adapt_step_size: bool = False) -> MALA:
@@ -215,4 +230,4 @@ def mala(selection, step_size: float = 0.1, adapt_step_size: bool = False) -> MA
         >>> bool((tr2.choices["p"] > 0) & (tr2.choices["p"] < 1))
         True
     """
-    return MALA(_sel(selection), float(step_size), bool(adapt_step_size))
+    return MALA(as_selection(selection), float(step_size), bool(adapt_step_size))

@@ -44,8 +44,8 @@ matter.
   ``t``, and the auxiliary choices with ``u``, to a float tolerance), raising a
   :class:`ppl.ModelError` naming the first address that does not come back.
 
-The info is a dict (as for every kernel, so that ``mcmc.run`` reports acceptance rates) with
-``accept_prob``, ``accepted`` and ``log_det_jacobian``.
+The info is an :class:`inference.mcmc.infos.InvolutiveInfo`: ``acceptance_rate``, ``accepted``
+and ``log_det_jacobian``.
 
 Example (a scaling move ``x -> x s``, ``s -> 1/s`` on a positive choice):
     >>> import jax, jax.numpy as jnp, ppl
@@ -63,8 +63,8 @@ Example (a scaling move ``x -> x s``, ``s -> 1/s`` on a positive choice):
     >>> tr, _ = model.generate(jax.random.key(0), ppl.ChoiceMap({"y": 0.5}))
     >>> kernel = mcmc.involutive(scale, flip_scale)
     >>> tr2, info = kernel(jax.random.key(1), tr)
-    >>> sorted(info)
-    ['accept_prob', 'accepted', 'log_det_jacobian']
+    >>> info._fields
+    ('acceptance_rate', 'accepted', 'log_det_jacobian')
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ from ppl.errors import ModelError, fmt_addr
 
 from .._jacobian import flatten, from_leaves, is_continuous, masked_logabsdet, presence, raw, unflatten
 from .base import Kernel, accept
+from .infos import InvolutiveInfo
 
 __all__ = ["involutive", "Involutive"]
 
@@ -221,7 +222,7 @@ class Involutive(Kernel):
         x0 = flatten(x_likes, jnp.float32)
         jac, (constraints, new_aux) = jax.jacfwd(f, has_aux=True)(x0)
 
-        new, w, _ = trace.gf.update(k_upd, trace, constraints, *trace.args)
+        new, w, _ = trace.get_gen_fn().update(k_upd, trace, constraints, *trace.get_args())
         new_ch = new.choices
         new_leaves = dict(new_ch.leaves())
         old_map = dict(old_leaves)
@@ -285,19 +286,18 @@ class Involutive(Kernel):
                                              ([fmt_addr(old_leaves[i][0]) for i in cand],
                                               [fmt_addr(aux_leaves[i][0]) for i in aux_cont])),
             fresh, jnp.sum(in_mask), jnp.sum(out_mask))
-        log_alpha = w + rev.score - fwd.score + log_det + check
+        log_alpha = w + rev.get_score() - fwd.get_score() + log_det + check
 
         if STATE.debug:
             log_alpha = log_alpha + self._roundtrip(k_upd, trace, new, aux, new_aux)
 
-        out, info = accept(k_acc, log_alpha, new, trace)
-        info["log_det_jacobian"] = log_det
-        return out, state, info
+        out, mh = accept(k_acc, log_alpha, new, trace)
+        return out, state, InvolutiveInfo(mh.acceptance_rate, mh.accepted, log_det)
 
     def _roundtrip(self, key, trace, new, aux, new_aux):
         """Debug mode: the involution of ``(t', u')`` must give back ``(t, u)``."""
         back_c, back_aux = self._apply(_unwrap(new.choices), _unwrap(new_aux))
-        back, _, _ = new.gf.update(key, new, back_c, *new.args)
+        back, _, _ = new.get_gen_fn().update(key, new, back_c, *new.get_args())
         names, bad = [], []
         b_leaves = dict(back.choices.leaves())
         for p, v in trace.choices.leaves():

@@ -16,7 +16,7 @@ Example:
     ...     ppl.normal(jnp.array([-1.0, 0.0, 1.0])[z], 1.0) @ "y"
     >>> tr, _ = model.generate(jax.random.key(0), ppl.ChoiceMap({"y": 0.5}))
     >>> tr2, info = mcmc.gibbs("z")(jax.random.key(1), tr)
-    >>> info["probs"].shape
+    >>> info.probs.shape
     (3,)
 """
 
@@ -35,6 +35,7 @@ from ppl.core import GenerativeFunction, Interceptor, intercept, masked_total
 from ppl.errors import AddressError, ModelError, fmt_addr
 
 from .base import Kernel, accept, check_selection, index_trace
+from .infos import GibbsInfo
 
 __all__ = ["mh", "MH", "MHProposal", "gibbs", "Gibbs"]
 
@@ -46,23 +47,20 @@ class MH(Kernel):
     selection: Selection
     name = "mh"
 
+    def moves(self, trace):
+        """The selected choices."""
+        return self.selection
+
     def step(self, key, trace, state, synced=False):
         check_selection(trace, self.selection, "mcmc.mh")
         k1, k2 = jax.random.split(key)
-        new, w, _ = trace.gf.regenerate(k1, trace, self.selection, *trace.args)
+        new, w, _ = trace.get_gen_fn().regenerate(k1, trace, self.selection, *trace.get_args())
         out, info = accept(k2, w, new, trace)
         return out, state, info
 
 
 def _static_paths(chm: ChoiceMap):
     return {p for p, _ in chm.leaves()}
-
-
-def _from_paths(items) -> ChoiceMap:
-    out = ChoiceMap.empty()
-    for p, v in items:
-        out = out | ChoiceMap._nest(p, ChoiceMap.value(v))
-    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +71,18 @@ class MHProposal(Kernel):
     proposal_args: tuple = ()
     name = "mh"
 
+    def moves(self, trace):
+        """The addresses the proposal proposes (every branch of it, from its static structure)."""
+        struct = jax.eval_shape(lambda k, t: self.proposal.simulate(k, t, *self.proposal_args).choices,
+                                jax.random.key(0), trace)
+        return [q for q, _ in struct.leaves()]
+
     def step(self, key, trace, state, synced=False):
         k1, k2, k3 = jax.random.split(key, 3)
-        args = trace.args
+        args = trace.get_args()
         fwd = self.proposal.simulate(k1, trace, *self.proposal_args)
         constraints = fwd.choices
-        new, w, discard = trace.gf.update(k2, trace, constraints, *args)
+        new, w, discard = trace.get_gen_fn().update(k2, trace, constraints, *args)
         # Addresses the proposal can propose (all branches, static structure).
         shape_new = jax.eval_shape(lambda k, t: self.proposal.simulate(k, t, *self.proposal_args).choices, k1, new)
         reach = _static_paths(shape_new) | _static_paths(constraints)
@@ -87,12 +91,12 @@ class MHProposal(Kernel):
         # update, so their prior density (their score in the old trace) enters the ratio. Fresh
         # choices drawn from the prior are already in update's weight (-log q(fresh)).
         d_leaves = discard.leaves()
-        back = _from_paths([(p, v) for p, v in d_leaves if p in reach])
+        back = ChoiceMap.from_leaves([(p, v) for p, v in d_leaves if p in reach])
         bwd, _ = self.proposal.assess(back, new, *self.proposal_args)
         unreached = {p: (v.flag if isinstance(v, Masked) else True) for p, v in d_leaves if p not in reach}
         removed = masked_total([(p, v) for p, v in trace.get_scores().leaves() if p in unreached],
                                extra_flags={p: f for p, f in unreached.items() if f is not True})
-        log_alpha = w + removed + bwd - fwd.score
+        log_alpha = w + removed + bwd - fwd.get_score()
         out, info = accept(k3, log_alpha, new, trace)
         return out, state, info
 
@@ -120,7 +124,7 @@ def mh(target, proposal_args: tuple = ()) -> Kernel:
         ...     ppl.normal(tr.choices["x"], s) @ "x"
         >>> tr, _ = model.generate(jax.random.key(0), ppl.ChoiceMap({"y": 1.0}))
         >>> tr2, info = mh(walk, (0.5,))(jax.random.key(1), tr)
-        >>> float(info["accept_prob"]) <= 1.0
+        >>> float(info.acceptance_rate) <= 1.0
         True
     """
     if isinstance(target, Selection):
@@ -188,12 +192,16 @@ class Gibbs(Kernel):
     address: Any
     name = "gibbs"
 
+    def moves(self, trace):
+        """The site it updates."""
+        return [normalize_addr(self.address)]
+
     def _support(self, trace, path):
         icpt = _Inspect(path)
 
         def run(t):
             with intercept(icpt):
-                t.gf.update(jax.random.key(0), t, ChoiceMap({path: t.choices[path]}), *t.args)
+                t.get_gen_fn().update(jax.random.key(0), t, ChoiceMap({path: t.choices[path]}), *t.get_args())
             return 0
 
         jax.eval_shape(run, trace)
@@ -224,10 +232,10 @@ class Gibbs(Kernel):
 
             def score(v):
                 val = flat.at[i].set(v).reshape(shape)
-                new, w, _ = tr.gf.update(k_upd, tr, ChoiceMap({path: val}), *tr.args)
+                new, w, _ = tr.get_gen_fn().update(k_upd, tr, ChoiceMap({path: val}), *tr.get_args())
                 return new, w
 
-            news, ws = jax.vmap(score)(values)
+            news, ws = jax.vmap(score, out_axes=(tr.batch_axes(0), 0))(values)
             ws = jnp.where(jnp.isnan(ws), -jnp.inf, ws)
             j = jax.random.categorical(k_draw, ws)
             new = index_trace(news, j, tr)
@@ -236,7 +244,7 @@ class Gibbs(Kernel):
         ks = jax.random.split(key, n)
         out, probs = jax.lax.scan(one, trace, (jnp.arange(n), ks))
         probs = probs[0] if n == 1 else probs.reshape(shape + (values.shape[0],))
-        info = {"accept_prob": jnp.ones(()), "accepted": jnp.array(True), "probs": probs}
+        info = GibbsInfo(jnp.ones(()), jnp.array(True), probs)
         return out, state, info
 
 
@@ -254,7 +262,7 @@ def gibbs(address) -> Gibbs:
         ...     ppl.normal(jnp.where(c, 2.0, -2.0), 1.0) @ "y"
         >>> tr, _ = model.generate(jax.random.key(0), ppl.ChoiceMap({"y": 2.0}))
         >>> _, info = gibbs("c")(jax.random.key(1), tr)
-        >>> bool(info["probs"][1] > 0.99)
+        >>> bool(info.probs[1] > 0.99)
         True
     """
     normalize_addr(address)

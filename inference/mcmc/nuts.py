@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 from typing import Any
@@ -32,15 +33,18 @@ from numpyro.infer.hmc import hmc as numpyro_hmc
 
 from ppl.choicemap import Selection
 
-from .base import Kernel, selected_paths
-from .gradient import _sel
+from .base import Kernel, as_selection, selected_paths
+from .infos import NUTSInfo
 from .transforms import UnconstrainedView
 
 __all__ = ["nuts", "NUTS", "NUTSState"]
 
 # NumPyro's init_kernel configures its sample_kernel through closure variables (warm-up length,
-# tree depth): keep one (init, sample) pair per kernel and warm-up length.
-_PAIRS: dict = {}
+# tree depth): keep one (init, sample) pair per kernel and warm-up length, the most recently
+# used _MAX_PAIRS of them (an evicted pair is rebuilt on demand; compiled programs are cached by
+# jax.jit on the kernel, not here).
+_MAX_PAIRS = 64
+_PAIRS: "collections.OrderedDict" = collections.OrderedDict()
 _LOCK = threading.Lock()
 
 
@@ -63,16 +67,25 @@ class NUTS(Kernel):
 
     def _view(self, trace):
         paths = selected_paths(trace, self.selection, "mcmc.nuts", continuous=True)
-        return UnconstrainedView(trace.gf, paths, "mcmc.nuts")
+        return UnconstrainedView(trace.get_gen_fn(), paths, "mcmc.nuts")
 
-    def _pair(self, n_warmup):
-        """NumPyro's (init_kernel, sample_kernel) for this kernel and warm-up length."""
+    def _pair(self, n_warmup, trace=None):
+        """NumPyro's (init_kernel, sample_kernel) for this kernel and warm-up length. A pair built
+        afresh (first use, or after eviction from the LRU cache) is configured by running its
+        init_kernel abstractly on ``trace`` when the caller is about to use its sample_kernel."""
         k = (self, n_warmup)
         with _LOCK:
-            if k not in _PAIRS:
+            fresh = k not in _PAIRS
+            if fresh:
                 gen = lambda trace: self._view(trace).potential(trace)  # noqa: E731
                 _PAIRS[k] = numpyro_hmc(potential_fn_gen=gen, algo="NUTS")
-            return _PAIRS[k]
+                while len(_PAIRS) > _MAX_PAIRS:
+                    _PAIRS.popitem(last=False)
+            _PAIRS.move_to_end(k)
+            pair = _PAIRS[k]
+        if fresh and trace is not None:
+            jax.eval_shape(lambda t: self._numpyro_init(pair[0], jax.random.key(0), t, n_warmup), trace)
+        return pair
 
     def _init_kw(self, n_warmup):
         return dict(
@@ -85,17 +98,18 @@ class NUTS(Kernel):
             max_tree_depth=self.max_tree_depth,
         )
 
-    def init(self, key, trace, n_warmup=0):
+    def _numpyro_init(self, init_kernel, key, trace, n_warmup):
         view = self._view(trace)
-        init_kernel, _ = self._pair(n_warmup)
         u = view.read(trace)
         pe, g = jax.value_and_grad(view.potential(trace))(u)
-        st = init_kernel(ParamInfo(u, pe, g), model_args=(trace,), rng_key=key, **self._init_kw(n_warmup))
-        return NUTSState(st, n_warmup)
+        return init_kernel(ParamInfo(u, pe, g), model_args=(trace,), rng_key=key, **self._init_kw(n_warmup))
+
+    def init(self, key, trace, n_warmup=0):
+        return NUTSState(self._numpyro_init(self._pair(n_warmup)[0], key, trace, n_warmup), n_warmup)
 
     def step(self, key, trace, state, synced=False):
         view = self._view(trace)
-        init_kernel, sample_kernel = self._pair(state.n_warmup)
+        _, sample_kernel = self._pair(state.n_warmup, trace)
         st = state.hmc
         if not synced:
             u = view.read(trace)
@@ -104,13 +118,8 @@ class NUTS(Kernel):
         st = st._replace(rng_key=key)
         new = sample_kernel(st, model_args=(trace,))
         out, _ = view.write(trace, new.z)
-        info = {
-            "accept_prob": new.accept_prob,
-            "accepted": jnp.logical_not(new.diverging),
-            "diverging": new.diverging,
-            "num_steps": new.num_steps,
-            "step_size": new.adapt_state.step_size,
-        }
+        info = NUTSInfo(new.accept_prob, jnp.logical_not(new.diverging), new.diverging, new.num_steps,
+                        new.adapt_state.step_size, new.energy)
         return out, NUTSState(new, state.n_warmup), info
 
 
@@ -142,5 +151,5 @@ def nuts(selection, step_size: float = 1.0, adapt_step_size: bool = True, adapt_
         >>> bool(tr2.choices["s"] > 0)
         True
     """
-    return NUTS(_sel(selection), float(step_size), bool(adapt_step_size), bool(adapt_mass_matrix),
+    return NUTS(as_selection(selection), float(step_size), bool(adapt_step_size), bool(adapt_mass_matrix),
                 bool(dense_mass), float(target_accept_prob), int(max_tree_depth))

@@ -1,13 +1,19 @@
 """The multi-chain runner: ``mcmc.run(key, kernel, trace, n_samples, n_chains, burn_in, thin)``.
 
-Chains are ``vmap``ped; each chain is a loop over kernel steps inside ``jax.jit``, compiled once
-per kernel and shapes (a second call with new data values of the same shapes does not
-recompile). A run is three compiled programs: initialization (every chain's kernel state,
-including its warm-up schedule of ``burn_in`` steps), burn-in, and sampling; the loops' trip
-counts are run-time values. The kernel's key at global step ``t`` is ``fold_in(chain_key, t)``
-and the adaptation state is carried from one chunk to the next, so with ``progress=True`` (or
-automatically for long runs), which runs the same compiled loops in chunks with a tqdm bar
-between them, the draws and infos are bit-identical to a run without it, whatever ``chunk_size``.
+One code path runs a chain: initialization (the kernel's state, including its warm-up schedule
+of ``burn_in`` steps), then burn-in (``burn_in`` kernel steps, adaptive kernels adapt), then
+sampling (``n_samples`` draws, each ``thin`` kernel steps). Burn-in and sampling are two loops of
+the shared chunked driver :func:`inference.checkpoint.chunked_loop` (``vi.fit`` runs on it too),
+whose step function vmaps one step over the chains; :func:`sample` runs the same step functions
+for one chain as a pure, traceable function. The programs are compiled once per kernel, shapes
+and chunk length (new data values of the same shapes do not recompile): the model's arguments
+are the loops' data, shared by the chains, never copied per chain. The kernel's key at step
+``i`` of a loop is ``fold_in(fold_in(loop_key, i), chain)`` and the adaptation state is carried
+from one chunk to the next, so with ``progress=True`` (or automatically for long runs), which
+runs the loops in chunks with a tqdm bar between them, the draws and infos are bit-identical
+to a run without it, whatever ``chunk_size``. With ``checkpoint_dir`` the chains' state is saved
+after every chunk and a later call with the same arguments resumes from the latest intact
+checkpoint, bit-identically (``n_samples`` may grow: the run continues).
 
 **What is stored per draw.** Only the choices the kernel can move (the latents), never the
 observations or the model's arguments. The kernel says which choices it moves (its
@@ -53,28 +59,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
-import weakref
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppl.choicemap import ChoiceMap, Masked, Selection, normalize_addr, select
-from ppl.core import Trace, pack_args, unpack_args
-from ppl.errors import AddressError, NonFiniteError, fmt_addr
+from ppl.choicemap import ChoiceMap, Masked
+from ppl.core import Trace, as_args_tuple, pack_args, unpack_args
+from ppl.errors import NonFiniteError, fmt_addr
 
+from ..checkpoint import chunked_loop, run_chunk
 from ..sharding import active_mesh, constrain_batch
 from .base import Kernel
 from .combinators import Cycle, Mixture, Repeat
-from .kernels import MH, Gibbs, MHProposal
+from .draws import OBSERVED, DrawMap, collect, fixed_choices, stored_selection
+from .infos import MixtureInfo, is_info
 
 __all__ = ["run", "sample", "init_chains", "MCMCResult", "DrawMap"]
-
-# Trace fields the runner treats specially: the generative function (static) and the model's
-# arguments (shared by all chains, never batched or copied per chain).
-_GF, _ARGS = "gf", "packed_args"
 
 # acceptance rate below which mcmc.run warns that a chain is stuck
 _STUCK = 0.01
@@ -84,236 +88,86 @@ def _strong(tree):
     return jax.tree_util.tree_map(lambda x: jax.lax.convert_element_type(x, jnp.result_type(x)), tree)
 
 
-def _trace_axes(trace, axis):
-    """vmap axes for a trace: ``axis`` for every field except the model's arguments (shared)."""
-    fields = {f.name: (None if f.name == _ARGS else axis)
-              for f in dataclasses.fields(trace) if f.name != _GF}
-    return dataclasses.replace(trace, **fields)
-
-
-def _out_axes(trace):
-    return _trace_axes(trace, 0)
-
-
-def _constrain_chains(trace, mesh):
-    """Shard a batch of traces' per-chain fields over ``mesh`` (the shared arguments stay put)."""
-    if mesh is None:
-        return trace
-    fields = {f.name: constrain_batch(getattr(trace, f.name), mesh)
-              for f in dataclasses.fields(trace) if f.name not in (_GF, _ARGS)}
-    return dataclasses.replace(trace, **fields)
-
-
 def _match(new, old):
     return jax.tree_util.tree_map(lambda a, b: jax.lax.convert_element_type(a, jnp.result_type(b)), new, old)
 
 
-# ------------------------------------------------------------------------ stored choices
-_OBSERVED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # init_chains trace -> paths
+# ------------------------------------------------------- a trace's per-chain and shared parts
+def _is_none(x):
+    return x is None
 
 
-def _related(p, q):
-    return p[: len(q)] == q or q[: len(p)] == p
+def _split(trace):
+    """``(own, shared)``: the trace with its model arguments removed, and the arguments alone
+    (each a trace-shaped pytree with ``None`` in place of the other part; see ``batch_axes``)."""
+    axes = trace.batch_axes(0)
+    own = jax.tree_util.tree_map(lambda a, t: None if a is None else t, axes, trace, is_leaf=_is_none)
+    shared = jax.tree_util.tree_map(lambda a, t: t if a is None else None, axes, trace, is_leaf=_is_none)
+    return own, shared
 
 
-def _moved(kernel, trace, paths):
-    """The leaf paths (of ``paths``) that ``kernel`` may change, or ``None`` if it cannot say."""
-    if isinstance(kernel, (Cycle, Mixture)):
-        parts = [_moved(k, trace, paths) for k in kernel.kernels]
-        return None if any(p is None for p in parts) else set().union(*parts)
-    if isinstance(kernel, Repeat):
-        return _moved(kernel.kernel, trace, paths)
-    if isinstance(kernel, MH):
-        return {p for p in paths if kernel.selection.contains(p)}
-    if isinstance(kernel, Gibbs):
-        g = normalize_addr(kernel.address)
-        return {p for p in paths if _related(p, g)}
-    if isinstance(kernel, MHProposal):
-        struct = jax.eval_shape(
-            lambda k, t: kernel.proposal.simulate(k, t, *kernel.proposal_args).choices, jax.random.key(0), trace)
-        proposed = [q for q, _ in struct.leaves()]
-        return {p for p in paths if any(_related(p, q) for q in proposed)}
-    moves = kernel.moves(trace)
-    if moves is None:
-        return None
-    if isinstance(moves, Selection):
-        return {p for p in paths if moves.contains(p)}
-    addrs = [normalize_addr(a) for a in moves]
-    return {p for p in paths if any(_related(p, q) for q in addrs)}
-
-
-def _stored_selection(kernel, trace, batched, observed=()):
-    """The selection of the choices stored per draw, or ``None`` for all of them."""
-
-    def one(t):
-        if batched:
-            fields = {f.name: jax.tree_util.tree_map(lambda x: x[0], getattr(t, f.name))
-                      for f in dataclasses.fields(t) if f.name not in (_GF, _ARGS)}
-            t = dataclasses.replace(t, **fields)
-        return t
-
-    single = jax.eval_shape(one, trace)
-    # the structure the compiled loop collects (branch choices as Masked leaves)
-    leaves = jax.eval_shape(lambda t: t.choices, single).leaves()
-    paths = [p for p, _ in leaves]
-    if not paths or () in paths:
-        return None
-    moved = _moved(kernel, single, paths)
-    if moved is None:
-        keep = {p for p in paths if not any(_related(p, q) for q in observed)}
-    else:
-        keep = set(moved) | {p for p, v in leaves if isinstance(v, Masked)}
-    if len(keep) == len(paths):
-        return None
-    return select(*sorted(keep))
-
-
-def _collect(choices, stored):
-    return choices if stored is None else choices.filter(stored)
-
-
-@jax.tree_util.register_pytree_with_keys_class
-class DrawMap(ChoiceMap):
-    """The draws of :class:`MCMCResult`: a :class:`ppl.ChoiceMap` whose leaves have leading axes
-    ``(n_chains, n_samples)``, holding the choices the kernel moves. Indexing an address that
-    is not stored because the kernel never moves it (an observation, or a choice outside the
-    kernel's selection) raises an :class:`ppl.AddressError` that says so and points to
-    ``res.fixed_choices``.
-
-    Example:
-        >>> import jax, ppl
-        >>> from inference import mcmc
-        >>> @ppl.gen
-        ... def model():
-        ...     x = ppl.normal(0.0, 1.0) @ "x"
-        ...     ppl.normal(x, 1.0) @ "y"
-        >>> tr, _ = model.generate(jax.random.key(0), ppl.ChoiceMap({"y": 0.5}))
-        >>> res = mcmc.run(jax.random.key(1), mcmc.mh(ppl.select("x")), tr, 10)
-        >>> try:
-        ...     res.choices["y"]
-        ... except ppl.AddressError as e:
-        ...     print(str(e).split(" (")[0])
-        no draws at address 'y': the kernel never moves this choice
-    """
-
-    __slots__ = ("_fixed",)
-
-    @staticmethod
-    def wrap(chm: ChoiceMap, fixed=()) -> "DrawMap":
-        """``chm`` as a :class:`DrawMap`; ``fixed`` are the paths of the unstored choices."""
-        out = object.__new__(DrawMap)
-        out._value, out._children, out._fixed = chm._value, chm._children, frozenset(fixed)
-        return out
-
-    def tree_flatten_with_keys(self):
-        leaves, aux = ChoiceMap.tree_flatten(self)
-        return [(jax.tree_util.SequenceKey(i), x) for i, x in enumerate(leaves)], (aux, self._fixed)
-
-    def tree_flatten(self):
-        leaves, aux = ChoiceMap.tree_flatten(self)
-        return leaves, (aux, self._fixed)
-
-    @classmethod
-    def tree_unflatten(cls, aux, leaves):
-        return DrawMap.wrap(ChoiceMap.tree_unflatten(aux[0], leaves), aux[1])
-
-    def __getitem__(self, addr):
-        try:
-            return ChoiceMap.__getitem__(self, addr)
-        except AddressError:
-            path = () if addr == () else normalize_addr(addr)
-            if any(_related(path, q) for q in self._fixed):
-                raise AddressError(
-                    f"no draws at address {fmt_addr(path)}: the kernel never moves this choice (an "
-                    "observation, or a choice outside the kernel's selection), so mcmc.run does not "
-                    f"store it per draw; its value is res.fixed_choices[{_external(path)!r}]"
-                ) from None
-            raise
-
-
-def _external(path):
-    return path[0] if len(path) == 1 else path
-
-
-def _fixed_choices(trace, stored):
-    """The initial trace's choices that are not stored per draw (``None`` if all are)."""
-    if stored is None:
-        return ChoiceMap.empty()
-    return trace.choices.filter(~stored)
+def _merge(own, shared):
+    return jax.tree_util.tree_map(lambda a, o, s: s if a is None else o, own.batch_axes(0), own, shared,
+                                  is_leaf=_is_none)
 
 
 # ------------------------------------------------------------------------------ the loops
-def _burn_steps(kernel, key, t0, n, trace, state):
-    """``n`` kernel steps (``n`` may be a run-time value) of one chain from global step ``t0``."""
+@dataclasses.dataclass(frozen=True)
+class _Steps:
+    """The step function of both loops (hashable: one compiled chunk per kernel and settings).
 
-    def body(i, carry):
-        tr, st = carry
-        tr2, st2, _ = kernel.step(jax.random.fold_in(key, t0 + i), tr, st, True)
-        return _match(tr2, tr), _match(st2, st)
+    ``state, out = step(key, (own, kernel_state), shared)``: with ``thin == 0`` one kernel step
+    and no output (burn-in), else one draw of ``thin`` kernel steps with output ``(choices, info)``
+    (the stored choices, the last step's info); for one chain (``n_chains is None``) or vmapped
+    over ``n_chains`` chains, chain ``c`` using key ``fold_in(key, c)``."""
 
-    return jax.lax.fori_loop(0, n, body, (trace, state))
+    kernel: Kernel
+    thin: int = 0
+    stored: Any = None
+    n_chains: int | None = None
+    mesh: Any = None
 
+    def __call__(self, key, state, shared):
+        own, st = state
+        if self.n_chains is None:
+            return self._chain(key, own, st, shared)
+        axes = own.batch_axes(0)
+        keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(self.n_chains, dtype=jnp.uint32))
+        (own, st), out = jax.vmap(lambda k, o, s: self._chain(k, o, s, shared), in_axes=(0, axes, 0),
+                                  out_axes=((axes, 0), 0))(keys, own, st)
+        return constrain_batch((own, st), self.mesh), constrain_batch(out, self.mesh)
 
-def _draw_steps(kernel, key, t0, n, size, thin, stored, trace, state):
-    """``n <= size`` draws (each ``thin`` kernel steps) of one chain from global step ``t0``, in
-    buffers of ``size`` draws: ``(trace, state, (choices, info))``."""
+    def _chain(self, key, own, st, shared):
+        tr = _merge(own, shared)
 
-    def draw(tr, st, t):
-        def one(carry, s):
+        def one(carry, k):
             tr, st = carry
-            tr2, st2, info = kernel.step(jax.random.fold_in(key, t + s), tr, st, True)
+            tr2, st2, info = self.kernel.step(k, tr, st, True)
             return (_match(tr2, tr), _match(st2, st)), info
 
-        (tr, st), infos = jax.lax.scan(one, (tr, st), jnp.arange(thin, dtype=jnp.int32))
+        if not self.thin:
+            (tr, st), _ = one((tr, st), key)
+            return (_split(tr)[0], st), None
+        (tr, st), infos = jax.lax.scan(one, (tr, st), jax.random.split(key, self.thin))
         info = jax.tree_util.tree_map(lambda x: x[-1], infos)
-        return tr, st, (_collect(tr.choices, stored), info)
-
-    shapes = jax.eval_shape(lambda tr, st: draw(tr, st, t0)[2], trace, state)
-    buf = jax.tree_util.tree_map(lambda s: jnp.zeros((size,) + s.shape, s.dtype), shapes)
-
-    def body(j, carry):
-        tr, st, buf = carry
-        tr, st, out = draw(tr, st, t0 + j * thin)
-        buf = jax.tree_util.tree_map(lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, j, 0), buf, out)
-        return tr, st, buf
-
-    return jax.lax.fori_loop(0, n, body, (trace, state, buf))
-
-
-@jax.jit(static_argnums=(0, 1, 2, 5))
-def _init_chains(kernel, n_warmup, mesh, keys, trace, batched):
-    """Every chain's kernel state and its starting trace (batched; arguments shared)."""
-    keys = constrain_batch(keys, mesh)
-    axes = _trace_axes(trace, 0 if batched else None)
-
-    def one(k, t):
-        return _strong(t), _strong(kernel.init(k, t, n_warmup))
-
-    tr, st = jax.vmap(one, in_axes=(0, axes), out_axes=(_out_axes(trace), 0))(keys, trace)
-    return _constrain_chains(tr, mesh), constrain_batch(st, mesh)
-
-
-@jax.jit(static_argnums=(0, 1))
-def _burn(kernel, mesh, keys, t0, n, trace, state):
-    axes = _out_axes(trace)
-    tr, st = jax.vmap(lambda k, tr, st: _burn_steps(kernel, k, t0, n, tr, st),
-                      in_axes=(0, axes, 0), out_axes=(axes, 0))(keys, trace, state)
-    return _constrain_chains(tr, mesh), constrain_batch(st, mesh)
+        return (_split(tr)[0], st), (collect(tr.get_choices(), self.stored), info)
 
 
 @jax.jit(static_argnums=(0, 1, 2, 3, 4))
-def _draws(kernel, mesh, size, thin, stored, keys, t0, n, trace, state):
-    axes = _out_axes(trace)
-    tr, st, out = jax.vmap(lambda k, tr, st: _draw_steps(kernel, k, t0, n, size, thin, stored, tr, st),
-                           in_axes=(0, axes, 0), out_axes=(axes, 0, 0))(keys, trace, state)
-    return _constrain_chains(tr, mesh), constrain_batch(st, mesh), constrain_batch(out, mesh)
+def _init(kernel, n_warmup, n_chains, mesh, batched, key, own, shared):
+    """``(own, kernel_state)`` of one chain (``n_chains is None``) or of every chain (vmapped;
+    from one starting trace or, ``batched``, from one per chain)."""
 
+    def one(k, o):
+        tr = _merge(o, shared)
+        return _split(_strong(tr))[0], _strong(kernel.init(k, tr, n_warmup))
 
-@jax.jit(static_argnums=1)
-def _chain_keys(key, n_chains):
-    keys = jax.random.split(key, n_chains)
-    pairs = jax.vmap(jax.random.split)(keys)
-    return pairs[:, 0], pairs[:, 1]
+    if n_chains is None:
+        return one(key, own)
+    axes = own.batch_axes(0)
+    out = jax.vmap(one, in_axes=(0, axes if batched else None), out_axes=(axes, 0))(
+        jax.random.split(key, n_chains), own)
+    return constrain_batch(out, mesh)
 
 
 def sample(key, kernel: Kernel, trace, n_samples: int, burn_in: int = 0, thin: int = 1):
@@ -321,6 +175,7 @@ def sample(key, kernel: Kernel, trace, n_samples: int, burn_in: int = 0, thin: i
 
     Returns ``(choices, info, last_trace)`` with a leading draw axis of size ``n_samples``;
     ``choices`` holds the choices the kernel moves (see the module docstring), ``last_trace`` all.
+    It runs the steps of :func:`run` (one chain, no vmap over chains).
 
     Example:
         >>> import jax, ppl
@@ -335,15 +190,14 @@ def sample(key, kernel: Kernel, trace, n_samples: int, burn_in: int = 0, thin: i
         (3, 10)
     """
     n_samples, burn_in, thin = int(n_samples), int(burn_in), int(thin)
-    stored = _stored_selection(kernel, trace, False)
-    k_init, k_steps = jax.random.split(key)
-    state = _strong(kernel.init(k_init, trace, burn_in))
-    trace = _strong(trace)
+    stored = stored_selection(kernel, trace, False)
+    k_init, k_burn, k_draw = jax.random.split(key, 3)
+    own, shared = _split(trace)
+    state = _init(kernel, burn_in, None, None, False, k_init, own, shared)
     if burn_in:
-        trace, state = _burn_steps(kernel, k_steps, 0, burn_in, trace, state)
-    trace, state, (choices, info) = _draw_steps(kernel, k_steps, burn_in, n_samples, n_samples, thin, stored,
-                                                trace, state)
-    return choices, info, trace
+        state, _ = run_chunk(_Steps(kernel), burn_in, True, k_burn, 0, state, shared)
+    state, (choices, info) = run_chunk(_Steps(kernel, thin, stored), n_samples, True, k_draw, 0, state, shared)
+    return choices, info, _merge(state[0], shared)
 
 
 @jax.tree_util.register_dataclass
@@ -380,8 +234,10 @@ class MCMCResult:
         tuple of them (one per component) for combinators."""
 
         def rate(info):
-            if isinstance(info, dict) and "accept_prob" in info:
-                return jnp.mean(info["accept_prob"], axis=1)
+            if is_info(info):
+                return jnp.mean(info.acceptance_rate, axis=1)
+            if isinstance(info, MixtureInfo):
+                return (None, tuple(rate(i) for i in info.infos))
             if isinstance(info, (tuple, list)):
                 return tuple(rate(i) for i in info)
             return None
@@ -408,17 +264,17 @@ class MCMCResult:
         """
 
         def count(info, mask=None):
-            if isinstance(info, dict):
+            if is_info(info):
                 if "diverging" not in info:
                     return None
-                d = np.asarray(info["diverging"]).astype(bool)
+                d = np.asarray(info.diverging).astype(bool)
                 if mask is not None:
                     d = d & mask
                 return d.reshape(d.shape[:2] + (-1,)).any(axis=2).sum(axis=1)
+            if isinstance(info, MixtureInfo):
+                j = np.asarray(info.chosen)
+                return (None, tuple(count(sub, j == i) for i, sub in enumerate(info.infos)))
             if isinstance(info, (tuple, list)):
-                if _is_mixture_info(info):
-                    j = np.asarray(info[0])
-                    return (None, tuple(count(sub, j == i) for i, sub in enumerate(info[1])))
                 return tuple(count(i, mask) for i in info)
             return None
 
@@ -437,11 +293,6 @@ class MCMCResult:
         return summary(self, **kw)
 
 
-def _is_mixture_info(info):
-    return (len(info) == 2 and isinstance(info[1], tuple) and hasattr(info[0], "dtype")
-            and jnp.issubdtype(info[0].dtype, jnp.integer))
-
-
 # ------------------------------------------------------------------------------ warnings
 def _health(kernel, info, label, mask=None):
     """``(label, kernel, per-chain acceptance rate or None, per-chain divergences or None)``
@@ -450,21 +301,21 @@ def _health(kernel, info, label, mask=None):
         return [r for i, (k, sub) in enumerate(zip(kernel.kernels, info))
                 for r in _health(k, sub, f"{label} component {i}", mask)]
     if isinstance(kernel, Mixture):
-        j = np.asarray(info[0])
-        return [r for i, (k, sub) in enumerate(zip(kernel.kernels, info[1]))
+        j = np.asarray(info.chosen)
+        return [r for i, (k, sub) in enumerate(zip(kernel.kernels, info.infos))
                 for r in _health(k, sub, f"{label} component {i}", (j == i) if mask is None else mask & (j == i))]
     if isinstance(kernel, Repeat):
         return _health(kernel.kernel, info, label, mask)
-    if not isinstance(info, dict) or "accept_prob" not in info:
+    if not is_info(info):
         return []
-    ap = np.asarray(info["accept_prob"], dtype=float)
+    ap = np.asarray(info.acceptance_rate, dtype=float)
     ap = ap.reshape(ap.shape[:2] + (-1,)).mean(axis=2)
     m = np.ones(ap.shape, bool) if mask is None else mask
     with np.errstate(invalid="ignore"):
         rate = np.where(m.sum(axis=1) > 0, (np.nan_to_num(ap) * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1), np.nan)
     div = None
     if "diverging" in info:
-        d = np.asarray(info["diverging"]).astype(bool)
+        d = np.asarray(info.diverging).astype(bool)
         div = (d.reshape(d.shape[:2] + (-1,)).any(axis=2) & m).sum(axis=1)
     return [(label, kernel, rate, div)]
 
@@ -472,7 +323,7 @@ def _health(kernel, info, label, mask=None):
 def _advice(kernel):
     if hasattr(kernel, "step_size"):
         return (f"use a smaller step size than {getattr(kernel, 'step_size')}, or let it adapt "
-                "(adapt_step_size=True for hmc/mala, or mcmc.nuts) with burn_in > 0")
+                "(adapt_step_size=True for hmc/mala, adapt=True for rw, or mcmc.nuts) with burn_in > 0")
     return "use a proposal closer to the posterior (e.g. a smaller random-walk scale) or a gradient kernel"
 
 
@@ -498,11 +349,11 @@ def _warn_health(kernel, info):
                 UserWarning, stacklevel=3)
 
 
-def _check_finite(trace, batched):
-    score = np.asarray(trace.score)
+def _check_finite(trace):
+    score = np.asarray(trace.get_score())
     if np.all(np.isfinite(score)):
         return
-    bad = _find_nonfinite(trace, ())
+    bad = _find_nonfinite(trace)
     where = f" at address {fmt_addr(bad)}" if bad else ""
     raise NonFiniteError(
         f"mcmc.run: the initial trace has a non-finite log density{where} (score {score.ravel()[:4]}); "
@@ -511,13 +362,24 @@ def _check_finite(trace, batched):
     )
 
 
-def _find_nonfinite(trace, prefix):
-    subs = getattr(trace, "subtraces", None)
-    if isinstance(subs, dict):
-        for addr, sub in subs.items():
-            if not np.all(np.isfinite(np.asarray(sub.score))):
-                return _find_nonfinite(sub, prefix + (addr,)) or prefix + (addr,)
-    return prefix if prefix else None
+def _find_nonfinite(trace):
+    """The first site whose (present) log density is not finite, or ``None``."""
+    for path, v in trace.get_scores().leaves():
+        if isinstance(v, Masked):
+            val, flag = np.asarray(v.value, dtype=float), np.asarray(v.flag)
+            val = np.where(flag.reshape(flag.shape + (1,) * (val.ndim - flag.ndim)), val, 0.0)
+        else:
+            val = np.asarray(v, dtype=float)
+        if not np.all(np.isfinite(val)):
+            return path or None
+    return None
+
+
+@jax.jit(static_argnums=0)
+def _generate_batch(model, keys, obs, packed):
+    args = unpack_args(packed)
+    tr = jax.eval_shape(lambda k: model.generate(k, obs, *args)[0], keys[0])
+    return jax.vmap(lambda k: model.generate(k, obs, *args)[0], out_axes=tr.batch_axes(0))(keys)
 
 
 def init_chains(key, model, args: tuple, observations=None, n_chains: int = 4):
@@ -537,31 +399,17 @@ def init_chains(key, model, args: tuple, observations=None, n_chains: int = 4):
         >>> trs.choices["x"].shape
         (4,)
     """
-    from ppl.core import as_args_tuple
-
     args = as_args_tuple(args, "mcmc.init_chains")
     observations = ChoiceMap.empty() if observations is None else observations
-    tr0, _ = model.generate(key, observations, *args)
-
-    @jax.jit
-    def make(keys, obs, packed):
-        args = unpack_args(packed)
-
-        def one(k):
-            tr, _ = model.generate(k, obs, *args)
-            return dataclasses.replace(tr, **{_ARGS: None})
-
-        return jax.vmap(one)(keys)
-
-    batched = make(jax.random.split(key, n_chains), observations, pack_args(tuple(args)))
-    out = dataclasses.replace(batched, **{_ARGS: getattr(tr0, _ARGS)})
+    out = _generate_batch(model, jax.random.split(key, n_chains), observations, pack_args(tuple(args)))
     if isinstance(observations, ChoiceMap):
-        _OBSERVED[out] = tuple(p for p, _ in observations.leaves())
+        OBSERVED[out] = tuple(p for p, _ in observations.leaves())
     return out
 
 
 def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, burn_in: int = 0, thin: int = 1,
-        *, progress: bool | None = None, chunk_size: int | None = None) -> MCMCResult:
+        *, progress: bool | None = None, chunk_size: int | None = None, checkpoint_dir: str | None = None,
+        keep_checkpoints: int = 3) -> MCMCResult:
     """Run ``n_chains`` chains of ``kernel`` from ``trace``: ``burn_in`` steps (adaptive kernels
     adapt during them), then ``n_samples`` draws keeping every ``thin``-th state.
 
@@ -569,6 +417,13 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     axis (e.g. from :func:`init_chains`). ``progress`` shows a tqdm bar (default: only for runs of
     at least 5,000 steps); ``chunk_size`` is the number of steps per compiled chunk then. The
     result is bit-identical with or without the bar, whatever ``chunk_size``.
+
+    With ``checkpoint_dir`` the chains' state is saved after every chunk (``chunk_size`` steps;
+    one chunk per phase without it) under ``checkpoint_dir/burn_in`` and ``checkpoint_dir/draws``
+    (the ``keep_checkpoints`` latest of each; draws are stored once), and a call with the same
+    key, kernel, trace shapes, ``n_chains``, ``burn_in`` and ``thin`` resumes from the latest
+    intact checkpoint, bit-identically; ``n_samples`` may grow (the run continues). A different
+    setting raises :class:`inference.checkpoint.CheckpointMismatchError` naming it.
 
     Only the choices the kernel moves are stored per draw (see the module docstring for the
     rule); the others are in ``res.fixed_choices``. Warns when a chain is stuck (acceptance rate
@@ -591,66 +446,49 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     n_samples, burn_in, thin = int(n_samples), int(burn_in), int(thin)
     if n_samples < 1 or burn_in < 0 or thin < 1:
         raise ValueError("mcmc.run: need n_samples >= 1, burn_in >= 0, thin >= 1")
-    batched = np.ndim(trace.score) == 1
+    batched = np.ndim(trace.get_score()) == 1
     if batched:
-        c = int(np.shape(trace.score)[0])
+        c = int(np.shape(trace.get_score())[0])
         if n_chains not in (1, c):
             raise ValueError(f"mcmc.run: the trace holds {c} chains but n_chains={n_chains}")
         n_chains = c
-    elif np.ndim(trace.score) != 0:
+    elif np.ndim(trace.get_score()) != 0:
         raise ValueError("mcmc.run: the trace must be one trace or a batch with one leading chain axis")
-    _check_finite(trace, batched)
-    stored = _stored_selection(kernel, trace, batched, _OBSERVED.get(trace, ()))
-    fixed = _fixed_choices(trace, stored)
+    n_chains = int(n_chains)
+    _check_finite(trace)
+    stored = stored_selection(kernel, trace, batched, OBSERVED.get(trace, ()))
+    fixed = fixed_choices(trace, stored)
 
     total = burn_in + n_samples * thin
     if progress is None:
         progress = total >= 5000
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc=f"mcmc.{kernel.name}", unit="step")
-        chunk = int(chunk_size) if chunk_size else max(1, math.ceil(total / 20))
-        if chunk < 1:
-            raise ValueError(f"mcmc.run: chunk_size must be >= 1, got {chunk_size}")
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise ValueError(f"mcmc.run: chunk_size must be >= 1, got {chunk_size}")
+    chunked = progress or checkpoint_dir is not None
+    chunk = int(chunk_size) if chunk_size else max(1, math.ceil(total / 20))
     mesh = active_mesh()
-    k_init, k_steps = _chain_keys(key, n_chains)
-    # The same compiled programs run with and without progress: chunks only change the loops'
-    # run-time trip counts, never keys (fold_in of the global step), states or the warm-up length.
-    tr, state = _init_chains(kernel, burn_in, mesh, k_init, trace, batched)
-    t = 0
-    left = burn_in
-    while left > 0:
-        n = min(left, chunk) if progress else left
-        tr, state = _burn(kernel, mesh, k_steps, jnp.asarray(t, jnp.int32), jnp.asarray(n, jnp.int32), tr, state)
-        t += n
-        left -= n
-        if bar is not None:
-            bar.update(n)
-    size = min(n_samples, max(1, chunk // thin)) if progress else n_samples
-    outs = []
-    left = n_samples
-    while left > 0:
-        n = min(left, size)
-        tr, state, out = _draws(kernel, mesh, size, thin, stored, k_steps, jnp.asarray(t, jnp.int32),
-                                jnp.asarray(n, jnp.int32), tr, state)
-        outs.append(out)
-        t += n * thin
-        left -= n
-        if bar is not None:
-            bar.update(n * thin)
-    if bar is not None:
-        bar.close()
-    if len(outs) == 1:
-        choices, info = outs[0]
-    else:
-        choices, info = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=1)[:, :n_samples], *outs)
-    if not isinstance(tr, Trace) or np.ndim(tr.score) != 1:  # pragma: no cover - defensive
-        raise RuntimeError("mcmc.run: internal error, chains lost their batch axis")
+    k_init, k_burn, k_draw = jax.random.split(key, 3)
+    own, shared = _split(trace)
+    state = _init(kernel, burn_in, n_chains, mesh, batched, k_init, own, shared)
+    loop = dict(progress=bool(progress), data=shared, device_outputs=True, keep=keep_checkpoints,
+                settings={"kernel": kernel.name, "n_chains": n_chains, "burn_in": burn_in, "thin": thin})
+
+    def where(phase):
+        return None if checkpoint_dir is None else os.path.join(checkpoint_dir, phase)
+
+    if burn_in:
+        state, _ = chunked_loop(k_burn, _Steps(kernel, 0, None, n_chains, mesh), state, burn_in,
+                                chunk if chunked else burn_in, where("burn_in"), desc=f"mcmc.{kernel.name} burn-in",
+                                **loop)
+    state, (choices, info) = chunked_loop(
+        k_draw, _Steps(kernel, thin, stored, n_chains, mesh), state, n_samples,
+        max(1, chunk // thin) if chunked else n_samples, where("draws"), desc=f"mcmc.{kernel.name}", **loop)
+    # the loop stacks draws first: (n_samples, n_chains, ...) -> (n_chains, n_samples, ...)
+    choices, info = jax.tree_util.tree_map(lambda x: jnp.swapaxes(jnp.asarray(x), 0, 1), (choices, info))
+    tr = _merge(state[0], shared)
     fixed_paths = tuple(p for p, _ in fixed.leaves())
     res = MCMCResult(DrawMap.wrap(choices, fixed_paths), info, tr, fixed, kernel)
-    if trace in _OBSERVED:  # a run continued from res.final_trace knows the observations too
-        _OBSERVED[tr] = _OBSERVED[trace]
+    if trace in OBSERVED:  # a run continued from res.final_trace knows the observations too
+        OBSERVED[tr] = OBSERVED[trace]
     _warn_health(kernel, info)
     return res

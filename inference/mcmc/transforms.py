@@ -19,7 +19,7 @@ Example:
     ... def model():
     ...     return ppl.gamma(2.0, 1.0) @ "s"
     >>> tr = model.simulate(jax.random.key(0))
-    >>> view = UnconstrainedView(tr.gf, (("s",),))
+    >>> view = UnconstrainedView(tr.get_gen_fn(), (("s",),))
     >>> u = view.read(tr)
     >>> bool(jnp.allclose(jnp.exp(u[("s",)]), tr.choices["s"]))
     True
@@ -81,7 +81,7 @@ class UnconstrainedView:
         """Current unconstrained values of the selected sites."""
         chm = ChoiceMap({p: trace.choices[p] for p in self.paths})
         with intercept(_Unconstrain(self.paths, True, self.who)):
-            _, _, discard = self.model.update(_const_key(), trace, chm, *trace.args)
+            _, _, discard = self.model.update(_const_key(), trace, chm, *trace.get_args())
         return {p: discard[p] for p in self.paths}
 
     def write(self, trace, u):
@@ -89,8 +89,8 @@ class UnconstrainedView:
         log density of ``u`` (model log density plus log-Jacobians)."""
         chm = ChoiceMap({p: u[p] for p in self.paths})
         with intercept(_Unconstrain(self.paths, False, self.who)):
-            new, w, _ = self.model.update(_const_key(), trace, chm, *trace.args)
-        return new, w + trace.score
+            new, w, _ = self.model.update(_const_key(), trace, chm, *trace.get_args())
+        return new, w + trace.get_score()
 
     def log_density(self, trace, u):
         """Log density of ``u`` given the other choices of ``trace`` (differentiable in ``u``)."""

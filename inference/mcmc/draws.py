@@ -1,0 +1,144 @@
+"""What ``mcmc.run`` stores per draw: the choices the kernel moves (see :mod:`inference.mcmc.runner`).
+
+:func:`stored_selection` decides, from the kernel's ``moves(trace)`` (or, for a kernel that
+cannot say, every choice except the observations :func:`inference.mcmc.init_chains` recorded);
+:class:`DrawMap` holds the draws and explains a lookup of an unstored address.
+
+Example:
+    >>> import jax, ppl
+    >>> from inference import mcmc
+    >>> @ppl.gen
+    ... def model():
+    ...     x = ppl.normal(0.0, 1.0) @ "x"
+    ...     ppl.normal(x, 1.0) @ "y"
+    >>> tr, _ = model.generate(jax.random.key(0), ppl.ChoiceMap({"y": 0.5}))
+    >>> stored_selection(mcmc.mh(ppl.select("x")), tr, False)
+    select('x')
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import jax
+
+from ppl.choicemap import ChoiceMap, Masked, Selection, normalize_addr, select
+from ppl.errors import AddressError, fmt_addr
+
+from .base import map_batched
+
+__all__ = ["DrawMap", "stored_selection", "collect", "fixed_choices", "OBSERVED"]
+
+#: init_chains traces -> the observed addresses (weak keys: dropped with the traces)
+OBSERVED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _related(p, q):
+    return p[: len(q)] == q or q[: len(p)] == p
+
+
+def _moved(kernel, trace, paths):
+    """The leaf paths (of ``paths``) that ``kernel`` may change, or ``None`` if it cannot say."""
+    moves = kernel.moves(trace)
+    if moves is None:
+        return None
+    if isinstance(moves, Selection):
+        return {p for p in paths if moves.contains(p)}
+    addrs = [normalize_addr(a) for a in moves]
+    return {p for p in paths if any(_related(p, q) for q in addrs)}
+
+
+def stored_selection(kernel, trace, batched, observed=()):
+    """The selection of the choices stored per draw, or ``None`` for all of them (``trace`` is
+    one trace or, ``batched``, a batch of them; ``observed``: addresses never to store when the
+    kernel cannot say what it moves)."""
+
+    single = jax.eval_shape(lambda t: map_batched(lambda x: x[0], t, t) if batched else t, trace)
+    # the structure the compiled loop collects (branch choices as Masked leaves)
+    leaves = jax.eval_shape(lambda t: t.choices, single).leaves()
+    paths = [p for p, _ in leaves]
+    if not paths or () in paths:
+        return None
+    moved = _moved(kernel, single, paths)
+    if moved is None:
+        keep = {p for p in paths if not any(_related(p, q) for q in observed)}
+    else:
+        keep = set(moved) | {p for p, v in leaves if isinstance(v, Masked)}
+    if len(keep) == len(paths):
+        return None
+    return select(*sorted(keep))
+
+
+def collect(choices, stored):
+    """The stored part of ``choices`` (all of them when ``stored`` is ``None``)."""
+    return choices if stored is None else choices.filter(stored)
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class DrawMap(ChoiceMap):
+    """The draws of :class:`MCMCResult`: a :class:`ppl.ChoiceMap` whose leaves have leading axes
+    ``(n_chains, n_samples)``, holding the choices the kernel moves. Indexing an address that
+    is not stored because the kernel never moves it (an observation, or a choice outside the
+    kernel's selection) raises an :class:`ppl.AddressError` that says so and points to
+    ``res.fixed_choices``.
+
+    Example:
+        >>> import jax, ppl
+        >>> from inference import mcmc
+        >>> @ppl.gen
+        ... def model():
+        ...     x = ppl.normal(0.0, 1.0) @ "x"
+        ...     ppl.normal(x, 1.0) @ "y"
+        >>> tr, _ = model.generate(jax.random.key(0), ppl.ChoiceMap({"y": 0.5}))
+        >>> res = mcmc.run(jax.random.key(1), mcmc.mh(ppl.select("x")), tr, 10)
+        >>> try:
+        ...     res.choices["y"]
+        ... except ppl.AddressError as e:
+        ...     print(str(e).split(" (")[0])
+        no draws at address 'y': the kernel never moves this choice
+    """
+
+    __slots__ = ("_fixed",)
+
+    @staticmethod
+    def wrap(chm: ChoiceMap, fixed=()) -> "DrawMap":
+        """``chm`` as a :class:`DrawMap`; ``fixed`` are the paths of the unstored choices."""
+        out = object.__new__(DrawMap)
+        out._value, out._children, out._fixed = chm._value, chm._children, frozenset(fixed)
+        return out
+
+    def tree_flatten_with_keys(self):
+        leaves, aux = ChoiceMap.tree_flatten(self)
+        return [(jax.tree_util.SequenceKey(i), x) for i, x in enumerate(leaves)], (aux, self._fixed)
+
+    def tree_flatten(self):
+        leaves, aux = ChoiceMap.tree_flatten(self)
+        return leaves, (aux, self._fixed)
+
+    @classmethod
+    def tree_unflatten(cls, aux, leaves):
+        return DrawMap.wrap(ChoiceMap.tree_unflatten(aux[0], leaves), aux[1])
+
+    def __getitem__(self, addr):
+        try:
+            return ChoiceMap.__getitem__(self, addr)
+        except AddressError:
+            path = () if addr == () else normalize_addr(addr)
+            if any(_related(path, q) for q in self._fixed):
+                raise AddressError(
+                    f"no draws at address {fmt_addr(path)}: the kernel never moves this choice (an "
+                    "observation, or a choice outside the kernel's selection), so mcmc.run does not "
+                    f"store it per draw; its value is res.fixed_choices[{_external(path)!r}]"
+                ) from None
+            raise
+
+
+def _external(path):
+    return path[0] if len(path) == 1 else path
+
+
+def fixed_choices(trace, stored):
+    """The initial trace's choices that are not stored per draw (``None`` if all are)."""
+    if stored is None:
+        return ChoiceMap.empty()
+    return trace.choices.filter(~stored)
