@@ -55,21 +55,26 @@ def _posterior_dict(choices):
 
 
 def _stats_dict(info):
+    """ArviZ ``sample_stats`` arrays from a run's info: the fields of the kernels' typed infos
+    (already ArviZ's names: ``acceptance_rate``, ``diverging``, ``step_size``, ``n_steps``,
+    ``energy``, ...) or a custom kernel's dict entries; combinator components get a ``k{j}_``
+    prefix, a mixture also the ``chosen`` component."""
     out = {}
 
     def walk(i, prefix):
-        if isinstance(i, dict):
-            for k, v in i.items():
-                a = np.asarray(v)
-                if a.ndim >= 2:
-                    out[prefix + k] = a
+        fields = getattr(i, "_fields", None)
+        if isinstance(i, dict) or fields is not None:
+            for k, v in (i.items() if isinstance(i, dict) else zip(fields, i)):
+                if isinstance(v, (tuple, list, dict)):
+                    walk(v, prefix)
+                elif np.ndim(v) >= 2:
+                    out[prefix + k] = np.asarray(v)
         elif isinstance(i, (tuple, list)):
             for j, sub in enumerate(i):
                 walk(sub, f"{prefix}k{j}_")
 
     walk(info, "")
-    rename = {"accept_prob": "acceptance_rate", "num_steps": "n_steps"}
-    return {rename.get(k, k): v for k, v in out.items()}
+    return out
 
 
 def to_arviz(result, *, model=None, args=(), observations=None, log_likelihood=None,

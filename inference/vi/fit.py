@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from inference.checkpoint import _run_chunk, chunked_loop
+from inference.checkpoint import chunked_loop, run_chunk as _run_chunk
 from ppl.core import pack_args, unpack_args
 from ppl.errors import NonFiniteError
 
