@@ -86,7 +86,7 @@ def test_kidiq_dense_mass_matches_stan():
     y = jnp.asarray(data["kid_score"], jnp.float32)
     trs = mcmc.init_chains(jax.random.key(0), kidiq, (x,), ppl.ChoiceMap({"kid_score": y}), 4)
     trs = jax.vmap(lambda t: kidiq.update(jax.random.key(0), t, ppl.ChoiceMap({"sigma": 20.0}), x)[0],
-                   in_axes=(mcmc.runner._trace_axes(trs, 0),), out_axes=mcmc.runner._trace_axes(trs, 0))(trs)
+                   in_axes=(trs.batch_axes(0),), out_axes=trs.batch_axes(0))(trs)
     n = 2500 if FULL else 1000
     res = mcmc.run(jax.random.key(2), mcmc.nuts(ppl.select("beta", "sigma"), dense_mass=True), trs, n,
                    burn_in=1000)
