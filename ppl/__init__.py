@@ -18,6 +18,8 @@ Example:
     True
 """
 
+from . import cache
+from .cache import disable_compilation_cache, enable_compilation_cache
 from .choicemap import ChoiceMap, Masked, Selection, select, select_all, select_none
 from .combinators import cond, mix, repeat, scan, switch, vmap
 from .core import GenerativeFunction, Trace, debug
@@ -34,15 +36,27 @@ from .distributions import (
     flip,
     gamma,
     geometric,
+    half_cauchy,
     half_normal,
     inverse_gamma,
     laplace,
+    lkj,
+    lkj_cholesky,
     log_normal,
+    multinomial,
     mv_normal,
+    negative_binomial,
+    negative_binomial2,
     normal,
     poisson,
     student_t,
+    truncated_normal,
     uniform,
+    von_mises,
+    wishart,
+    wishart_cholesky,
+    zero_inflated_negative_binomial2,
+    zero_inflated_poisson,
 )
 from .errors import (
     AddressError,
@@ -55,17 +69,22 @@ from .errors import (
     ShapeError,
     TracedControlFlowError,
 )
+from .sites import deterministic, deterministics, factor
 from .tracing import GenFn, GenTrace, gen
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "cache", "enable_compilation_cache", "disable_compilation_cache",
     "ChoiceMap", "Masked", "Selection", "select", "select_all", "select_none",
     "cond", "mix", "repeat", "scan", "switch", "vmap",
     "GenerativeFunction", "Trace", "debug", "gen", "GenFn", "GenTrace", "DistributionGF", "dist",
     "normal", "half_normal", "log_normal", "gamma", "inverse_gamma", "beta", "exponential",
     "uniform", "student_t", "cauchy", "laplace", "dirichlet", "mv_normal", "bernoulli", "flip",
     "binomial", "poisson", "categorical", "geometric",
+    "half_cauchy", "truncated_normal", "von_mises", "lkj", "lkj_cholesky", "wishart", "wishart_cholesky",
+    "multinomial", "negative_binomial", "negative_binomial2", "zero_inflated_poisson",
+    "zero_inflated_negative_binomial2", "factor", "deterministic", "deterministics",
     "ModelError", "AddressError", "ShapeError", "ParameterError", "TracedControlFlowError",
     "NotGenerativeError", "CarryShapeError", "NonFiniteError", "ArgumentError",
 ]

@@ -20,11 +20,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any, Callable
 
 import jax
-import jax.experimental
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as nd
@@ -40,35 +38,25 @@ from .core import (
     current_path,
     defer_value_check,
     pack_args,
-    raise_from_callback,
     trace_dataclass,
 )
-from .errors import AddressError, ModelError, NonFiniteError, ParameterError, ShapeError, fmt_addr
+from .dist_checks import (
+    FAMILY_CHECKS,
+    LOGITS,
+    _check_finite_callback,
+    _integer_callback,
+    _integral,
+    _raise_in_callback,
+    debug_check,
+    describe_constraint,
+    known_value,
+    show_value,
+)
+from .errors import AddressError, ParameterError, ShapeError, fmt_addr
+from .sites import deterministic_view
 
-__all__ = [
-    "DistributionGF",
-    "DistTrace",
-    "dist",
-    "normal",
-    "half_normal",
-    "log_normal",
-    "gamma",
-    "inverse_gamma",
-    "beta",
-    "exponential",
-    "uniform",
-    "student_t",
-    "cauchy",
-    "laplace",
-    "dirichlet",
-    "mv_normal",
-    "bernoulli",
-    "flip",
-    "binomial",
-    "poisson",
-    "categorical",
-    "geometric",
-]
+# machinery here; the named families (normal, gamma, ...) live in ppl.families, re-exported below
+__all__ = ["DistributionGF", "DistTrace", "dist", "debug_check"]
 
 
 @trace_dataclass
@@ -85,6 +73,8 @@ class DistTrace(Trace):
         return self.value
 
     def get_choices(self) -> ChoiceMap:
+        if deterministic_view():  # ppl.sites.deterministics(trace): only deterministic sites show
+            return ChoiceMap.empty()
         return ChoiceMap.value(self.value)
 
     def get_scores(self) -> ChoiceMap:
@@ -103,142 +93,6 @@ def _sample_dtype(d):
         _SAMPLE_DTYPES[key] = jax.eval_shape(d.sample, jax.random.key(0)).dtype
     return _SAMPLE_DTYPES[key]
 
-
-def _raise_in_callback(ok, value, message):
-    if not np.all(ok):
-        bad = np.asarray(value)[~np.broadcast_to(np.asarray(ok), np.shape(value))] if np.ndim(value) else value
-        raise_from_callback(ParameterError(f"{message}, got {np.asarray(bad).ravel()[:5]} (debug-mode "
-                                           "run-time check). Fix the value or the computation producing it."))
-
-
-def debug_check(fn, *args):
-    """Run the host check ``fn(*args)`` (numpy arrays; Python strings pass through) when the
-    compiled program runs. Unlike ``jax.debug.callback``, whose ``vmap`` rule unrolls one callback
-    per batch element (minutes of XLA compile time for a few hundred particles), the check is an
-    unordered ``io_callback``: vmapped, it becomes one rolled loop. Gradients do not flow into it.
-
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> seen = []
-        >>> f = jax.jit(jax.vmap(lambda x: (debug_check(lambda v, tag: seen.append((float(v), tag)), x, "ok"), x)[1]))
-        >>> _ = jax.block_until_ready(f(jnp.arange(3.0)))
-        >>> sorted(seen)
-        [(0.0, 'ok'), (1.0, 'ok'), (2.0, 'ok')]
-    """
-    static = [a if isinstance(a, str) else None for a in args]
-    dyn = [jax.lax.stop_gradient(jnp.asarray(a)) for a in args if not isinstance(a, str)]
-
-    def host(*vals):
-        it = iter(vals)
-        fn(*[s if s is not None else next(it) for s in static])
-
-    if STATE.branch_depth:  # inside ppl.cond/switch/mix: vmap of cond rejects io effects
-        jax.debug.callback(host, *dyn)
-    else:
-        jax.experimental.io_callback(host, None, *dyn, ordered=False)
-
-
-def _quiet_model_errors(record):
-    exc = record.exc_info[1] if record.exc_info else None
-    return not isinstance(exc, ModelError)
-
-
-# the error is re-raised as the ppl error by the staged call (or the debug block): no log noise
-logging.getLogger("jax._src.callback").addFilter(_quiet_model_errors)
-
-
-def _integral(v, flag) -> bool:
-    """Whether ``v`` holds whole numbers wherever ``flag`` (a prefix-shaped mask) is true."""
-    v, flag = np.asarray(v), np.asarray(flag, dtype=bool)
-    flag = np.reshape(flag, flag.shape + (1,) * (v.ndim - flag.ndim)) if flag.ndim else flag
-    return bool(np.all((v == np.round(v)) | ~flag))
-
-
-def _integer_callback(v, message):
-    if not np.all(np.asarray(v) == np.round(np.asarray(v))):
-        raise_from_callback(ShapeError(message))
-
-
-def _check_finite_callback(lp, constrained, present, v, message):
-    lp = np.asarray(lp)
-    present = np.broadcast_to(np.asarray(present, dtype=bool), lp.shape)
-    v = np.asarray(v)
-    if v.dtype.kind == "f":
-        nan_v = np.isnan(v)
-        nan_v = np.any(nan_v.reshape(lp.shape + (-1,)), axis=-1) if v.ndim > lp.ndim else nan_v
-        if np.any(nan_v & present):
-            raise_from_callback(NonFiniteError(
-                f"{message}: the value there is NaN (debug-mode run-time check); mark missing "
-                "observations with ppl.Masked(values, observed_flags) instead of NaN."
-            ))
-    bad = np.isnan(lp) | (lp == np.inf)
-    bad |= (lp == -np.inf) & ~np.broadcast_to(np.asarray(constrained, dtype=bool), lp.shape)
-    bad &= present
-    if np.any(bad):
-        what = "NaN or +inf" if not np.any((lp == -np.inf) & bad) else "-inf at a sampled value"
-        raise_from_callback(NonFiniteError(
-            f"{message}: {what}, got {lp[bad].ravel()[:5]} (debug-mode run-time check). A log density "
-            "of -inf is allowed only at a given (constrained) value, where it means zero likelihood."
-        ))
-
-
-# ------------------------------------------------------------------ values known at trace time
-# GFI calls are staged with jax.jit, so even a constant written in a model (jnp.array(-1.0)) is a
-# tracer when the distribution is built. The tracer still records how it was made: a constant,
-# or a primitive applied to other tracers. _known_value folds such constant expressions (bounded
-# in depth and size) so that invalid constant parameters are reported at trace time. It relies on
-# JAX's jaxpr tracer internals and returns None (unknown) whenever anything is unexpected.
-_FOLD_MAX_DEPTH = 64
-_FOLD_MAX_NODES = 256  # per parameter: bounds trace-time cost for values that are not constant
-_FOLD_MAX_SIZE = 1 << 16
-
-
-def _known_value(x):
-    """The value of ``x`` if it is known at trace time (a constant expression), else None."""
-    if not isinstance(x, jax.core.Tracer):
-        return x
-    try:
-        with jax.ensure_compile_time_eval():
-            v = _fold(x, {}, 0)
-        return None if v is None else np.asarray(v)
-    except Exception:  # internals differ in this JAX version, or evaluation failed: unknown
-        return None
-
-
-def _fold(t, memo, depth):
-    if not isinstance(t, jax.core.Tracer):
-        return t
-    if id(t) in memo:
-        return memo[id(t)][1]
-    memo[id(t)] = (t, None)  # (keeps t alive so its id is not reused during the fold)
-    if len(memo) > _FOLD_MAX_NODES:
-        return None
-    get_const = getattr(t, "get_const", None)
-    if get_const is None or depth > _FOLD_MAX_DEPTH or int(np.prod(t.shape)) > _FOLD_MAX_SIZE:
-        return None
-    c = get_const()
-    if c is not None:
-        memo[id(t)] = (t, c)
-        return c
-    eqn = getattr(t, "parent", None)
-    if eqn is None or eqn.effects:
-        return None
-    ins = []
-    for u in eqn.in_tracers:
-        v = _fold(u, memo, depth + 1)
-        if v is None:
-            return None
-        ins.append(v)
-    outs = eqn.primitive.bind(*ins, **eqn.params)
-    if eqn.primitive.multiple_results:
-        idx = [i for i, var in enumerate(eqn.outvars) if var is t.val]
-        if len(idx) != 1:
-            return None
-        outs = outs[idx[0]]
-    if isinstance(outs, jax.core.Tracer):
-        return None
-    memo[id(t)] = (t, outs)
-    return outs
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -287,7 +141,10 @@ class DistributionGF(GenerativeFunction):
         return d
 
     def _validate(self, d, path, pos=(), kw=None):
-        extra = _FAMILY_CHECKS.get(type(d))
+        base = getattr(d, "base_dist", None)  # truncated, zero-inflated, expanded, ... families
+        if isinstance(base, nd.Distribution):
+            self._validate(base, path)
+        extra = FAMILY_CHECKS.get(type(d))
         if extra is not None:
             for check, v, msg in extra(d, pos, kw or {}):
                 self._check(check, v, f"invalid parameters for {self.name} at address {fmt_addr(path)}: {msg}")
@@ -299,10 +156,10 @@ class DistributionGF(GenerativeFunction):
             if v is None or isinstance(constraint, type(nd.constraints.dependent)):
                 continue
             if pname == "logits":  # -inf logits are a common way to rule categories out
-                constraint = _LOGITS
+                constraint = LOGITS
             msg = (
                 f"invalid parameter {pname} for {self.name} at address {fmt_addr(path)}: it must "
-                f"satisfy {_describe_constraint(constraint)}"
+                f"satisfy {describe_constraint(constraint)}"
             )
             self._check(constraint, v, msg)
 
@@ -310,7 +167,7 @@ class DistributionGF(GenerativeFunction):
     def _check(constraint, v, msg):
         """Raise now if ``constraint(v)`` is known to fail at trace time; in debug mode add a
         run-time check for traced values."""
-        known = _known_value(v)
+        known = known_value(v)
         if known is None and not STATE.debug:
             return  # traced values are checked at run time only in debug mode
         try:
@@ -323,13 +180,19 @@ class DistributionGF(GenerativeFunction):
             return
         present = concrete_bool(ok)
         if present is False or (present is None and not isinstance(ok, jax.core.Tracer)):
-            raise ParameterError(f"{msg}, got {_show(known)}. Fix the value or the computation producing it.")
+            raise ParameterError(f"{msg}, got {show_value(known)}. Fix the value or the computation producing it.")
         if present is None and STATE.debug:
             debug_check(_raise_in_callback, ok, v, msg)
 
     def draw(self, d, key):
         """Draw a value from numpyro distribution ``d`` (no interception; plain or lane key)."""
-        return keys.draw(d, key)
+        try:
+            return keys.draw(d, key)
+        except ValueError as e:  # e.g. a traced multinomial total_count without total_count_max
+            raise ParameterError(
+                f"{self.name} at address {fmt_addr(current_path())}: numpyro cannot sample it ({e}). "
+                "Pass the parameters it needs as Python numbers (static), or the keyword numpyro asks for."
+            ) from e
 
     def _sample(self, d, key):
         path = current_path()
@@ -387,10 +250,10 @@ class DistributionGF(GenerativeFunction):
             msg = (f"the value at address {fmt_addr(path)} has non-integer entries but {self.name} "
                    f"is a discrete distribution with {jnp.dtype(target).name} values; pass whole "
                    "numbers (e.g. 0 or 1 for flip/bernoulli), not probabilities.")
-            known = _known_value(arr)
+            known = known_value(arr)
             if known is not None:
                 if not _integral(known, True):
-                    raise ShapeError(f"{msg} Got {_show(known)}.")
+                    raise ShapeError(f"{msg} Got {show_value(known)}.")
             else:  # a given value is data: checked after the top-level call (and in debug mode)
                 defer_value_check(_integral, msg)
                 if STATE.debug:
@@ -515,58 +378,6 @@ class DistributionGF(GenerativeFunction):
         return f"<distribution {self.name}>"
 
 
-def _show(v) -> str:
-    arr = np.asarray(v)
-    return np.array2string(arr, precision=4, threshold=20) if arr.ndim else str(arr)
-
-
-class _FiniteLogits:
-    """Logits may be -inf (a category ruled out) but not NaN or +inf."""
-
-    def __call__(self, x):
-        return jnp.all(~jnp.isnan(x) & (x != jnp.inf), axis=-1)
-
-    def describe(self):
-        return "no NaN or +inf entries (-inf rules a category out)"
-
-
-_LOGITS = _FiniteLogits()
-
-
-def _uniform_checks(d, pos, kw):
-    return [(lambda width: width > 0, d.high - d.low, "low must be less than high, i.e. high - low > 0")]
-
-
-def _positive_definite(m):
-    m = jnp.asarray(m)
-    sym = jnp.all(jnp.abs(m - jnp.swapaxes(m, -1, -2)) <= 1e-6 * (1.0 + jnp.abs(m)), axis=(-2, -1))
-    return sym & jnp.all(jnp.linalg.eigvalsh(m) > 0, axis=-1)
-
-
-def _mv_normal_checks(d, pos, kw):
-    out = []
-    for i, name in ((1, "covariance_matrix"), (2, "precision_matrix")):
-        m = kw.get(name, pos[i] if len(pos) > i else None)
-        if m is not None:
-            out.append((_positive_definite, m, f"{name} must be symmetric positive definite"))
-    return out
-
-
-# checks numpyro's arg_constraints do not express (or express only on derived parameters)
-_FAMILY_CHECKS = {nd.Uniform: _uniform_checks, nd.MultivariateNormal: _mv_normal_checks}
-
-
-def _describe_constraint(c) -> str:
-    if hasattr(c, "describe"):
-        return c.describe()
-    name = type(c).__name__.lstrip("_")
-    extras = []
-    for attr in ("lower_bound", "upper_bound"):
-        if hasattr(c, attr):
-            extras.append(f"{attr}={np.asarray(getattr(c, attr)).tolist()}")
-    return name + (f"({', '.join(extras)})" if extras else "")
-
-
 @dataclasses.dataclass(frozen=True)
 class _TreedefBuilder:
     treedef: Any
@@ -593,26 +404,71 @@ def dist(d: nd.Distribution) -> Invocation:
     return Invocation(gf, tuple(leaves))
 
 
-def _flip(p):
-    return nd.Bernoulli(probs=p)
+# the named families; imported last (they are DistributionGF instances built from this module)
+from .families import (  # noqa: E402
+    normal,
+    half_normal,
+    half_cauchy,
+    log_normal,
+    gamma,
+    inverse_gamma,
+    beta,
+    exponential,
+    uniform,
+    student_t,
+    cauchy,
+    laplace,
+    von_mises,
+    truncated_normal,
+    dirichlet,
+    mv_normal,
+    lkj,
+    lkj_cholesky,
+    wishart,
+    wishart_cholesky,
+    bernoulli,
+    flip,
+    binomial,
+    poisson,
+    categorical,
+    geometric,
+    multinomial,
+    negative_binomial,
+    negative_binomial2,
+    zero_inflated_poisson,
+    zero_inflated_negative_binomial2,
+)
 
-
-normal = DistributionGF("normal", nd.Normal)
-half_normal = DistributionGF("half_normal", nd.HalfNormal)
-log_normal = DistributionGF("log_normal", nd.LogNormal)
-gamma = DistributionGF("gamma", nd.Gamma)
-inverse_gamma = DistributionGF("inverse_gamma", nd.InverseGamma)
-beta = DistributionGF("beta", nd.Beta)
-exponential = DistributionGF("exponential", nd.Exponential)
-uniform = DistributionGF("uniform", nd.Uniform)
-student_t = DistributionGF("student_t", nd.StudentT)
-cauchy = DistributionGF("cauchy", nd.Cauchy)
-laplace = DistributionGF("laplace", nd.Laplace)
-dirichlet = DistributionGF("dirichlet", nd.Dirichlet)
-mv_normal = DistributionGF("mv_normal", nd.MultivariateNormal)
-bernoulli = DistributionGF("bernoulli", nd.Bernoulli)
-flip = DistributionGF("flip", _flip)
-binomial = DistributionGF("binomial", nd.Binomial)
-poisson = DistributionGF("poisson", nd.Poisson)
-categorical = DistributionGF("categorical", nd.Categorical)
-geometric = DistributionGF("geometric", nd.Geometric)
+__all__ += [
+    "normal",
+    "half_normal",
+    "half_cauchy",
+    "log_normal",
+    "gamma",
+    "inverse_gamma",
+    "beta",
+    "exponential",
+    "uniform",
+    "student_t",
+    "cauchy",
+    "laplace",
+    "von_mises",
+    "truncated_normal",
+    "dirichlet",
+    "mv_normal",
+    "lkj",
+    "lkj_cholesky",
+    "wishart",
+    "wishart_cholesky",
+    "bernoulli",
+    "flip",
+    "binomial",
+    "poisson",
+    "categorical",
+    "geometric",
+    "multinomial",
+    "negative_binomial",
+    "negative_binomial2",
+    "zero_inflated_poisson",
+    "zero_inflated_negative_binomial2",
+]
