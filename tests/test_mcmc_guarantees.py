@@ -163,7 +163,7 @@ class Opaque(mcmc.Kernel):
 
 
 def _stored(kernel, trace, batched=False, observed=()):
-    from inference.mcmc.runner import _stored_selection
+    from inference.mcmc.draws import stored_selection as _stored_selection
 
     sel = _stored_selection(kernel, trace, batched, observed)
     paths = [p for p, _ in jax.eval_shape(lambda t: t.choices, trace).leaves()]
