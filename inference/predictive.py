@@ -172,13 +172,17 @@ def _pick(choices: ChoiceMap, keep, drop, where):
     return choices.filter(select(*keep))
 
 
-def _predict(key, draws, *, model, args, n, batch_ndims, keep, drop):
+def _predict(key, draws, particles, *, model, args, n, batch_ndims, keep, drop, latents, resampling):
     where = "Predictive"
-    if n is not None:  # prior predictive
+    if particles is not None:  # weighted particles: resample n of them, keep their latents
+        key, sub = jax.random.split(key)
+        trs = particles.sample(sub, n, resampling=resampling)
+        batch_shape = (n,)
+        flat = trs.get_choices().filter(select(*latents)) if latents else ChoiceMap.empty()
+    elif draws is None:  # prior predictive
         batch_shape, flat = (n,), ChoiceMap.empty()
     else:
-        leaf = jax.tree_util.tree_leaves(draws)[0]
-        batch_shape = tuple(jnp.shape(leaf)[:batch_ndims])
+        batch_shape = tuple(jnp.shape(jax.tree_util.tree_leaves(draws)[0])[:batch_ndims])
         flat = _flatten(draws, batch_ndims, math.prod(batch_shape))
     size = math.prod(batch_shape)
 
@@ -190,7 +194,7 @@ def _predict(key, draws, *, model, args, n, batch_ndims, keep, drop):
     return _unflatten(out, batch_shape)
 
 
-_predict_staged = staged(("model", "n", "batch_ndims", "keep", "drop"), ("args",))(_predict)
+_predict_staged = staged(("model", "n", "batch_ndims", "keep", "drop", "latents", "resampling"), ("args",))(_predict)
 
 
 class Predictive:
@@ -219,11 +223,10 @@ class Predictive:
         ...     mu = ppl.normal(0.0, 1.0) @ "mu"
         ...     return ppl.normal(jnp.full(n, mu), 1.0) @ "y"
         >>> ps = importance.sample(jax.random.key(0), model, (2,), {"y": jnp.array([1.0, 1.0])}, 2000)
-        >>> pred = Predictive(model, ps, n_samples=400)(jax.random.key(1), 5)   # 5 new observations
-        >>> pred["y"].shape
-        (400, 5)
-        >>> Predictive(model, ps, return_sites=["mu", "y"])(jax.random.key(1), 1).addresses()
-        ['mu', 'y']
+        >>> pred = Predictive(model, ps, n_samples=400, return_sites=["mu", "y"])
+        >>> out = pred(jax.random.key(1), 5)   # 5 new observations
+        >>> out.addresses(), out["mu"].shape, out["y"].shape
+        (['mu', 'y'], (400,), (400, 5))
     """
 
     def __init__(self, model, posterior=None, n_samples=None, return_sites=None, batch_ndims=None,
@@ -264,18 +267,14 @@ class Predictive:
         args = as_args_tuple(args, "Predictive")
         keep = self.return_sites
         drop = None if keep is not None else self._latents
-        if self.posterior is None:
-            return _predict_staged(key, ChoiceMap.empty(), model=self.model, args=args, n=self.n_samples,
-                                   batch_ndims=1, keep=keep, drop=drop)
-        draws = self._draws
-        if draws is None:  # weighted particles: resample, keep the latents
-            key, sub = jax.random.split(key)
-            trs = self.posterior.sample(sub, self.n_samples, resampling=self.resampling)
-            draws = trs.get_choices().filter(select(*self._latents)) if self._latents else ChoiceMap.empty()
+        particles = self.posterior if self._draws is None and self.posterior is not None else None
         try:
-            return _predict_staged(key, draws, model=self.model, args=args, n=None,
-                                   batch_ndims=self.batch_ndims, keep=keep, drop=drop)
+            return _predict_staged(key, self._draws, particles, model=self.model, args=args, n=self.n_samples,
+                                   batch_ndims=self.batch_ndims, keep=keep, drop=drop, latents=self._latents,
+                                   resampling=self.resampling)
         except ShapeError as e:
+            if self.batch_ndims is None:
+                raise
             raise ShapeError(f"Predictive: {e} (the posterior draws have {self.batch_ndims} leading sample "
                              "axes, batch_ndims; check it, and that the new arguments keep the shapes of "
                              "the latent choices)") from None

@@ -111,9 +111,8 @@ def to_arviz(result, *, model=None, args=(), observations=None, log_likelihood=N
         ...     mu = ppl.normal(0.0, 1.0) @ "mu"
         ...     return ppl.normal(jnp.full(3, mu), 1.0) @ "y"
         >>> obs = {"y": jnp.array([0.1, 0.5, 0.3])}
-        >>> tr, _ = reg.generate(jax.random.key(2), obs)
-        >>> res = mcmc.run(jax.random.key(3), mcmc.mh(ppl.select("mu")), tr, 50, n_chains=2)
-        >>> idata = to_arviz(res, model=reg, observations=obs)
+        >>> draws = {"mu": 0.3 + 0.5 * jax.random.normal(jax.random.key(2), (2, 50))}   # (chain, draw)
+        >>> idata = to_arviz(draws, model=reg, observations=obs)
         >>> dict(idata.log_likelihood["y"].sizes), idata.observed_data["y"].shape
         ({'chain': 2, 'draw': 50, 'y_dim_0': 3}, (3,))
     """
