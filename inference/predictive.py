@@ -54,9 +54,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppl.choicemap import ChoiceMap, Masked, select
+from ppl import AddressError, ArgumentError, ChoiceMap, Masked, ShapeError, select
 from ppl.core import Interceptor, as_args_tuple, as_choicemap, intercept
-from ppl.errors import AddressError, ArgumentError, ShapeError, fmt_addr
+from ppl.errors import fmt_addr
 from ppl.keys import LANE_AXES, lanes
 
 from .smc._util import check_n_particles, staged
