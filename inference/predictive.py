@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppl import AddressError, ArgumentError, ChoiceMap, Masked, ShapeError, select
+from ppl import AddressError, ArgumentError, ChoiceMap, Masked, ShapeError, deterministics, select
 from ppl.core import Interceptor, as_args_tuple, as_choicemap, intercept
 from ppl.errors import fmt_addr
 from ppl.keys import LANE_AXES, lanes
@@ -188,7 +188,9 @@ def _predict(key, draws, particles, *, model, args, n, batch_ndims, keep, drop, 
 
     def one(k, c):
         tr, _ = model.generate(k, c, *args)
-        return _pick(tr.get_choices(), keep, drop, where)
+        values = tr.get_choices()
+        det = deterministics(tr)
+        return _pick(values if det.is_empty() else values | det, keep, drop, where)
 
     out = jax.vmap(one, in_axes=(LANE_AXES, 0))(lanes(key, size), flat)
     return _unflatten(out, batch_shape)
@@ -204,10 +206,11 @@ class Predictive:
     leading axes (``(n_chains, n_samples)`` for MCMC, ``(n_samples,)`` otherwise).
 
     - No ``posterior``: the prior predictive, ``n_samples`` (required) runs of ``model(*args)``;
-      every choice is returned by default.
+      every choice and ``ppl.deterministic`` site is returned by default.
     - ``posterior`` (see :mod:`inference.predictive` for the accepted kinds): one run of
       ``model.generate(key, draw, *args)`` per draw; by default every choice *not* in the
-      posterior is returned (the observed/predicted sites, and latents the posterior lacks).
+      posterior is returned (the observed/predicted sites, and latents the posterior lacks), and
+      every ``ppl.deterministic`` site (recomputed from the draw and the new arguments).
       ``n_samples`` is the number of particles resampled from a weighted ``ParticleCollection``
       (default: its number of particles); with draws (MCMC, a choice map) there is one prediction
       per draw and ``n_samples`` must be left out.

@@ -132,6 +132,21 @@ def mcmc_res():
     return mcmc.run(jax.random.key(13), mcmc.mh(ppl.select("mu")), tr, 1000, n_chains=4, burn_in=200)
 
 
+def test_deterministic_sites_are_returned():
+    @ppl.gen
+    def with_det(x):
+        w = ppl.normal(0.0, 1.0) @ "w"
+        mean = ppl.deterministic(w * x) @ "mean"
+        return ppl.normal(mean, 0.5) @ "y"
+
+    draws = {"w": jnp.array([1.0, -2.0])}
+    out = Predictive(with_det, draws)(jax.random.key(0), jnp.array([1.0, 3.0]))
+    assert out.addresses() == ["mean", "y"]
+    np.testing.assert_allclose(np.asarray(out["mean"]), [[1.0, 3.0], [-2.0, -6.0]])
+    only = Predictive(with_det, draws, return_sites="mean")(jax.random.key(0), jnp.array([2.0]))
+    assert only.addresses() == ["mean"] and only["mean"].shape == (2, 1)
+
+
 def test_chain_and_draw_axes_are_kept(mcmc_res):
     draws = exact_draws(7, (3, 50))
     pred = Predictive(model, draws, batch_ndims=2)(jax.random.key(8), 2)
