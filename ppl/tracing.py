@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import linecache
 import re
+import threading
 import traceback
 from typing import Any, Callable
 
@@ -51,6 +52,7 @@ from .errors import (
     TracedControlFlowError,
     fmt_addr,
 )
+from .lru import LRUCache
 
 __all__ = ["gen", "GenFn", "GenTrace"]
 
@@ -160,15 +162,24 @@ class _Handler:
 # @gen function has several sites, their addresses are discovered once per argument structure (an
 # abstract trace, cached) and all site keys are derived by one vectorized hash. The keys are
 # bit-identical either way; an address missing from the table falls back to fold_in.
-_ADDRESS_CACHE: dict = {}
-_DISCOVERING = [0]
+#: The top-level addresses of each (@gen function, argument structure) seen, for the most
+#: recently used 4096 (a dropped entry is rediscovered by one abstract trace when needed again).
+_ADDRESS_CACHE = LRUCache(4096)
+
+
+class _Discovering(threading.local):
+    def __init__(self):
+        self.depth = 0  # > 0 while this thread runs an abstract discovery trace
+
+
+_DISCOVERING = _Discovering()
 
 
 def _site_keys(gf, key, args):
     from . import keys as _keys
     from .core import address_hash, is_data
 
-    if isinstance(key, _keys.KeyTable) or _DISCOVERING[0] or STATE.interceptors:
+    if isinstance(key, _keys.KeyTable) or _DISCOVERING.depth or STATE.interceptors:
         return key
     addrs = _discover(gf, args, is_data)
     if addrs is None or len(addrs) < 2:
@@ -193,8 +204,9 @@ def _discover(gf, args, is_data):
         hash(spec)
     except TypeError:
         return None
-    if spec in _ADDRESS_CACHE:
-        return _ADDRESS_CACHE[spec]
+    cached = _ADDRESS_CACHE.get(spec, _UNKNOWN)
+    if cached is not _UNKNOWN:
+        return cached
     found = []
 
     def run(k, dyn_vals):
@@ -204,18 +216,20 @@ def _discover(gf, args, is_data):
         tr = gf.simulate(k, *jax.tree_util.tree_unflatten(treedef, ls))
         found.append(tuple(tr.subtraces))
 
-    _DISCOVERING[0] += 1
+    _DISCOVERING.depth += 1
     try:
         structs = [jax.ShapeDtypeStruct(jnp.shape(leaves[i]), jnp.result_type(leaves[i])) for i in dyn]
         jax.eval_shape(run, jax.random.key(0), structs)
     except Exception:  # the real trace will report any error with its full context
         return None
     finally:
-        _DISCOVERING[0] -= 1
-    if len(_ADDRESS_CACHE) > 4096:
-        _ADDRESS_CACHE.clear()
-    _ADDRESS_CACHE[spec] = found[0] if found else None
-    return _ADDRESS_CACHE[spec]
+        _DISCOVERING.depth -= 1
+    addrs = found[0] if found else None
+    _ADDRESS_CACHE[spec] = addrs
+    return addrs
+
+
+_UNKNOWN = object()
 
 
 _ADDR_RE = re.compile(r"""@\s*(['"])(.*?)\1""")

@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppl.choicemap import ChoiceMap
-from ppl.core import STATE, as_choicemap as core_as_choicemap, pack_args, unpack_args
+from ppl.core import as_choicemap as core_as_choicemap, pack_args, unpack_args
 from ppl.errors import ModelError, NonFiniteError
+from ppl.staging import debug_enabled, raise_from_callback, staged as ppl_staged
 
 from ..sharding import active_mesh, batch_sharding
 
@@ -113,49 +114,29 @@ def as_choicemap(x) -> ChoiceMap:
 
 
 def staged(static_argnames: tuple, packed_argnames: tuple = ()):
-    """``jax.jit`` an algorithm, packing model arguments so Python ints/strings stay static.
+    """``jax.jit`` an SMC algorithm with :func:`ppl.staging.staged`: model arguments packed so Python
+    ints/strings stay static, the debug flag and the active device mesh (``inference.sharding``)
+    in the compilation key, GFI calls traced inline, run-time check failures raised as the ppl
+    error. A keyword ``n_particles`` is validated first (:func:`check_n_particles`).
 
-    The arguments named in ``packed_argnames`` are model argument tuples: their non-array leaves
-    (Python ints, bools, strings) become static, arrays and floats are traced, as in the GFI's own
-    staging. The debug flag and the active device mesh (``inference.sharding``) are part of the
-    compilation key.
+    Example:
+        >>> import jax, jax.numpy as jnp, ppl
+        >>> run = staged(("n_particles",))(lambda key, n_particles: jax.random.normal(key, (n_particles,)))
+        >>> run(jax.random.key(0), n_particles=3).shape
+        (3,)
     """
 
     def deco(fn):
-        def inner(*a, _debug=False, _mesh=None, **kw):
-            old = STATE.debug
-            STATE.debug = _debug
-            STATE.stage_depth += 1  # GFI calls inside trace inline (no nested jit per call)
-            try:
-                for name in packed_argnames:
-                    kw[name] = unpack_args(kw[name])
-                with batch_sharding(_mesh):  # particle axes laid out over the mesh, if any
-                    return fn(*a, **kw)
-            finally:
-                STATE.debug = old
-                STATE.stage_depth -= 1
-
-        jitted = jax.jit(inner, static_argnames=tuple(static_argnames) + ("_debug", "_mesh"))
+        compiled = ppl_staged(fn, static_argnames=static_argnames, packed_argnames=packed_argnames,
+                              contexts=((active_mesh, batch_sharding),))
 
         @functools.wraps(fn)
         def wrapper(*a, **kw):
             if "n_particles" in kw:  # every staged SMC algorithm validates its count here
                 kw["n_particles"] = check_n_particles(kw["n_particles"], _public_name(fn))
-            for name in packed_argnames:
-                kw[name] = pack_args(tuple(kw[name]) if isinstance(kw[name], list) else kw[name])
-            from ppl.core import _CALLBACK_ERRORS, pop_callback_error
+            return compiled(*a, **kw)
 
-            if _CALLBACK_ERRORS:
-                pop_callback_error()
-            try:
-                return jitted(*a, _debug=bool(STATE.debug), _mesh=active_mesh(), **kw)
-            except jax.errors.JaxRuntimeError as e:
-                err = pop_callback_error()
-                if err is not None:  # a debug-mode check failed at run time: raise the ppl error
-                    raise err from e
-                raise
-
-        wrapper.jitted = jitted
+        wrapper.jitted = compiled.jitted
         return wrapper
 
     return deco
@@ -173,8 +154,6 @@ def _public_name(fn) -> str:
 
 
 def _raise_dead(dead, where):
-    from ppl.core import raise_from_callback
-
     if np.any(dead):
         raise_from_callback(AllParticlesDeadError(
             f"{where}: every particle has weight zero (log weight -inf or NaN); the evidence "
@@ -185,7 +164,7 @@ def _raise_dead(dead, where):
 
 def check_alive(dead, where: str):
     """In debug mode, raise :class:`AllParticlesDeadError` at run time when ``dead`` is True."""
-    if STATE.debug:
+    if debug_enabled():
         jax.debug.callback(functools.partial(_raise_dead, where=where), dead)
 
 
