@@ -147,6 +147,25 @@ def test_deterministic_sites_are_returned():
     assert only.addresses() == ["mean"] and only["mean"].shape == (2, 1)
 
 
+def test_posterior_predictive_from_autoguide_draws():
+    from inference import vi
+
+    @ppl.gen
+    def vi_model(params, n):   # the objectives' convention: the model receives the guide's params
+        mu = ppl.normal(M0, S0) @ "mu"
+        return ppl.normal(jnp.full(n, mu), SIGMA) @ "y"
+
+    guide = vi.AutoNormal(vi_model, OBS, (4,))
+    params = guide.init_params(jax.random.key(0))
+    draws = guide.sample_posterior(jax.random.key(1), params, 300)
+    out = Predictive(vi_model, draws, return_sites=["mu", "y"])(jax.random.key(2), params, 6)
+    assert out["y"].shape == (300, 6)
+    assert np.array_equal(np.asarray(out["mu"]), np.asarray(draws["mu"]))
+    ll = log_likelihood(vi_model, draws, params, 4, observations=OBS)
+    expect = stats.norm.logpdf(np.asarray(YS)[None], np.asarray(draws["mu"])[:, None], SIGMA)
+    np.testing.assert_allclose(np.asarray(ll["y"]), expect, rtol=1e-5)
+
+
 def test_chain_and_draw_axes_are_kept(mcmc_res):
     draws = exact_draws(7, (3, 50))
     pred = Predictive(model, draws, batch_ndims=2)(jax.random.key(8), 2)
