@@ -22,7 +22,9 @@ Example:
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpyro.distributions as nd
+from numpyro.distributions.util import multinomial as _np_multinomial
 from numpyro.distributions.truncated import TwoSidedTruncatedDistribution
 
 from .dist_checks import register_family_check
@@ -51,7 +53,38 @@ def _zero_inflated_negative_binomial2(mean, concentration, gate=None, gate_logit
     return nd.ZeroInflatedNegativeBinomial2(mean, concentration, gate=gate, gate_logits=gate_logits)
 
 
+class _ScalarCountFix:
+    """numpyro 0.22's multinomial sampler ignores a scalar ``total_count`` below ``total_count_max``
+    (it masks the surplus trials only for an array of counts) and returns floats when it masks:
+    sample an unbatched site as a batch of one, where numpyro masks, drop that axis, and keep
+    integer counts. Density and everything else are numpyro's."""
+
+    def sample(self, key, sample_shape=()):
+        if self.total_count_max is None or jnp.ndim(self.total_count) > 0 or self.batch_shape:
+            out = super().sample(key, sample_shape)
+        else:
+            out = _np_multinomial(key, self.probs[None], jnp.reshape(self.total_count, (1,)),
+                                  shape=tuple(sample_shape) + (1,), total_count_max=self.total_count_max)[..., 0, :]
+        return out.astype(jnp.result_type(int))  # (numpyro returns floats when it masks)
+
+
+class _MultinomialProbs(_ScalarCountFix, nd.MultinomialProbs):
+    pass
+
+
+class _MultinomialLogits(_ScalarCountFix, nd.MultinomialLogits):
+    pass
+
+
+def _multinomial(total_count=1, probs=None, logits=None, total_count_max=None):
+    d = nd.Multinomial(total_count, probs, logits, total_count_max=total_count_max)
+    cls = _MultinomialProbs if isinstance(d, nd.MultinomialProbs) else _MultinomialLogits
+    p = probs if probs is not None else logits
+    return cls(p, total_count, total_count_max=total_count_max)
+
+
 _truncated_normal.__name__ = "TruncatedNormal"
+_multinomial.__name__ = "Multinomial"
 _zero_inflated_negative_binomial2.__name__ = "ZeroInflatedNegativeBinomial2"
 
 
@@ -104,7 +137,7 @@ binomial = DistributionGF("binomial", nd.Binomial)
 poisson = DistributionGF("poisson", nd.Poisson)
 categorical = DistributionGF("categorical", nd.Categorical)
 geometric = DistributionGF("geometric", nd.Geometric)
-multinomial = DistributionGF("multinomial", nd.Multinomial)
+multinomial = DistributionGF("multinomial", _multinomial)
 negative_binomial = DistributionGF("negative_binomial", nd.NegativeBinomial)
 negative_binomial2 = DistributionGF("negative_binomial2", nd.NegativeBinomial2)
 zero_inflated_poisson = DistributionGF("zero_inflated_poisson", nd.ZeroInflatedPoisson)
