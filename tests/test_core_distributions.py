@@ -310,7 +310,7 @@ def test_hmc_on_lkj_cholesky_and_von_mises_targets_the_prior():
         return L
 
     res = mcmc.run(jax.random.key(0), mcmc.hmc(ppl.select("L", "angle"), 0.3, 6, adapt_step_size=True),
-                   m.simulate(jax.random.key(1)), 500, n_chains=2, burn_in=200)
+                   m.simulate(jax.random.key(1)), 300, n_chains=2, burn_in=150)
     L = np.asarray(res.choices["L"])
     np.testing.assert_allclose(np.linalg.norm(L, axis=-1), 1.0, atol=1e-4)
     a = np.asarray(res.choices["angle"])

@@ -14,6 +14,7 @@ import pytest
 
 import ppl
 from inference import importance, mcmc, vi
+from inference.diagnostics.mcmc import ess
 from ppl import ChoiceMap, gen, select
 
 YS = jnp.array([0.3, 1.1, 0.8])
@@ -207,10 +208,9 @@ def test_factor_in_branches_mh_and_gibbs_match_enumeration():
     exact = np.exp(-1) / (np.exp(-1) + np.exp(-3))
     tr = m.simulate(jax.random.key(0))
     for kern in (mcmc.mh(select("z")), mcmc.gibbs("z")):
-        z = np.asarray(mcmc.run(jax.random.key(1), kern, tr, 2000, n_chains=4).choices["z"], float)
-        # standard error from the spread of the chain means (chains are independent)
-        se = max(z.mean(axis=1).std(ddof=1) / 2.0, np.sqrt(exact * (1 - exact) / z.size))
-        assert abs(z.mean() - exact) < 4 * se + 0.01, (type(kern).__name__, z.mean(), exact, se)
+        z = np.asarray(mcmc.run(jax.random.key(1), kern, tr, 1000, n_chains=4).choices["z"], float)
+        se = np.sqrt(exact * (1 - exact) / ess(z))  # standard error from the effective sample size
+        assert abs(z.mean() - exact) < 4 * se, (type(kern).__name__, z.mean(), exact, se)
 
 
 # ------------------------------------------------------------------ deterministic
@@ -283,9 +283,10 @@ def test_deterministic_under_combinators():
 
 def test_kernels_never_move_deterministic_and_keep_it_consistent():
     tr, _ = with_factor.generate(jax.random.key(0), ChoiceMap.empty(), YS)
-    for kern in (mcmc.hmc(ppl.select_all(), 0.3, 5), mcmc.mh(select("mu")), mcmc.nuts(select("mu"))):
-        res = mcmc.run(jax.random.key(1), kern, tr, 20, n_chains=2, burn_in=5)
-        assert "exp_mu" not in res.choices.addresses()
-        fin = res.final_trace
-        close(ppl.deterministics(fin)["exp_mu"], jnp.exp(fin.choices["mu"]))
-        np.testing.assert_array_equal(np.asarray(res.choices["mu"][:, -1]), np.asarray(fin.choices["mu"]))
+    # select_all: every choice (deterministic sites are not choices, so HMC never sees them)
+    kern = mcmc.cycle(mcmc.hmc(ppl.select_all(), 0.3, 5), mcmc.mh(select("mu")))
+    res = mcmc.run(jax.random.key(1), kern, tr, 20, n_chains=2, burn_in=5)
+    assert "exp_mu" not in res.choices.addresses()
+    fin = res.final_trace
+    close(ppl.deterministics(fin)["exp_mu"], jnp.exp(fin.choices["mu"]))
+    np.testing.assert_array_equal(np.asarray(res.choices["mu"][:, -1]), np.asarray(fin.choices["mu"]))
