@@ -18,15 +18,16 @@ Example:
 """
 
 from .particles import ParticleCollection
-from .resampling import (SCHEMES, UnknownResamplingError, ess, log_normalize, offspring_counts, register_resampling,
-                         resample_indices, resampling_schemes)
+from .resampling import (SCHEMES, ResampleStep, UnknownResamplingError, ess, log_evidence, log_normalize,
+                         offspring_counts, register_resampling, resample_indices, resample_step, resampling_schemes)
 from .steps import change, extend, init, rejuvenate, resample, resample_if
 from ._util import AllParticlesDeadError, ParticleCountError
 
 __all__ = [
     "ParticleCollection", "SCHEMES", "ess", "log_normalize", "offspring_counts", "resample_indices",
     "init", "extend", "resample", "resample_if", "rejuvenate", "change", "AllParticlesDeadError",
-    "ParticleCountError", "register_resampling", "resampling_schemes", "UnknownResamplingError",
+    "ParticleCountError", "register_resampling", "resampling_schemes", "UnknownResamplingError", "resample_step",
+    "ResampleStep", "log_evidence",
 ]
 
 from .filters import FilterResult, genealogy, particle_filter
@@ -37,11 +38,19 @@ from .tempered import TemperedResult, ais, power_schedule, resample_move, temper
 
 __all__ += ["PMMHResult", "pmmh", "random_walk", "TemperedResult", "ais", "power_schedule", "resample_move",
             "tempered"]
-from .learning import FitResult, fisher_gradient, fit_parameters, score_climbing_step
+from .learning import ParameterFitResult, fisher_gradient, fit_parameters, score_climbing_step
 
-__all__ += ["FitResult", "fisher_gradient", "fit_parameters", "score_climbing_step"]
+__all__ += ["ParameterFitResult", "fisher_gradient", "fit_parameters", "score_climbing_step"]
 from .moves import move
 
 __all__ += ["move"]
 __all__ += ["FilterResult", "genealogy", "particle_filter", "CSMCResult", "PGResult", "backward_sample", "csmc",
             "particle_gibbs"]
+
+
+def __getattr__(name):
+    if name == "FitResult":  # deprecated alias (warns), see learning.ParameterFitResult
+        from .learning import deprecated_fit_result
+
+        return deprecated_fit_result()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,17 +35,11 @@ import jax
 import jax.numpy as jnp
 
 from ._util import check_n_particles, staged
-from .filters import (
-    _trace_back,
-    broadcast_carry,
-    latent_part,
-    propagate,
-    step_slices,
-)
+from .filters import broadcast_carry, latent_part, propagate, run_filter, step_slices, trace_back
 from .particles import gather
-from .resampling import _invert, log_normalize
+from .resampling import DEFAULT_RESAMPLING, invert_cdf, log_evidence, log_normalize, resample_step
 
-__all__ = ["CSMCResult", "csmc", "particle_gibbs", "PGResult", "backward_sample"]
+__all__ = ["CSMCResult", "csmc", "particle_gibbs", "PGResult", "backward_sample", "csmc_sweep", "backward_paths"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -96,33 +90,50 @@ def _iid_ancestors(key, lwn, m):
     """
     w = jnp.exp(lwn)
     u = jax.random.uniform(key, (m,))
-    return _invert(jnp.cumsum(w), u, w)
+    return invert_cdf(jnp.cumsum(w), u, w)
 
 
-def _sweep(key, step, carry0, xs, T, obs, reference, n, ancestor_sampling):
-    log_n = jnp.log(float(n))
+def csmc_sweep(key, step, carry0, xs, T, obs, reference, n, ancestor_sampling) -> CSMCResult:
+    """One conditional SMC sweep on the scan step ``step`` (the traced body of :func:`csmc`).
+
+    ``carry0``, ``xs``, ``T`` and ``obs`` are as returned by
+    :func:`~inference.smc.filters.step_slices`; ``reference`` the latent choices stacked over time
+    and ``n`` a Python int. For use inside traced code (other algorithms, ``jax.jit``).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ppl
+        >>> from inference.smc.filters import step_slices
+        >>> @ppl.gen
+        ... def step(x, _):
+        ...     x = ppl.normal(x, 1.0) @ "x"
+        ...     ppl.normal(x, 1.0) @ "y"
+        ...     return x, None
+        >>> sl = step_slices(ppl.scan(step, length=3), (0.0, None), ppl.ChoiceMap({"y": jnp.ones(3)}), "demo")
+        >>> out = csmc_sweep(jax.random.key(0), *sl, ppl.ChoiceMap({"x": jnp.zeros(3)}), 4, True)
+        >>> out.reference["x"].shape, out.ancestors.shape
+        ((3,), (3, 4))
+    """
     last = n - 1
-    arange = jnp.arange(n, dtype=jnp.int32)
 
     def body(state, inp):
         carries, lw, log_z = state
         t, k, obs_t, x_t, ref_t = inp
         k_res, k_as, k_prop, k_ref = jax.random.split(k, 4)
-        lwn, lse, _ = log_normalize(lw)
-        # conditional multinomial resampling: the N-1 free particles draw their ancestors i.i.d.
-        # from the normalized weights (the reference slot included); the reference keeps its own
-        free = _iid_ancestors(k_res, lwn, n - 1)
-        if ancestor_sampling:
-            lp = jax.vmap(lambda c: step.assess(ref_t | obs_t, c, x_t)[0])(carries)
-            logits = lwn + lp
-            logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
-            a_ref = jax.random.categorical(k_as, logits).astype(jnp.int32)
-        else:
-            a_ref = jnp.int32(last)
-        anc = jnp.concatenate([free, a_ref[None]])
-        anc = jnp.where(t > 0, anc, arange)
-        log_z = jnp.where(t > 0, log_z + lse - log_n, log_z)
-        lw = jnp.where(t > 0, 0.0, lw)
+
+        def draw(k_res, lwn, _dead):
+            # conditional multinomial resampling: the N-1 free particles draw their ancestors i.i.d.
+            # from the normalized weights (the reference slot included); the reference keeps its own
+            free = _iid_ancestors(k_res, lwn, n - 1)
+            if ancestor_sampling:
+                lp = jax.vmap(lambda c: step.assess(ref_t | obs_t, c, x_t)[0])(carries)
+                logits = lwn + lp
+                logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
+                a_ref = jax.random.categorical(k_as, logits).astype(jnp.int32)
+            else:
+                a_ref = jnp.int32(last)
+            return jnp.concatenate([free, a_ref[None]])
+
+        anc, lw, log_z, _, _ = resample_step(k_res, lw, log_z, when=t > 0, draw_ancestors=draw)
         carries = gather(carries, anc)
         ch, new_carries, w = propagate(step, k_prop, carries, x_t, obs_t, n)
         ch = latent_part(ch, obs_t)
@@ -138,15 +149,15 @@ def _sweep(key, step, carry0, xs, T, obs, reference, n, ancestor_sampling):
     k_scan, k_pick = jax.random.split(key)
     inputs = (jnp.arange(T), jax.random.split(k_scan, T), obs, xs, reference)
     (_, lw, log_z), (ch, lws, anc) = jax.lax.scan(body, state0, inputs, length=T)
-    _, lse, _ = log_normalize(lw)
-    b = jax.random.categorical(k_pick, log_normalize(lw)[0]).astype(jnp.int32)
-    new_ref = _trace_back(ch, anc, b)
-    return CSMCResult(new_ref, ch, lws, anc, log_z + lse - log_n)
+    lwn, lse, _ = log_normalize(lw)
+    b = jax.random.categorical(k_pick, lwn).astype(jnp.int32)
+    new_ref = trace_back(ch, anc, b)
+    return CSMCResult(new_ref, ch, lws, anc, log_evidence(log_z, lse, n))
 
 
 def _csmc(key, model, args, observations, n_particles, reference, ancestor_sampling):
     step, carry0, xs, T, obs = step_slices(model, args, observations, "smc.csmc")
-    return _sweep(key, step, carry0, xs, T, obs, reference, int(n_particles), ancestor_sampling)
+    return csmc_sweep(key, step, carry0, xs, T, obs, reference, int(n_particles), ancestor_sampling)
 
 
 _csmc_staged = staged(("model", "n_particles", "ancestor_sampling"), ("args",))(_csmc)
@@ -205,7 +216,7 @@ def _pg(key, model, args, observations, n_particles, n_iter, init_reference, anc
         ref0 = init_reference
 
     def body(ref, k):
-        out = _sweep(k, step, carry0, xs, T, obs, ref, n, ancestor_sampling)
+        out = csmc_sweep(k, step, carry0, xs, T, obs, ref, n, ancestor_sampling)
         return out.reference, (out.reference, out.log_z)
 
     _, (refs, lz) = jax.lax.scan(body, ref0, jax.random.split(k_chain, n_iter))
@@ -214,9 +225,7 @@ def _pg(key, model, args, observations, n_particles, n_iter, init_reference, anc
 
 def _sweep_init(key, model, args, obs, n):
     k1, k2 = jax.random.split(key)
-    from .filters import _filter
-
-    res = _filter(k1, model, args, obs, n, None, "systematic", 1.0, True)
+    res = run_filter(k1, model, args, obs, n, None, DEFAULT_RESAMPLING, 1.0, True)
     return res.sample_trajectory(k2)
 
 
@@ -256,7 +265,23 @@ def particle_gibbs(key, model, args, observations, n_particles: int, n_iter: int
     )
 
 
-def _backward(key, model, args, observations, result, n_samples):
+def backward_paths(key, model, args, observations, result, n_samples):
+    """:func:`backward_sample` without its staging and argument checks, for use inside traced code
+    (``args`` a tuple, ``observations`` a ChoiceMap, ``n_samples`` a Python int).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ppl
+        >>> from inference.smc.filters import run_filter
+        >>> @ppl.gen
+        ... def step(x, _):
+        ...     x = ppl.normal(x, 1.0) @ "x"
+        ...     ppl.normal(x, 1.0) @ "y"
+        ...     return x, None
+        >>> model, obs = ppl.scan(step, length=3), ppl.ChoiceMap({"y": jnp.ones(3)})
+        >>> res = run_filter(jax.random.key(0), model, (0.0, None), obs, 20)
+        >>> backward_paths(jax.random.key(1), model, (0.0, None), obs, res, 2)["x"].shape
+        (2, 3)
+    """
     step, carry0, xs, T, obs = step_slices(model, args, observations, "smc.backward_sample")
     if jnp.shape(result.log_weights)[0] != T:
         raise ValueError("smc.backward_sample needs a particle_filter result with history=True")
@@ -285,7 +310,7 @@ def _backward(key, model, args, observations, result, n_samples):
     return jax.vmap(one)(jax.random.split(key, n_samples))
 
 
-_backward_staged = staged(("model", "n_samples"), ("args",))(_backward)
+_backward_staged = staged(("model", "n_samples"), ("args",))(backward_paths)
 
 
 def backward_sample(key, model, args, observations, result, n_samples: int):

@@ -32,10 +32,11 @@ from ppl.errors import ModelError, ShapeError
 from .. import sharding
 from ._util import as_choicemap, check_alive, check_n_particles, staged
 from .particles import gather
-from .resampling import (DEFAULT_RESAMPLING, check_resampling, ess_from_normalized, indices_from_normalized,
-                         log_normalize, resample_indices)
+from .resampling import (DEFAULT_RESAMPLING, check_resampling, ess_from_normalized, log_evidence, log_normalize,
+                         resample_indices, resample_step)
 
-__all__ = ["FilterResult", "particle_filter", "check_ssm", "step_slices", "genealogy"]
+__all__ = ["FilterResult", "particle_filter", "run_filter", "check_ssm", "step_slices", "genealogy", "trace_back",
+           "broadcast_carry", "propagate", "latent_part"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -102,7 +103,7 @@ class FilterResult:
     def sample_trajectory(self, key):
         """One trajectory (leaves ``(T, ...)``) drawn by the final weights through the genealogy."""
         b = resample_indices(key, self.log_weights[-1], "multinomial", n_out=1)[0]
-        return _trace_back(self.choices, self.ancestors, b)
+        return trace_back(self.choices, self.ancestors, b)
 
 
 jax.tree_util.register_dataclass(
@@ -133,7 +134,15 @@ def _trace_back_indices(ancestors, final_idx):
     return path
 
 
-def _trace_back(choices, ancestors, b):
+def trace_back(choices, ancestors, b):
+    """The path (leaves ``(T, ...)``) ending at final particle ``b`` through the ancestry.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> ch = {"x": jnp.array([[0.0, 1.0], [2.0, 3.0]])}
+        >>> trace_back(ch, jnp.array([[0, 1], [1, 1]]), 0)["x"].tolist()
+        [1.0, 2.0]
+    """
     path = _trace_back_indices(ancestors, b)  # (T,)
     return jax.tree_util.tree_map(lambda x: jax.vmap(lambda xt, i: xt[i])(x, path), choices)
 
@@ -170,7 +179,7 @@ def step_slices(model, args, observations, what):
     if len(args) != 2:
         raise ModelError(f"{what}: a ppl.scan model takes (init_carry, xs) as args, got {len(args)} args")
     carry0, xs = args
-    T = model._T(xs)
+    T = model.n_steps(xs)
     obs = as_choicemap(observations)
     for path, v in obs.leaves():
         leaves = jax.tree_util.tree_leaves(v)
@@ -213,32 +222,41 @@ def latent_part(ch, obs):
     return ch.filter(~select(*paths)) if paths else ch
 
 
-def _filter(key, model, args, observations, n_particles, proposal, resampling, ess_threshold, history):
+def run_filter(key, model, args, observations, n_particles, proposal=None, resampling=DEFAULT_RESAMPLING,
+               ess_threshold=1.0, history=True) -> FilterResult:
+    """:func:`particle_filter` without its staging and argument checks, for use inside traced code
+    (other SMC algorithms, ``jax.jit``/``vmap``): ``args`` a tuple, ``observations`` a ChoiceMap,
+    ``n_particles`` a Python int and ``ess_threshold`` a Python float (``>= 1``: every step).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ppl
+        >>> @ppl.gen
+        ... def step(x, _):
+        ...     x = ppl.normal(x, 1.0) @ "x"
+        ...     ppl.normal(x, 1.0) @ "y"
+        ...     return x, None
+        >>> obs = ppl.ChoiceMap({"y": jnp.ones(4)})
+        >>> lz = jax.jit(lambda k: run_filter(k, ppl.scan(step, length=4), (0.0, None), obs, 50).log_z)
+        >>> bool(jnp.isfinite(lz(jax.random.key(0))))
+        True
+    """
     step, carry0, xs, T, obs = step_slices(model, args, observations, "smc.particle_filter")
     n = int(n_particles)
-    log_n = jnp.log(float(n))
-    always = ess_threshold >= 1.0
-    arange = jnp.arange(n, dtype=jnp.int32)
 
     def body(state, inp):
         carries, lw, lwn, lse, now_dead, log_z, dead, last = state
         t, k, obs_t, x_t = inp
         k_res, k_prop = jax.random.split(k)
-        need = t > 0 if always else (t > 0) & (ess_from_normalized(lwn, now_dead) < ess_threshold * n)
-        if always:
-            anc = jnp.where(need, indices_from_normalized(k_res, lwn, now_dead, resampling), arange)
-        else:
-            anc = jax.lax.cond(need, lambda: indices_from_normalized(k_res, lwn, now_dead, resampling), lambda: arange)
+        r = resample_step(k_res, lw, log_z, dead, ess_threshold=ess_threshold, resampling=resampling, when=t > 0,
+                          normalized=(lwn, lse, now_dead))
+        anc, lw, log_z, dead, need = r
         carries = gather(carries, anc)
-        log_z = jnp.where(need, log_z + lse - log_n, log_z)
-        dead = dead | (need & now_dead)
-        lw = jnp.where(need, 0.0, lw)
         ch, carries, w = propagate(step, k_prop, carries, x_t, obs_t, n, proposal)
         lw = lw + w
         lwn, lse, now_dead = log_normalize(lw)
         ch = latent_part(ch, obs_t)
         hist = (ch, lw, anc, carries) if history else ()
-        out = (hist, ess_from_normalized(lwn, now_dead), need, log_z + lse - log_n)
+        out = (hist, ess_from_normalized(lwn, now_dead), need, log_evidence(log_z, lse, n))
         new_state = (carries, lw, lwn, lse, now_dead, log_z, dead | now_dead, (ch, anc) if not history else ())
         return new_state, out
 
@@ -266,7 +284,7 @@ def _filter(key, model, args, observations, n_particles, proposal, resampling, e
 
 
 _filter_staged = staged(("model", "n_particles", "proposal", "resampling", "ess_threshold", "history"), ("args",))(
-    _filter
+    run_filter
 )
 
 

@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 
 from ._util import as_choicemap, staged
-from .csmc import _backward, _sweep
-from .filters import _filter, genealogy, step_slices
+from .csmc import backward_paths, csmc_sweep
+from .filters import genealogy, run_filter, step_slices
 from .resampling import DEFAULT_RESAMPLING, check_resampling, log_normalize
 
-__all__ = ["fisher_gradient", "score_climbing_step", "fit_parameters", "FitResult"]
+__all__ = ["fisher_gradient", "score_climbing_step", "fit_parameters", "ParameterFitResult"]
 
 
 def _path_logp_grad(model, args_fn, params, paths, obs, weights):
@@ -46,12 +46,12 @@ def _fisher(key, model, args_fn, params, observations, n_particles, smoother, n_
     args = tuple(args_fn(params))
     _, _, _, _, obs = step_slices(model, args, observations, "smc.fisher_gradient")
     k1, k2 = jax.random.split(key)
-    res = _filter(k1, model, args, obs, n_particles, None, resampling, 1.0, True)
+    res = run_filter(k1, model, args, obs, n_particles, None, resampling, 1.0, True)
     if smoother == "genealogy":
         paths = genealogy(res.choices, res.ancestors)
         w = jnp.exp(log_normalize(res.log_weights[-1])[0])
     elif smoother == "backward":
-        paths = _backward(k2, model, args, obs, res, n_paths)
+        paths = backward_paths(k2, model, args, obs, res, n_paths)
         w = jnp.full((n_paths,), 1.0 / n_paths)
     else:
         raise ValueError(f"unknown smoother {smoother!r}; use 'genealogy' or 'backward'")
@@ -93,7 +93,7 @@ def fisher_gradient(key, model, args_fn, params, observations, n_particles: int,
 def _msc(key, model, args_fn, params, observations, n_particles, reference):
     args = tuple(args_fn(params))
     step, carry0, xs, T, obs = step_slices(model, args, observations, "smc.score_climbing_step")
-    out = _sweep(key, step, carry0, xs, T, obs, reference, n_particles, True)
+    out = csmc_sweep(key, step, carry0, xs, T, obs, reference, n_particles, True)
     g = _path_logp_grad(model, args_fn, params, jax.tree_util.tree_map(lambda x: x[None], out.reference), obs,
                         jnp.ones(1))
     return out.reference, out.log_z, g
@@ -112,20 +112,46 @@ def score_climbing_step(key, model, args_fn, params, observations, n_particles: 
 
 
 @dataclasses.dataclass(eq=False)
-class FitResult:
-    """``params`` (final), ``history`` (parameters after every step, leading axis ``n_steps``),
-    ``log_z`` (the evidence estimate at every step) and ``average(last)``, the mean of the last
-    iterates (Polyak averaging)."""
+class ParameterFitResult:
+    """Output of :func:`fit_parameters`: ``params`` (final), ``history`` (parameters after every
+    step, leading axis ``n_steps``), ``log_z`` (the evidence estimate at every step) and
+    ``average(last)``, the mean of the last iterates (Polyak averaging).
+
+    Not :class:`inference.vi.FitResult` (the result of ``vi.fit``); ``smc.FitResult`` is a
+    deprecated alias of this class.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> fit = ParameterFitResult({"a": 1.0}, {"a": jnp.array([0.0, 1.0, 2.0])}, jnp.zeros(3))
+        >>> float(fit.average(2)["a"])
+        1.5
+    """
 
     params: Any
     history: Any
     log_z: Any
 
     def average(self, last: int):
+        """Mean of the last ``last`` iterates of ``history`` (Polyak averaging)."""
         return jax.tree_util.tree_map(lambda h: jnp.mean(h[-last:], axis=0), self.history)
 
 
-jax.tree_util.register_dataclass(FitResult, data_fields=["params", "history", "log_z"], meta_fields=[])
+jax.tree_util.register_dataclass(ParameterFitResult, data_fields=["params", "history", "log_z"], meta_fields=[])
+
+
+def deprecated_fit_result(stacklevel: int = 3):
+    """The deprecated alias ``FitResult`` of :class:`ParameterFitResult`, with its warning."""
+    import warnings
+
+    warnings.warn("inference.smc.FitResult is deprecated; use inference.smc.ParameterFitResult (the same class; "
+                  "not inference.vi.FitResult).", DeprecationWarning, stacklevel=stacklevel)
+    return ParameterFitResult
+
+
+def __getattr__(name):
+    if name == "FitResult":
+        return deprecated_fit_result()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _fit(key, model, args_fn, params, observations, optimizer, n_steps, n_particles, method, smoother, n_paths):
@@ -135,7 +161,7 @@ def _fit(key, model, args_fn, params, observations, optimizer, n_steps, n_partic
     opt_state = optimizer.init(params)
     if method == "msc":
         args = tuple(args_fn(params))
-        res = _filter(k0, model, args, observations, n_particles, None, "systematic", 1.0, True)
+        res = run_filter(k0, model, args, observations, n_particles, None, DEFAULT_RESAMPLING, 1.0, True)
         ref0 = res.sample_trajectory(k0)
     elif method == "fisher":
         ref0 = None
@@ -147,14 +173,15 @@ def _fit(key, model, args_fn, params, observations, optimizer, n_steps, n_partic
         if method == "msc":
             ref, lz, g = _msc(k, model, args_fn, params, observations, n_particles, ref)
         else:
-            lz, g = _fisher(k, model, args_fn, params, observations, n_particles, smoother, n_paths, "systematic")
+            lz, g = _fisher(k, model, args_fn, params, observations, n_particles, smoother, n_paths,
+                            DEFAULT_RESAMPLING)
         neg = jax.tree_util.tree_map(lambda x: -x, g)  # optax minimizes: ascend the log likelihood
         updates, opt_state = optimizer.update(neg, opt_state, params)
         params = optax.apply_updates(params, updates)
         return (params, opt_state, ref), (params, lz)
 
     (params, _, _), (hist, lzs) = jax.lax.scan(body, (params, opt_state, ref0), jax.random.split(k_loop, n_steps))
-    return FitResult(params, hist, lzs)
+    return ParameterFitResult(params, hist, lzs)
 
 
 _fit_staged = staged(("model", "args_fn", "optimizer", "n_steps", "n_particles", "method", "smoother", "n_paths"))(
@@ -163,8 +190,8 @@ _fit_staged = staged(("model", "args_fn", "optimizer", "n_steps", "n_particles",
 
 
 def fit_parameters(key, model, args_fn, params, observations, optimizer, n_steps: int, n_particles: int,
-                   method: str = "fisher", smoother: str = "genealogy", n_paths: int = 100) -> FitResult:
-    """Maximum-likelihood parameter learning with an optax ``optimizer``; returns a :class:`FitResult`.
+                   method: str = "fisher", smoother: str = "genealogy", n_paths: int = 100) -> ParameterFitResult:
+    """Maximum-likelihood parameter learning with an optax ``optimizer``; returns a :class:`ParameterFitResult`.
 
     ``method="fisher"``: a fresh particle filter per step and Fisher's-identity gradients over its
     smoothed paths (``smoother`` as in :func:`fisher_gradient`). ``method="msc"``: Markov score

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 
 from ._util import broadcast_shared, check_n_particles, renamed_kwargs
 from .resampling import ess as _ess
-from .resampling import DEFAULT_RESAMPLING, log_normalize, resample_indices
+from .resampling import DEFAULT_RESAMPLING, log_evidence, log_normalize, resample_indices
 
 __all__ = ["ParticleCollection", "gather", "n_particles"]
 
@@ -85,7 +85,7 @@ _ess_jit = jax.jit(_ess)
 @jax.jit
 def _lml(log_weights, log_z):
     _, lse, _ = log_normalize(log_weights)
-    return log_z + lse - jnp.log(float(log_weights.shape[0]))
+    return log_evidence(log_z, lse, log_weights.shape[0])
 
 
 @jax.jit

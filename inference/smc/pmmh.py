@@ -18,8 +18,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ..mcmc.base import accept
 from ._util import as_choicemap, staged
-from .filters import _filter, check_ssm
+from .filters import check_ssm, run_filter
 from .resampling import DEFAULT_RESAMPLING, check_resampling
 
 __all__ = ["PMMHResult", "pmmh", "random_walk"]
@@ -79,7 +80,7 @@ def _pmmh(key, prior, model, args_fn, observations, n_particles, n_samples, step
 
     def log_target(k, ch):
         lp, rv = prior.assess(ch)
-        res = _filter(k, model, tuple(args_fn(rv)), observations, n_particles, None, resampling, 1.0, False)
+        res = run_filter(k, model, tuple(args_fn(rv)), observations, n_particles, None, resampling, 1.0, False)
         lz = jnp.where(jnp.isfinite(lp), res.log_z, -jnp.inf)
         return lp, lz
 
@@ -91,9 +92,8 @@ def _pmmh(key, prior, model, args_fn, observations, n_particles, n_samples, step
         new = random_walk(kp, ch, step_size)
         lp_new, lz_new = log_target(kf, new)
         log_alpha = lp_new + lz_new - lp - lz
-        acc = jnp.log(jax.random.uniform(ku)) < jnp.where(jnp.isnan(log_alpha), -jnp.inf, log_alpha)
-        state = jax.tree_util.tree_map(lambda a, b: jnp.where(acc, a, b), (new, lp_new, lz_new), (ch, lp, lz))
-        return state, (state[0], acc, state[2])
+        state, info = accept(ku, log_alpha, (new, lp_new, lz_new), (ch, lp, lz))
+        return state, (state[0], info.accepted, state[2])
 
     n_total = burn_in + n_samples * thin
     _, (chs, acc, lzs) = jax.lax.scan(body, (ch0, lp0, lz0), jax.random.split(k_chain, n_total))

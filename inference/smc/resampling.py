@@ -15,6 +15,11 @@ The schemes live in one registry (name -> function); every function that takes a
 there. :func:`register_resampling` adds a scheme; an unknown name raises
 :class:`UnknownResamplingError` listing the registered ones.
 
+:func:`resample_step` is the one resampling step of every SMC algorithm (``smc.resample``,
+``smc.resample_if``, the particle filter, tempered SMC, conditional SMC): the ESS test, the
+ancestors, the weights reset to zero and the log-evidence bookkeeping (``log_z`` gains
+``log mean(w)`` of the weights it resamples; :func:`log_evidence` is the running estimate).
+
 Never ``jax.random.categorical(..., shape=(N,))``, which builds an ``N x N`` Gumbel array.
 
 Weights are handled in log space: ``-inf`` weights (dead particles) are never selected, ``NaN``
@@ -30,7 +35,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +44,8 @@ from ppl.errors import ModelError
 
 __all__ = ["SCHEMES", "DEFAULT_RESAMPLING", "UnknownResamplingError", "register_resampling",
            "resampling_schemes", "check_resampling", "resample_indices", "offspring_counts", "log_normalize",
-           "ess"]
+           "ess", "ess_from_normalized", "indices_from_normalized", "invert_cdf", "ResampleStep", "resample_step",
+           "log_evidence"]
 
 #: The built-in schemes (see :func:`resampling_schemes` for every registered one).
 SCHEMES = ("multinomial", "stratified", "systematic", "residual")
@@ -167,8 +173,18 @@ def _sorted_uniforms(key, m):
     return c[:-1] / c[-1]
 
 
-def _invert(cdf_unnorm, u, w):
-    """Indices ``i`` with ``cdf[i-1] <= u * total < cdf[i]``, never landing on a zero weight."""
+def invert_cdf(cdf_unnorm, u, w):
+    """Indices ``i`` with ``cdf[i-1] <= u * total < cdf[i]``, never landing on a zero weight.
+
+    ``cdf_unnorm`` is ``cumsum(w)`` of nonnegative weights ``w`` (not all zero) and ``u`` any
+    array of numbers in ``[0, 1)``: the inverse-CDF map that every built-in scheme uses.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> w = jnp.array([0.5, 0.0, 0.5])
+        >>> invert_cdf(jnp.cumsum(w), jnp.array([0.1, 0.5, 0.9]), w).tolist()
+        [0, 2, 2]
+    """
     n = cdf_unnorm.shape[0]
     total = cdf_unnorm[-1]
     idx = jnp.searchsorted(cdf_unnorm, u * total, side="right")
@@ -197,7 +213,14 @@ def _resample_jit(key, log_weights, scheme, n_out):
 
 
 def indices_from_normalized(key, lw, dead, scheme, n_out=None):
-    """:func:`resample_indices` from already normalized log weights and the ``dead`` flag."""
+    """:func:`resample_indices` from already normalized log weights and the ``dead`` flag.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> lw, _, dead = log_normalize(jnp.log(jnp.array([0.0, 1.0, 3.0])))
+        >>> indices_from_normalized(jax.random.key(0), lw, dead, "residual").tolist()
+        [2, 2, 1]
+    """
     fn = _REGISTRY[check_resampling(scheme)]
     _USED.add(scheme)
     n = lw.shape[0]
@@ -214,20 +237,27 @@ def indices_from_normalized(key, lw, dead, scheme, n_out=None):
 
 
 def ess_from_normalized(lw, dead):
-    """:func:`ess` from already normalized log weights and the ``dead`` flag."""
+    """:func:`ess` from already normalized log weights and the ``dead`` flag.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> lw, _, dead = log_normalize(jnp.zeros(4))
+        >>> float(ess_from_normalized(lw, dead))
+        4.0
+    """
     return jnp.where(dead, 0.0, jnp.exp(-jax.nn.logsumexp(2.0 * lw, axis=-1)))
 
 
 def _multinomial(key, w, m):
-    return _invert(jnp.cumsum(w), _sorted_uniforms(key, m), w)
+    return invert_cdf(jnp.cumsum(w), _sorted_uniforms(key, m), w)
 
 
 def _stratified(key, w, m):
-    return _invert(jnp.cumsum(w), (jnp.arange(m) + jax.random.uniform(key, (m,))) / m, w)
+    return invert_cdf(jnp.cumsum(w), (jnp.arange(m) + jax.random.uniform(key, (m,))) / m, w)
 
 
 def _systematic(key, w, m):
-    return _invert(jnp.cumsum(w), (jnp.arange(m) + jax.random.uniform(key, ())) / m, w)
+    return invert_cdf(jnp.cumsum(w), (jnp.arange(m) + jax.random.uniform(key, ())) / m, w)
 
 
 def _residual(key, w, m):
@@ -241,7 +271,7 @@ def _residual(key, w, m):
     det = jnp.searchsorted(jnp.cumsum(counts), slots, side="right").astype(jnp.int32)
     # residual part: i.i.d. draws from the fractional parts (inverse CDF); any subset is i.i.d.
     u = jax.random.uniform(key, (m,))
-    rnd = _invert(jnp.cumsum(resid), u, resid)
+    rnd = invert_cdf(jnp.cumsum(resid), u, resid)
     rnd = jnp.where(jnp.sum(resid) > 0, rnd, jnp.minimum(det, n - 1))
     return jnp.where(slots < n_det, jnp.minimum(det, n - 1), rnd)
 
@@ -259,3 +289,78 @@ def offspring_counts(ancestors, n: int):
         [2, 0, 1]
     """
     return jnp.zeros(n, jnp.int32).at[ancestors].add(1)
+
+
+# ------------------------------------------------------------------------------ the resampling step
+class ResampleStep(NamedTuple):
+    """Output of :func:`resample_step`: ``ancestors`` ``(N,)`` int32 (the identity where no
+    resampling happened), the particles' ``log_weights`` after the step (zero if resampled, else
+    unchanged), the accumulated ``log_z`` and ``dead`` flag, and ``resampled`` (a bool scalar)."""
+
+    ancestors: Any
+    log_weights: Any
+    log_z: Any
+    dead: Any
+    resampled: Any
+
+
+def log_evidence(log_z, log_sum, n: int):
+    """Running log Z-hat: ``log_z`` (accumulated at past resampling steps) plus ``log mean(w)`` of
+    the current weights, given their log-sum-exp ``log_sum`` (from :func:`log_normalize`) and count.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> _, lse, _ = log_normalize(jnp.log(jnp.array([1.0, 3.0])))
+        >>> float(log_evidence(0.0, lse, 2)) == float(jnp.log(2.0))
+        True
+    """
+    return log_z + log_sum - jnp.log(float(n))
+
+
+def resample_step(key, log_weights, log_z=0.0, dead=False, *, ess_threshold=1.0, resampling: str = DEFAULT_RESAMPLING,
+                  when=True, normalized=None, draw_ancestors=None) -> ResampleStep:
+    """One (ESS-triggered) resampling step over ``N`` log weights, with the evidence bookkeeping.
+
+    Resampling happens when ``when`` holds (a bool, possibly traced: e.g. ``t > 0``) and the ESS
+    of ``log_weights`` is below ``ess_threshold * N``; a Python number ``ess_threshold >= 1``
+    resamples whenever ``when`` holds, without computing the ESS. On resampling the ancestors
+    are drawn by the scheme ``resampling`` (or by ``draw_ancestors(key, normalized_log_weights,
+    all_dead) -> (N,) int32``, e.g. conditional SMC's), ``log_z`` gains ``log mean(w)`` (the
+    weights' log-sum-exp minus ``log N``), the weights become zero and ``dead`` records whether
+    every particle had weight zero. Otherwise the ancestors are the identity and the rest is
+    unchanged. ``normalized`` optionally passes ``log_normalize(log_weights)`` when already known.
+    The caller gathers its particles by ``ancestors``. Works under ``jit``/``vmap``/``lax.scan``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> lw = jnp.log(jnp.array([0.1, 0.1, 0.1, 2.0]))
+        >>> out = resample_step(jax.random.key(0), lw, ess_threshold=0.5)
+        >>> out.ancestors.tolist(), out.log_weights.tolist(), round(float(out.log_z), 4), bool(out.resampled)
+        ([3, 3, 3, 3], [0.0, 0.0, 0.0, 0.0], -0.5534, True)
+        >>> bool(resample_step(jax.random.key(0), jnp.zeros(4), ess_threshold=0.5).resampled)
+        False
+    """
+    lw = jnp.asarray(log_weights)
+    n = lw.shape[0]
+    lwn, lse, now_dead = log_normalize(lw) if normalized is None else normalized
+    always = not isinstance(ess_threshold, jax.core.Tracer) and isinstance(ess_threshold, (int, float)) \
+        and ess_threshold >= 1.0
+
+    def draw():
+        if draw_ancestors is not None:
+            return jnp.asarray(draw_ancestors(key, lwn, now_dead), jnp.int32)
+        return indices_from_normalized(key, lwn, now_dead, resampling)
+
+    arange = jnp.arange(n, dtype=jnp.int32)
+    if always:
+        need = when
+    else:
+        need = jnp.logical_and(when, ess_from_normalized(lwn, now_dead) < ess_threshold * n)
+    # the draw is computed and selected (not a lax.cond): the same program as every algorithm's
+    # former inline copy, so the same key still gives the same bits
+    anc = draw() if need is True else jnp.where(need, draw(), arange)
+    if need is True:
+        return ResampleStep(anc, jnp.zeros_like(lw), log_evidence(log_z, lse, n), jnp.logical_or(dead, now_dead),
+                            jnp.array(True))
+    return ResampleStep(anc, jnp.where(need, 0.0, lw), jnp.where(need, log_evidence(log_z, lse, n), log_z),
+                        jnp.logical_or(dead, jnp.logical_and(need, now_dead)), need)

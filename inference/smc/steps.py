@@ -39,7 +39,7 @@ from .. import sharding
 from ._util import (LANE_FLAGS, as_choicemap, broadcast_shared, check_alive, check_n_particles, particle_map,
                     renamed_kwargs, staged)
 from .particles import ParticleCollection, gather_stored
-from .resampling import DEFAULT_RESAMPLING, check_resampling, log_normalize, resample_indices
+from .resampling import DEFAULT_RESAMPLING, check_resampling, log_normalize, resample_step
 
 __all__ = ["init", "extend", "resample", "resample_if", "rejuvenate", "change"]
 
@@ -158,7 +158,7 @@ def _extend_impl(key, ps: ParticleCollection, args, observations=None, proposal=
     return _collect(ps, traces, flags, copies, w, n)
 
 
-def _resample_impl(key, ps: ParticleCollection, resampling: str = "systematic"):
+def _resample_impl(key, ps: ParticleCollection, resampling: str = DEFAULT_RESAMPLING):
     """Resample by the scheme ``resampling`` (a name registered in ``smc.resampling``: ``"systematic"``
     (default), ``"multinomial"``, ``"stratified"``, ``"residual"``, or one added with
     ``smc.register_resampling``); weights become equal and log Z-hat is carried in ``log_z``.
@@ -173,21 +173,13 @@ def _resample_impl(key, ps: ParticleCollection, resampling: str = "systematic"):
         >>> bool(jnp.allclose(before, after))
         True
     """
-    n = ps.n_particles
-    _, lse, dead = log_normalize(ps.log_weights)
-    idx = resample_indices(key, ps.log_weights, resampling)
-    check_alive(dead, "smc.resample")
-    return ParticleCollection(
-        gather_stored(ps.stored_traces, ps.leaf_axes(), idx),
-        jnp.zeros_like(ps.log_weights),
-        ps.log_z + lse - jnp.log(float(n)),
-        jnp.logical_or(ps.dead, dead),
-        ps.particle_axes,
-        ps.shared_copies,
-    )
+    out = resample_step(key, ps.log_weights, ps.log_z, ps.dead, resampling=resampling)
+    check_alive(log_normalize(ps.log_weights)[2], "smc.resample")
+    return _resampled(ps, out)
 
 
-def _resample_if_impl(key, ps: ParticleCollection, ess_threshold: float = 0.5, resampling: str = "systematic"):
+def _resample_if_impl(key, ps: ParticleCollection, ess_threshold: float = 0.5,
+                      resampling: str = DEFAULT_RESAMPLING):
     """Resample (by the scheme ``resampling``) only when the ESS is below ``ess_threshold * N``
     (adaptive resampling). ``ess_fraction=`` and ``scheme=`` are deprecated aliases of
     ``ess_threshold=`` and ``resampling=``.
@@ -199,19 +191,15 @@ def _resample_if_impl(key, ps: ParticleCollection, ess_threshold: float = 0.5, r
         >>> smc.resample_if(jax.random.key(1), ps, 0.5).log_weights.tolist() == [0.0] * 8
         True
     """
-    n = ps.n_particles
-    need = ps.ess() < ess_threshold * n
-    _, lse, dead = log_normalize(ps.log_weights)
-    idx = jnp.where(need, resample_indices(key, ps.log_weights, resampling), jnp.arange(n, dtype=jnp.int32))
-    check_alive(dead, "smc.resample_if")
-    return ParticleCollection(
-        gather_stored(ps.stored_traces, ps.leaf_axes(), idx),
-        jnp.where(need, 0.0, ps.log_weights),
-        jnp.where(need, ps.log_z + lse - jnp.log(float(n)), ps.log_z),
-        jnp.logical_or(ps.dead, need & dead),
-        ps.particle_axes,
-        ps.shared_copies,
-    )
+    out = resample_step(key, ps.log_weights, ps.log_z, ps.dead, ess_threshold=ess_threshold, resampling=resampling)
+    check_alive(log_normalize(ps.log_weights)[2], "smc.resample_if")
+    return _resampled(ps, out)
+
+
+def _resampled(ps: ParticleCollection, out) -> ParticleCollection:
+    """``ps`` after the resampling step ``out`` (a :class:`~inference.smc.resampling.ResampleStep`)."""
+    return ParticleCollection(gather_stored(ps.stored_traces, ps.leaf_axes(), out.ancestors), out.log_weights,
+                              out.log_z, out.dead, ps.particle_axes, ps.shared_copies)
 
 
 def _rejuvenate_impl(key, ps: ParticleCollection, kernel):

@@ -48,11 +48,12 @@ from ppl.choicemap import Masked, select
 from ppl.errors import ModelError
 
 from .. import sharding
+from ..mcmc.base import accept
 from ._util import as_choicemap, check_n_particles, renamed_kwargs, staged
 from .particles import ParticleCollection, gather
 from .pmmh import random_walk
 from .resampling import ess as _ess
-from .resampling import DEFAULT_RESAMPLING, check_resampling, log_normalize, resample_indices
+from .resampling import DEFAULT_RESAMPLING, check_resampling, log_normalize, resample_step
 from .steps import extend, init, rejuvenate, resample_if
 
 __all__ = ["TemperedResult", "tempered", "ais", "power_schedule", "resample_move"]
@@ -146,14 +147,9 @@ def _tempered(key, model, args, observations, n_particles, betas, n_mcmc, step_s
     def reweight_resample(pop, beta, beta_prev, k, thr):
         """Reweight to ``beta``; if the ESS is below ``thr * n``, fold the mean weight into log Z and resample."""
         lat, lp, ll, lw, log_z = pop
-        n = lw.shape[0]
         lw = lw + (beta - beta_prev) * ll
-        _, lse, _ = log_normalize(lw)
-        need = _ess(lw) < thr * n
-        idx = jnp.where(need, resample_indices(k, lw, resampling), jnp.arange(n, dtype=jnp.int32))
-        lat, lp, ll = gather((lat, lp, ll), idx)
-        log_z = jnp.where(need, log_z + lse - jnp.log(float(n)), log_z)
-        lw = jnp.where(need, 0.0, lw)
+        anc, lw, log_z, _, _ = resample_step(k, lw, log_z, ess_threshold=thr, resampling=resampling)
+        lat, lp, ll = gather((lat, lp, ll), anc)
         return lat, lp, ll, lw, log_z
 
     def move(pop, beta, scale, k):
@@ -171,9 +167,8 @@ def _tempered(key, model, args, observations, n_particles, betas, n_mcmc, step_s
                     v.dtype, jnp.floating) else v, lat_i, noise, scale)
                 lp_n, ll_n = log_prior_lik(k2, prop)
                 log_a = lp_n + beta * ll_n - lp_i - beta * ll_i
-                acc = jnp.log(jax.random.uniform(k3)) < jnp.where(jnp.isnan(log_a), -jnp.inf, log_a)
-                pick = lambda a, b: jnp.where(acc, a, b)  # noqa: E731
-                return jax.tree_util.tree_map(pick, (prop, lp_n, ll_n), (lat_i, lp_i, ll_i)), acc
+                kept, info = accept(k3, log_a, (prop, lp_n, ll_n), (lat_i, lp_i, ll_i))
+                return kept, info.accepted
 
             (lat, lp, ll), acc = jax.vmap(one)(jax.random.split(km, n), lat, lp, ll)
             return (lat, lp, ll), jnp.mean(acc.astype(jnp.float32))
