@@ -13,11 +13,11 @@ Example:
     >>> import jax, ppl
     >>> @ppl.gen
     ... def model():
-    ...     L = ppl.lkj_cholesky(3, 2.0) @ "L"
-    ...     return ppl.truncated_normal(0.0, 1.0, -1.0, 1.0) @ "x"
+    ...     s = ppl.half_cauchy(1.0) @ "s"
+    ...     return ppl.truncated_normal(0.0, s, -1.0, 1.0) @ "x"
     >>> tr = model.simulate(jax.random.key(0))
-    >>> tr.choices["L"].shape, bool(abs(tr.choices["x"]) <= 1.0)
-    ((3, 3), True)
+    >>> bool(tr.choices["s"] > 0), bool(abs(tr.choices["x"]) <= 1.0)
+    (True, True)
 """
 
 from __future__ import annotations
