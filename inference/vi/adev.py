@@ -8,25 +8,29 @@ How it works (at JAX trace time; the compiled program is plain JAX):
 
 1. The program runs under an interceptor that sees every distribution site with its full
    address and picks the site's strategy (``vi.with_estimators`` override, else the site's own
-   ``estimator=``, else reparam/reinforce by distribution).
+   ``estimator=``, else reparam/reinforce by distribution). It calls the strategy's methods with
+   a :class:`~inference.vi.estimators.Site` (``check``, then ``sample``; ``expand`` when
+   ``sample`` branched): strategies live in ``estimators.py`` and this file names none of them.
 2. Programs are pure functions of their keys, and a site's key is ``fold_in(key, hash(address))``,
    so re-running the program with one site's value forced gives "the rest of the program as a
-   function of that value" (the continuation) with all other randomness unchanged. ``enum``
-   and ``mvd`` sites use these replays (vectorized with ``jax.vmap`` over the forced values).
+   function of that value" (the continuation) with all other randomness unchanged. Strategies
+   that branch (``enum``, ``mvd``, the ``"mean"`` baseline) use these replays (vectorized with
+   ``jax.vmap`` over the forced values).
 3. The result is a *surrogate* scalar ``S(params)`` whose value is the estimate and whose
    ``jax.grad`` is the unbiased gradient estimate:
 
    - reparam: the sample is differentiable, nothing to add;
-   - reinforce: ``S = f * exp(L - stop(L)) - sum_s b_s * (exp(l_s - stop(l_s)) - 1)`` where
-     ``L`` sums the log densities ``l_s`` of the reinforce sites (value ``f``, gradient
-     ``grad f + sum_s (f - b_s) grad l_s``: the score term covers all of the downstream program);
+   - score terms (reinforce): ``S = f * exp(L - stop(L)) - sum_s b_s * (exp(l_s - stop(l_s)) - 1)``
+     where ``L`` sums the log densities ``l_s`` of the sites that added a score term (value ``f``,
+     gradient ``grad f + sum_s (f - b_s) grad l_s``: the score term covers all of the downstream
+     program);
    - enum: ``S = sum_v q(v) S_v`` over replays with the site forced to each ``v``;
    - mvd: ``S = S_v + sum_j (theta_j - stop(theta_j)) * stop(c_j (f(v+_j) - f(v-_j)))``.
 
    These compose: replays are themselves surrogates, so strategies mix and nest freely.
-   Reinforce sites inside ``ppl.vmap`` / ``repeat`` / ``scan`` / ``cond`` cannot pass their log
-   density out of the loop; their score term is read from the trace returned by the outermost
-   GFI call (``Interceptor.returned``), which stores each site's log density.
+   Score terms of sites inside ``ppl.vmap`` / ``repeat`` / ``scan`` / ``cond`` cannot pass their
+   log density out of the loop; it is read from the trace returned by the outermost GFI call
+   (``Interceptor.returned``) with the trace protocol's ``site_score(path)``.
 
 Example:
     >>> import jax, jax.numpy as jnp, ppl
@@ -52,13 +56,13 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from jax._src import core as _jcore
+import jax.extend.core as _jex
 
-from ppl import keys as _keys
 from ppl.core import (
     STATE,
     GenerativeFunction,
     Interceptor,
+    Trace,
     choice_paths,
     current_path,
     intercept,
@@ -68,26 +72,23 @@ from ppl.core import (
 from ppl.errors import ModelError, fmt_addr
 
 from .marginal import DETACH
-from .estimators import (
-    Enum,
-    EstimatorError,
-    MVD,
-    Reinforce,
-    Reparam,
-    as_strategy,
-    check_applicable,
-    default_strategy,
-    enum_configs,
-    mvd_requests,
-)
+from .estimators import EstimatorError, Site, as_strategy, default_strategy, plain_key
 
 __all__ = ["expectation", "Expectation", "with_estimators", "map_mean", "MapMean"]
 
 _sg = jax.lax.stop_gradient
 
 
-def _cur_trace():
-    return _jcore.trace_ctx.trace
+def _trace_state():
+    """JAX's current trace, as an opaque comparable token (nested vmap/scan/jit make new ones)."""
+    return _jex.get_opaque_trace_state()
+
+
+@functools.lru_cache(maxsize=1)
+def _eval_state():
+    """The token of JAX's top-level eager (evaluation) trace."""
+    with _jex.take_current_trace():
+        return _jex.get_opaque_trace_state()
 
 
 def _magic(logp):
@@ -202,10 +203,10 @@ def with_estimators(gf: GenerativeFunction, estimators: dict) -> GenerativeFunct
 
 # --------------------------------------------------------------------------- the interpreter
 class _Branch(BaseException):
-    """Raised at an enum/mvd site: the driver replays the program once per forced value."""
+    """Raised by ``site.branch``: the driver hands the site to its strategy's ``expand``."""
 
-    def __init__(self, sid, gf, d, key, strategy, value):
-        self.sid, self.gf, self.d, self.key, self.strategy, self.value = sid, gf, d, key, strategy, value
+    def __init__(self, site, value):
+        self.site, self.value = site, value
 
 
 @dataclasses.dataclass
@@ -218,11 +219,13 @@ class _Ctx:
 
 
 class _ADEV(Interceptor):
+    """Runs the program once, asking each site's strategy for its value (``Strategy.sample``)."""
+
     def __init__(self, ctx: _Ctx, forced: dict, mode: str):
         self.ctx, self.forced, self.mode = ctx, forced, mode
         self.counts: dict = {}
-        self.terms: list = []  # reinforce sites: (sid, gf, d, key, value, logq, strategy)
-        self.deferred: dict = {}  # nested reinforce sites of the current outermost GFI call
+        self.terms: list = []  # score terms: (log density, baseline, replay)
+        self.deferred: dict = {}  # nested score terms of the current outermost GFI call
         self.entry = None
 
     def _strategy(self, path, gf, d):
@@ -233,165 +236,109 @@ class _ADEV(Interceptor):
             return default_strategy(d)
         return as_strategy(s, f"site {fmt_addr(path)}")
 
-    def _nested_reinforce(self, path, gf, d, key, strategy):
-        """A reinforce site inside a loop/vectorized context: its score term is read from the trace
-        returned by the outermost GFI call (the site's log density, summed over its copies)."""
-        if self.mode == "grad":
-            if strategy.baseline == "mean":
-                raise EstimatorError(
-                    f"vi.reinforce(baseline=\"mean\") at site {fmt_addr(path)} ({gf.name}): the site is "
-                    "sampled inside ppl.vmap / repeat / scan / cond, where it cannot be replayed; use a "
-                    "constant or callable baseline there")
-            if STATE.gfi_depth == 0:
-                raise EstimatorError(
-                    f"{strategy!r} at site {fmt_addr(path)} ({gf.name}) in expectation {self.ctx.name}: "
-                    "the site is sampled inside jax.vmap / lax.scan written in the program, where its "
-                    "score term cannot reach the estimator. Use guide.repeat(K) / ppl.vmap / ppl.scan "
-                    "instead (their traces carry the scores), separate top-level calls, or vi.map_mean "
-                    "for data batches.")
-            if path not in self.deferred:
-                self.deferred[path] = (gf, strategy)
-        return _sg(gf.draw(d, key))
-
-    def returned(self, gf, method, out):
-        if not self.deferred:
-            return out
-        deferred, self.deferred = self.deferred, {}
-        tr = out[0] if isinstance(out, tuple) else out
-        if _cur_trace() is not self.entry:
-            path = next(iter(deferred))
-            raise EstimatorError(
-                f"reinforce site {fmt_addr(path)} in expectation {self.ctx.name}: {gf.name}.{method} "
-                "was called inside jax.vmap / lax.scan written in the program, where score terms cannot "
-                "reach the estimator; use guide.repeat(K) / ppl.vmap instead, separate top-level "
-                "calls, or vi.map_mean for data batches.")
-        for path, (site_gf, strategy) in deferred.items():
-            score = _site_score(tr, path)
-            if score is None:
-                raise EstimatorError(
-                    f"internal: could not find the log density of reinforce site {fmt_addr(path)} in the "
-                    f"trace returned by {gf.name}.{method}")
-            self.terms.append((("nested",) + path, site_gf, None, None, None, score, strategy))
-        return out
-
     def sample(self, path, gf, d, key):
         occ = self.counts.get(path, 0)
         self.counts[path] = occ + 1
         sid = (path, occ)
         if DETACH.depth:
             return _sg(gf.draw(d, key))
-        strategy = self._strategy(path, gf, d)
-        check_applicable(strategy, path, gf, d)
+        site = Site(path, gf, d, key, self._strategy(path, gf, d), program=self, sid=sid)
+        site.strategy.check(site)
         if sid in self.forced:
             return self.forced[sid]
-        if isinstance(strategy, Reparam):
-            return gf.draw(d, key)
-        nested = _cur_trace() is not self.entry
-        if nested:
-            if isinstance(strategy, Reinforce):
-                return self._nested_reinforce(path, gf, d, key, strategy)
+        return site.strategy.sample(site)
+
+    # -- the tools a Site offers its strategy ----------------------------------------------------
+    def site_nested(self):
+        return _trace_state() != self.entry
+
+    def replayer(self, site):
+        def replay(value, mode=None):
+            return _run(self.ctx, {**self.forced, site._sid: value}, mode or self.mode)
+        return replay
+
+    def branch(self, site, value):
+        if self.site_nested():
             raise EstimatorError(
-                f"{strategy!r} at site {fmt_addr(path)} ({gf.name}) in expectation {self.ctx.name}: "
-                "the site is sampled inside a vectorized or looped context (ppl.vmap / repeat / "
-                "scan / cond, or jax.vmap / lax.scan in the program), where the rest of the program "
-                "cannot be replayed per value. Use vi.reinforce() (or vi.reparam for a continuous "
-                "site) there, or draw the copies with separate top-level calls (a Python loop over "
-                "particles; vi.map_mean for data batches).")
-        value = _sg(gf.draw(d, key))
-        if isinstance(strategy, Reinforce):
-            if self.mode == "grad":
-                self.terms.append((sid, gf, d, key, value, jnp.sum(d.log_prob(value)), strategy))
-            return value
-        if isinstance(strategy, MVD) and self.mode == "value":
-            return value
-        raise _Branch(sid, gf, d, key, strategy, value)
+                f"{site.strategy!r} at site {fmt_addr(site.path)} ({site.gf.name}) in expectation "
+                f"{self.ctx.name}: the site is sampled inside a vectorized or looped context (ppl.vmap / "
+                "repeat / scan / cond, or jax.vmap / lax.scan in the program), where the rest of the "
+                "program cannot be replayed per value. Use vi.reinforce() (or vi.reparam for a "
+                "continuous site) there, or draw the copies with separate top-level calls (a Python "
+                "loop over particles; vi.map_mean for data batches).")
+        raise _Branch(site, value)
+
+    def score_term(self, site, value, baseline):
+        if self.mode != "grad":
+            return
+        if not self.site_nested():
+            self.terms.append((jnp.sum(site.d.log_prob(value)), baseline, self.replayer(site)))
+            return
+        # inside a loop/vectorized context: the log density (summed over copies) is read from the
+        # trace returned by the outermost GFI call, in ``returned``
+        if STATE.gfi_depth == 0:
+            raise EstimatorError(
+                f"{site.strategy!r} at site {fmt_addr(site.path)} ({site.gf.name}) in expectation "
+                f"{self.ctx.name}: the site is sampled inside jax.vmap / lax.scan written in the "
+                "program, where its score term cannot reach the estimator. Use guide.repeat(K) / "
+                "ppl.vmap / ppl.scan instead (their traces carry the scores), separate top-level "
+                "calls, or vi.map_mean for data batches.")
+        self.deferred.setdefault(site.path, (site, baseline))
+
+    def returned(self, gf, method, out):
+        if not self.deferred:
+            return out
+        deferred, self.deferred = self.deferred, {}
+        tr = out[0] if isinstance(out, tuple) else out
+        if self.site_nested():
+            path = next(iter(deferred))
+            raise EstimatorError(
+                f"reinforce site {fmt_addr(path)} in expectation {self.ctx.name}: {gf.name}.{method} "
+                "was called inside jax.vmap / lax.scan written in the program, where score terms cannot "
+                "reach the estimator; use guide.repeat(K) / ppl.vmap instead, separate top-level "
+                "calls, or vi.map_mean for data batches.")
+        for path, (site, baseline) in deferred.items():
+            score = tr.site_score(path) if isinstance(tr, Trace) else None
+            if score is None:
+                raise EstimatorError(
+                    f"internal: could not find the log density of reinforce site {fmt_addr(path)} in the "
+                    f"trace returned by {gf.name}.{method}")
+            self.terms.append((score, baseline, _no_replay(site)))
+        return out
 
 
-def _site_score(tr, path):
-    """Sum of the log densities stored in trace ``tr`` for the site at ``path`` (all copies)."""
-    if tr is None:
-        return None
-    if not path:
-        return jnp.sum(tr.score) if hasattr(tr, "value") else None
-    if hasattr(tr, "subtraces"):
-        return _site_score(tr.subtraces.get(path[0]), path[1:])
-    if hasattr(tr, "inner"):
-        return _site_score(tr.inner, path)
-    if hasattr(tr, "component") and hasattr(tr, "branch"):
-        if path[0] == "component":
-            return _site_score(tr.component, path[1:])
-        return _site_score(tr.branch, path)
-    if hasattr(tr, "subs"):
-        found = [s for s in (_site_score(sub, path) for sub in tr.subs) if s is not None]
-        return sum(found) if found else None
-    return None
+def _no_replay(site):
+    def replay(value, mode=None):
+        raise EstimatorError(f"{site.strategy!r} at site {fmt_addr(site.path)}: the site is sampled inside "
+                             "ppl.vmap / repeat / scan / cond, where the program cannot be replayed")
+    return replay
 
 
 def _run(ctx: _Ctx, forced: dict, mode: str):
     """The surrogate of the program with ``forced`` site values (see the module docstring)."""
-    icpt = _ADEV(ctx, forced, mode)
+    icpt, branch = _ADEV(ctx, forced, mode), None
     try:
         with intercept(icpt):
-            icpt.entry = _cur_trace()
+            icpt.entry = _trace_state()
             out = ctx.fn(ctx.key, ctx.params, *ctx.args)
     except _Branch as br:
-        return _branch(ctx, forced, mode, br)
+        branch = br
+    if branch is not None:  # the strategy builds the surrogate from replays of the program
+        site = branch.site
+        s = site.strategy.expand(site, branch.value, icpt.replayer(site))
+        if jnp.shape(s) != ():
+            raise EstimatorError(f"{site.strategy!r}.expand at {site.where} returned shape {jnp.shape(s)}; "
+                                 "it must return a scalar surrogate")
+        return s
     out = _check_scalar(out, ctx.name)
     if mode == "value" or not icpt.terms:
         return out
-    total = sum(t[5] for t in icpt.terms)
-    s = out * _magic(total)
-    for sid, gf, d, key, value, logq, strategy in icpt.terms:
-        b = _baseline(ctx, forced, strategy, sid, gf, d, key)
+    s = out * _magic(sum(t[0] for t in icpt.terms))
+    for logq, baseline, replay in icpt.terms:
+        b = baseline(replay) if callable(baseline) else baseline
         if b is not None:
-            s = s - b * (_magic(logq) - 1.0)
+            s = s - _sg(b) * (_magic(logq) - 1.0)
     return s
-
-
-def _baseline(ctx, forced, strategy, sid, gf, d, key):
-    b = strategy.baseline
-    if b is None:
-        return None
-    if isinstance(b, (int, float)) and not isinstance(b, bool):
-        return float(b)
-    if b == "mean":
-        vals = []
-        for j in range(strategy.n_baseline):
-            v2 = _sg(gf.draw(d, _keys.fold_in(key, 0x5EED + j)))
-            vals.append(_run(ctx, {**forced, sid: v2}, "value"))
-        return _sg(sum(vals) / len(vals))
-    out = b(ctx.params, *ctx.args)
-    if jnp.shape(out) != ():
-        raise EstimatorError(f"the baseline callable at site {fmt_addr(sid[0])} returned shape "
-                             f"{jnp.shape(out)}; it must return a scalar")
-    return _sg(out)
-
-
-def _branch(ctx, forced, mode, br: _Branch):
-    d, sid = br.d, br.sid
-    if isinstance(br.strategy, Enum):
-        configs = enum_configs(d)
-        logp = jax.vmap(lambda c: jnp.sum(d.log_prob(c)))(configs)
-        vals = jax.vmap(lambda c: _run(ctx, {**forced, sid: c}, mode))(configs)
-        w = jnp.exp(logp)
-        return jnp.sum(jnp.where(w > 0, w * vals, 0.0))
-    # MVD: the main run at the sampled value plus a zero-valued term carrying the derivative
-    v = br.value
-    main = _run(ctx, {**forced, sid: v}, mode)
-    idx, new, combine = mvd_requests(d, v, jax.random.fold_in(_plain_key(br.key), 0x3D))
-    shape = jnp.shape(v)
-
-    def replay(i, e):
-        return _run(ctx, {**forced, sid: v.reshape(-1).at[i].set(e).reshape(shape)}, "value")
-
-    vals = jax.vmap(replay)(idx, new)
-    return main + combine(_sg(vals), _sg(main))
-
-
-def _plain_key(key):
-    if isinstance(key, _keys.LaneKey):
-        return jax.random.fold_in(key.base, key.lane)
-    return key
 
 
 def _check_scalar(out, name):
@@ -422,7 +369,7 @@ def _check_params(params, name):
 
 
 def _tracing() -> bool:
-    return not isinstance(_cur_trace(), _jcore.EvalTrace) or bool(STATE.interceptors) or bool(STATE.handlers)
+    return _trace_state() != _eval_state() or bool(STATE.interceptors) or bool(STATE.handlers)
 
 
 def _inside_program() -> bool:
@@ -532,7 +479,7 @@ class MapMean(Expectation):
         if len(sizes) != 1:
             raise EstimatorError(f"{self.name}: the mapped arguments need one common leading size, got {sorted(sizes)}")
         n = sizes.pop()
-        ks = jax.random.split(_plain_key(key), n)
+        ks = jax.random.split(plain_key(key), n)
         vals = jax.vmap(lambda k, *a: fn(k, params, a), in_axes=(0, *axes))(ks, *args)
         return jnp.mean(vals)
 

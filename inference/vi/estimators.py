@@ -14,10 +14,41 @@ Strategies are hashable frozen dataclasses, so they can be stored on a site
 (``ppl.normal(mu, sigma, estimator=vi.reinforce()) @ "z"``). ``reparam``, ``enum``, ``mvd`` and
 ``reinforce`` may be used with or without parentheses.
 
+Writing a strategy: subclass :class:`Strategy` (a frozen dataclass) and implement the methods the
+ADEV interpreter calls at every site that uses it; :class:`Site` is what they receive.
+
+- ``check(site)``: raise :class:`EstimatorError` naming ``site.where`` if the strategy cannot be
+  used for the distribution ``site.d`` (default: usable everywhere).
+- ``sample(site) -> value`` (required): the value the program sees at the site. ``site.draw()``
+  samples (differentiably where numpyro's sampler is); ``site.add_score_term(value, baseline)``
+  adds the score-function term ``(f - b) * grad log q(value)`` covering the rest of the program;
+  ``site.branch(value)`` (never returns) hands the site to ``expand``.
+- ``expand(site, value, replay) -> scalar`` (only if ``sample`` branches): ``replay(v, mode=None)``
+  is the surrogate of the rest of the program with this site forced to ``v`` and every other
+  random choice unchanged (``jax.vmap`` it over many values). Return a scalar whose value
+  estimates ``E[f]`` and whose ``jax.grad`` estimates its gradient.
+
+Nothing else changes: pass an instance as ``estimator=`` at a site or in ``vi.with_estimators``.
+
 Example:
+    >>> import dataclasses, jax, ppl
     >>> from inference import vi
-    >>> vi.reinforce(baseline="mean") == vi.reinforce(baseline="mean"), vi.enum() is vi.enum
-    (True, True)
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class PlainScore(vi.Strategy):          # REINFORCE without baseline, written from scratch
+    ...     name = "plain_score"
+    ...     def sample(self, site):
+    ...         v = jax.lax.stop_gradient(site.draw())
+    ...         site.add_score_term(v)
+    ...         return v
+    >>> @ppl.gen
+    ... def coin(p):
+    ...     return ppl.flip(p, estimator=PlainScore()) @ "b"
+    >>> @vi.expectation
+    ... def f(key, p):
+    ...     return 3.0 * coin.simulate(key, p).retval
+    >>> g = jax.vmap(lambda k: f.grad_estimate(k, 0.4))(jax.random.split(jax.random.key(0), 4000))
+    >>> bool(abs(g.mean() - 3.0) < 0.3)
+    True
 """
 
 from __future__ import annotations
@@ -30,22 +61,115 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as nd
 
+from ppl import keys as _keys
 from ppl.errors import ModelError, fmt_addr
 
-__all__ = ["Strategy", "Reparam", "Reinforce", "Enum", "MVD", "reparam", "reinforce", "enum", "mvd",
-           "EstimatorError", "default_strategy", "check_applicable", "MAX_ENUM"]
+__all__ = ["Strategy", "Site", "Reparam", "Reinforce", "Enum", "MVD", "reparam", "reinforce", "enum",
+           "mvd", "EstimatorError", "default_strategy", "check_applicable", "MAX_ENUM"]
 
 #: the largest joint support an ``enum`` site may have (a site with n elements of k values each has
 #: ``k ** n`` configurations, each a replay of the rest of the program)
 MAX_ENUM = 4096
+
+_sg = jax.lax.stop_gradient
 
 
 class EstimatorError(ModelError):
     """A gradient strategy cannot be used at a site (or the expectation program is malformed)."""
 
 
+def plain_key(key):
+    """A plain ``jax.random`` key from a ppl key (a lane key is folded into its base key)."""
+    if isinstance(key, _keys.LaneKey):
+        return jax.random.fold_in(key.base, key.lane)
+    return key
+
+
+class Site:
+    """One sampling site of an expectation program, as a :class:`Strategy` sees it.
+
+    Attributes: ``path`` (the address tuple), ``gf`` (the site's distribution generative
+    function), ``d`` (the numpyro distribution), ``key`` (the site's ppl key), ``strategy``,
+    ``mode`` (``"value"`` when only the estimate is computed, ``"grad"`` when the surrogate is
+    differentiated), ``nested`` (True when the site is sampled inside ``ppl.vmap`` / ``repeat`` /
+    ``scan`` / ``cond`` or a ``jax.vmap`` / ``lax.scan`` of the program, where the program cannot
+    be replayed per value), and ``params`` / ``args`` of the expectation program.
+
+    Example:
+        >>> import jax, ppl
+        >>> from inference import vi
+        >>> s = vi.Site(("z",), ppl.normal, ppl.normal.dist(0.0, 1.0))
+        >>> s.where
+        "site 'z', normal (Normal)"
+    """
+
+    def __init__(self, path, gf, d, key=None, strategy=None, *, program=None, sid=None):
+        self.path, self.gf, self.d, self.key, self.strategy = tuple(path), gf, d, key, strategy
+        self._program, self._sid = program, sid
+
+    def __repr__(self):
+        return f"<Site {fmt_addr(self.path)} {self.strategy!r}>"
+
+    @property
+    def where(self) -> str:
+        """``"site 'addr', name (Distribution)"`` for error messages."""
+        return f"site {fmt_addr(self.path)}, {getattr(self.gf, 'name', '?')} ({type(self.d).__name__})"
+
+    def _prog(self):
+        if self._program is None:
+            raise EstimatorError(f"{self.where}: this Site is not being sampled by an expectation program")
+        return self._program
+
+    @property
+    def mode(self) -> str:
+        return self._prog().mode
+
+    @property
+    def nested(self) -> bool:
+        return self._prog().site_nested()
+
+    @property
+    def params(self):
+        return self._prog().ctx.params
+
+    @property
+    def args(self) -> tuple:
+        return self._prog().ctx.args
+
+    def draw(self, key=None):
+        """A draw from the site's distribution with the site's key (or ``key``), differentiable
+        with respect to the distribution's parameters where numpyro's sampler is."""
+        return self.gf.draw(self.d, self.key if key is None else key)
+
+    def fold_key(self, data: int):
+        """A plain ``jax.random`` key derived from the site's key, for a strategy's own randomness."""
+        return jax.random.fold_in(plain_key(self.key), data)
+
+    def add_score_term(self, value, baseline=None):
+        """Add the score-function term for ``value``: the surrogate's gradient gains
+        ``(f - b) * grad log q(value)``, where ``f`` is the whole program's value. ``baseline`` is
+        ``None``, a number, or a callable ``baseline(replay) -> scalar`` evaluated after the
+        program ran (``replay`` as in :meth:`Strategy.expand`; not available for ``nested`` sites).
+        Ignored in ``"value"`` mode. Nested sites take their log density from the returned trace."""
+        self._prog().score_term(self, value, baseline)
+
+    def branch(self, value):
+        """Stop here and let the strategy's ``expand(site, value, replay)`` build the surrogate
+        (raises :class:`EstimatorError` for ``nested`` sites, which cannot be replayed)."""
+        self._prog().branch(self, value)
+
+
 class Strategy:
-    """Base class of gradient strategies; calling an instance with no arguments returns it."""
+    """Base class of gradient strategies; calling an instance with no arguments returns it.
+
+    Subclasses implement ``sample`` and optionally ``check`` and ``expand`` (see the module
+    docstring of ``inference.vi.estimators`` and ``docs/vi.md``).
+
+    Example:
+        >>> from inference import vi
+        >>> isinstance(vi.enum, vi.Strategy), vi.enum() is vi.enum
+        (True, True)
+    """
 
     name = "strategy"
 
@@ -55,12 +179,35 @@ class Strategy:
     def __repr__(self):
         return f"vi.{self.name}"
 
+    def check(self, site: Site) -> None:
+        """Raise :class:`EstimatorError` if this strategy cannot be used at ``site``."""
+
+    def sample(self, site: Site):
+        """The value the program sees at ``site`` (see the module docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement sample(site)")
+
+    def expand(self, site: Site, value, replay):
+        """The surrogate for a site that called ``site.branch(value)``."""
+        raise EstimatorError(
+            f"{self!r} at {site.where} called site.branch() but {type(self).__name__} does not "
+            "implement expand(site, value, replay)")
+
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Reparam(Strategy):
     """Pathwise (reparameterization) gradient through the sampler."""
 
     name = "reparam"
+
+    def check(self, site):
+        if not getattr(site.d, "has_rsample", False):
+            raise EstimatorError(
+                f"vi.reparam at {site.where}: this distribution has no reparameterized sampler (it is "
+                "discrete or numpyro cannot differentiate its sampler); use vi.reinforce(), vi.enum "
+                "(finite support) or vi.mvd")
+
+    def sample(self, site):
+        return site.draw()
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -69,12 +216,59 @@ class Enum(Strategy):
 
     name = "enum"
 
+    def check(self, site):
+        d, where = site.d, site.where
+        if not getattr(d, "has_enumerate_support", False):
+            raise EstimatorError(
+                f"vi.enum at {where}: the distribution has no finite support to enumerate; use "
+                "vi.reparam, vi.reinforce() or vi.mvd")
+        if tuple(d.event_shape) != ():
+            raise EstimatorError(f"vi.enum at {where}: sites with an event shape cannot be enumerated")
+        n = math.prod(d.batch_shape)
+        k = d.enumerate_support(expand=False).shape[0]
+        if k ** n > MAX_ENUM:
+            raise EstimatorError(
+                f"vi.enum at {where}: the site holds {n} values of {k} outcomes each, {k}**{n} joint "
+                f"configurations (more than {MAX_ENUM}); use vi.mvd or vi.reinforce() for it, or "
+                "split it into smaller sites")
+
+    def sample(self, site):
+        return site.branch(_sg(site.draw()))
+
+    def expand(self, site, value, replay):
+        d = site.d
+        configs = enum_configs(d)
+        logp = jax.vmap(lambda c: jnp.sum(d.log_prob(c)))(configs)
+        vals = jax.vmap(replay)(configs)
+        w = jnp.exp(logp)
+        return jnp.sum(jnp.where(w > 0, w * vals, 0.0))
+
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class MVD(Strategy):
     """Measure-valued derivative (normal, Bernoulli/flip, categorical)."""
 
     name = "mvd"
+
+    def check(self, site):
+        if _mvd_rule(site.d) is None:
+            raise EstimatorError(
+                f"vi.mvd at {site.where}: measure-valued derivatives are implemented for normal, "
+                "Bernoulli/flip and categorical sites; use vi.reparam or vi.reinforce() here")
+
+    def sample(self, site):
+        v = _sg(site.draw())
+        if site.mode == "value" and not site.nested:
+            return v
+        return site.branch(v)
+
+    def expand(self, site, value, replay):
+        # the main run at the sampled value plus a zero-valued term carrying the derivative
+        main = replay(value)
+        idx, new, combine = mvd_requests(site.d, value, site.fold_key(0x3D))
+        shape = jnp.shape(value)
+        vals = jax.vmap(lambda i, e: replay(value.reshape(-1).at[i].set(e).reshape(shape), "value"))(idx, new)
+        return main + combine(_sg(vals), _sg(main))
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -92,8 +286,8 @@ class Reinforce(Strategy):
     name = "reinforce"
 
     def __call__(self, baseline=None, n_baseline: int = 1):
-        if baseline is not None and not (callable(baseline) or baseline == "mean" or
-                                         isinstance(baseline, (int, float))):
+        if baseline is not None and not (callable(baseline) or (isinstance(baseline, str) and baseline == "mean")
+                                         or (isinstance(baseline, (int, float)) and not isinstance(baseline, bool))):
             raise EstimatorError(
                 f"vi.reinforce(baseline={baseline!r}): a baseline is None, a number, \"mean\" or a "
                 "callable baseline(params, *args) -> scalar")
@@ -106,6 +300,37 @@ class Reinforce(Strategy):
             return "vi.reinforce()"
         return f"vi.reinforce(baseline={self.baseline!r})"
 
+    def sample(self, site):
+        v = _sg(site.draw())
+        if site.mode == "grad":
+            site.add_score_term(v, self._baseline(site))
+        return v
+
+    def _baseline(self, site):
+        b = self.baseline
+        if b is None or (isinstance(b, (int, float)) and not isinstance(b, bool)):
+            return None if b is None else float(b)
+        if isinstance(b, str):  # "mean": replays with fresh draws at this site
+            if site.nested:
+                raise EstimatorError(
+                    f"vi.reinforce(baseline=\"mean\") at site {fmt_addr(site.path)} ({site.gf.name}): the "
+                    "site is sampled inside ppl.vmap / repeat / scan / cond, where it cannot be replayed; "
+                    "use a constant or callable baseline there")
+
+            def mean(replay):
+                vals = [replay(_sg(site.draw(_keys.fold_in(site.key, 0x5EED + j))), "value")
+                        for j in range(self.n_baseline)]
+                return sum(vals) / len(vals)
+            return mean
+
+        def call(replay):
+            out = b(site.params, *site.args)
+            if jnp.shape(out) != ():
+                raise EstimatorError(f"the baseline callable at site {fmt_addr(site.path)} returned shape "
+                                     f"{jnp.shape(out)}; it must return a scalar")
+            return out
+        return call
+
 
 reparam = Reparam()
 enum = Enum()
@@ -117,7 +342,8 @@ def as_strategy(s, where: str) -> Strategy:
     if isinstance(s, Strategy):
         return s
     raise EstimatorError(
-        f"{where}: {s!r} is not a gradient strategy; use vi.reparam, vi.reinforce(...), vi.enum or vi.mvd")
+        f"{where}: {s!r} is not a gradient strategy; use vi.reparam, vi.reinforce(...), vi.enum, vi.mvd "
+        "or an instance of a vi.Strategy subclass")
 
 
 def default_strategy(d) -> Strategy:
@@ -125,36 +351,10 @@ def default_strategy(d) -> Strategy:
     return reparam if getattr(d, "has_rsample", False) else reinforce
 
 
-def _dname(gf, d):
-    return f"{getattr(gf, 'name', '?')} ({type(d).__name__})"
-
-
 def check_applicable(strategy: Strategy, path, gf, d):
-    """Raise an :class:`EstimatorError` naming the site if ``strategy`` cannot be used for ``d``."""
-    where = f"site {fmt_addr(path)}, {_dname(gf, d)}"
-    if isinstance(strategy, Reparam) and not getattr(d, "has_rsample", False):
-        raise EstimatorError(
-            f"vi.reparam at {where}: this distribution has no reparameterized sampler (it is "
-            "discrete or numpyro cannot differentiate its sampler); use vi.reinforce(), vi.enum "
-            "(finite support) or vi.mvd")
-    if isinstance(strategy, Enum):
-        if not getattr(d, "has_enumerate_support", False):
-            raise EstimatorError(
-                f"vi.enum at {where}: the distribution has no finite support to enumerate; use "
-                "vi.reparam, vi.reinforce() or vi.mvd")
-        if tuple(d.event_shape) != ():
-            raise EstimatorError(f"vi.enum at {where}: sites with an event shape cannot be enumerated")
-        n = math.prod(d.batch_shape)
-        k = d.enumerate_support(expand=False).shape[0]
-        if k ** n > MAX_ENUM:
-            raise EstimatorError(
-                f"vi.enum at {where}: the site holds {n} values of {k} outcomes each, {k}**{n} joint "
-                f"configurations (more than {MAX_ENUM}); use vi.mvd or vi.reinforce() for it, or "
-                "split it into smaller sites")
-    if isinstance(strategy, MVD) and _mvd_rule(d) is None:
-        raise EstimatorError(
-            f"vi.mvd at {where}: measure-valued derivatives are implemented for normal, "
-            "Bernoulli/flip and categorical sites; use vi.reparam or vi.reinforce() here")
+    """Raise an :class:`EstimatorError` naming the site if ``strategy`` cannot be used for ``d``
+    (``strategy.check`` on a :class:`Site` without a program)."""
+    strategy.check(Site(path, gf, d, strategy=strategy))
 
 
 # ---------------------------------------------------------------------------------------- enum
