@@ -340,7 +340,8 @@ class AutoMultivariateNormal(AutoGuide):
         return _tril_scale(params["auto_scale_tril"])
 
     def _init_state(self, params):
-        return jnp.zeros((self.latent_dim,), jnp.float32)  # the standardized draws eps so far
+        # the standardized draws eps so far
+        return jnp.zeros((self.latent_dim,), jnp.result_type(params["auto_loc"], jnp.float32))
 
     def _site(self, params, eps, site):
         L = self.scale_tril(params)
@@ -398,8 +399,8 @@ class AutoLowRankMultivariateNormal(AutoGuide):
         return {"auto_cov_factor": W, "auto_scale": jnp.full((self.latent_dim,), _softplus_inv(self.init_scale))}
 
     def _init_state(self, params):
-        r = self.rank
-        return jnp.zeros((r,), jnp.float32), jnp.zeros((r, r), jnp.float32)
+        r, dt = self.rank, jnp.result_type(params["auto_cov_factor"], jnp.float32)
+        return jnp.zeros((r,), dt), jnp.zeros((r, r), dt)
 
     def _site(self, params, state, site):
         a, A = state  # a = W_<^T D_<^-1 (u_< - loc_<), A = W_<^T D_<^-1 W_< over the earlier sites

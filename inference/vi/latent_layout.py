@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -174,15 +175,27 @@ def latent_layout(model, observations, model_args, model_params, who: str) -> La
         raise TypeError(f"{who}: model must be a ppl generative function (@ppl.gen), got {model!r}")
     observations = as_choicemap(observations, f"{who}: observations")
     model_args = as_args_tuple(model_args, who, "model_args")
-    rec = _Recorder()
 
-    def run(key):
-        with jax.ensure_compile_time_eval(), intercept(rec):
-            tr, _ = model.generate(key, observations, model_params, *model_args)
-        return tr.get_choices()
+    def trace(constants: bool):
+        rec = _Recorder()
+
+        def run(key):
+            with contextlib.ExitStack() as stack:
+                if constants:  # evaluate constant expressions (supports from arguments) while tracing
+                    stack.enter_context(jax.ensure_compile_time_eval())
+                stack.enter_context(intercept(rec))
+                tr, _ = model.generate(key, observations, model_params, *model_args)
+            return tr.get_choices()
+
+        return rec, jax.eval_shape(run, jax.random.key(0))
 
     try:
-        choices = jax.eval_shape(run, jax.random.key(0))
+        # a purely abstract pass first; only if a latent support holds a traced parameter, a second
+        # pass that evaluates constants op by op tells a support built from arguments (known) from
+        # one that depends on other choices
+        rec, choices = trace(False)
+        if any(_traced_in(d.support) for _, d in rec.latent.values()):
+            rec, choices = trace(True)
     except ModelError:
         raise
     except Exception as e:  # e.g. the model reads its params and got model_params=None
