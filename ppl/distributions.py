@@ -404,71 +404,9 @@ def dist(d: nd.Distribution) -> Invocation:
     return Invocation(gf, tuple(leaves))
 
 
-# the named families; imported last (they are DistributionGF instances built from this module)
-from .families import (  # noqa: E402
-    normal,
-    half_normal,
-    half_cauchy,
-    log_normal,
-    gamma,
-    inverse_gamma,
-    beta,
-    exponential,
-    uniform,
-    student_t,
-    cauchy,
-    laplace,
-    von_mises,
-    truncated_normal,
-    dirichlet,
-    mv_normal,
-    lkj,
-    lkj_cholesky,
-    wishart,
-    wishart_cholesky,
-    bernoulli,
-    flip,
-    binomial,
-    poisson,
-    categorical,
-    geometric,
-    multinomial,
-    negative_binomial,
-    negative_binomial2,
-    zero_inflated_poisson,
-    zero_inflated_negative_binomial2,
-)
+# the named families (ppl.families: add a new family there, not here); imported last, since they are
+# DistributionGF instances built from this module
+from . import families as _families  # noqa: E402
+from .families import *  # noqa: E402,F401,F403
 
-__all__ += [
-    "normal",
-    "half_normal",
-    "half_cauchy",
-    "log_normal",
-    "gamma",
-    "inverse_gamma",
-    "beta",
-    "exponential",
-    "uniform",
-    "student_t",
-    "cauchy",
-    "laplace",
-    "von_mises",
-    "truncated_normal",
-    "dirichlet",
-    "mv_normal",
-    "lkj",
-    "lkj_cholesky",
-    "wishart",
-    "wishart_cholesky",
-    "bernoulli",
-    "flip",
-    "binomial",
-    "poisson",
-    "categorical",
-    "geometric",
-    "multinomial",
-    "negative_binomial",
-    "negative_binomial2",
-    "zero_inflated_poisson",
-    "zero_inflated_negative_binomial2",
-]
+__all__ += list(_families.__all__)
