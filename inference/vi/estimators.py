@@ -98,7 +98,7 @@ class Site:
     Example:
         >>> import jax, ppl
         >>> from inference import vi
-        >>> s = vi.Site(("z",), ppl.normal, ppl.normal.dist(0.0, 1.0))
+        >>> s = vi.Site(("z",), ppl.normal, ppl.normal.make((0.0, 1.0)))
         >>> s.where
         "site 'z', normal (Normal)"
     """
