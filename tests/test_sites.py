@@ -290,3 +290,21 @@ def test_kernels_never_move_deterministic_and_keep_it_consistent():
     fin = res.final_trace
     close(ppl.deterministics(fin)["exp_mu"], jnp.exp(fin.choices["mu"]))
     np.testing.assert_array_equal(np.asarray(res.choices["mu"][:, -1]), np.asarray(fin.choices["mu"]))
+
+
+def test_mcmc_run_stores_deterministic_values_per_draw():
+    """mcmc.run's draws (and ArviZ's posterior) include deterministic sites, recomputed per draw."""
+    from inference import mcmc
+
+    @ppl.gen
+    def m():
+        mu = ppl.normal(0.0, 1.0) @ "mu"
+        ppl.deterministic(jnp.exp(mu)) @ "exp_mu"
+        ppl.normal(mu, 1.0) @ "y"
+
+    tr, _ = m.generate(jax.random.key(0), ppl.ChoiceMap({"y": 1.0}))
+    res = mcmc.run(jax.random.key(1), mcmc.hmc(ppl.select("mu")), tr, 30, n_chains=2, burn_in=5, progress=False)
+    assert sorted(res.choices.addresses()) == ["exp_mu", "mu"]
+    assert res.choices["exp_mu"].shape == (2, 30)
+    np.testing.assert_allclose(res.choices["exp_mu"], np.exp(res.choices["mu"]), rtol=1e-6)
+    assert "exp_mu" in res.to_arviz().posterior.data_vars

@@ -70,6 +70,7 @@ import numpy as np
 from ppl.choicemap import ChoiceMap, Masked
 from ppl.core import Trace, as_args_tuple, pack_args, unpack_args
 from ppl.errors import NonFiniteError, fmt_addr
+from ppl.sites import deterministics
 
 from ..checkpoint import chunked_loop, run_chunk
 from ..sharding import active_mesh, constrain_batch
@@ -150,7 +151,7 @@ class _Steps:
             return (_split(tr)[0], st), None
         (tr, st), infos = jax.lax.scan(one, (tr, st), jax.random.split(key, self.thin))
         info = jax.tree_util.tree_map(lambda x: x[-1], infos)
-        return (_split(tr)[0], st), (collect(tr.get_choices(), self.stored), info)
+        return (_split(tr)[0], st), (collect(tr.get_choices(), self.stored) | deterministics(tr), info)
 
 
 @jax.jit(static_argnums=(0, 1, 2, 3, 4))
