@@ -190,7 +190,7 @@ def test_stacked_traces_keep_their_kind():
     assert tr.choices["y"].shape == (4,) and tv.choices[()].shape == (3,)
 
 
-def test_n_steps_and_old_alias():
+def test_n_steps():
     @ppl.gen
     def step(c, x):
         return c, ppl.normal(x, 1.0) @ "y"
@@ -202,7 +202,6 @@ def test_n_steps_and_old_alias():
         ppl.scan(step, length=3).n_steps(jnp.zeros(4))
     with pytest.raises(ppl.ModelError, match="give length="):
         ppl.scan(step).n_steps(None)
-    assert ppl.scan(step)._T(jnp.zeros(6)) == 6
 
 
 def test_pending_calls_share_one_base():

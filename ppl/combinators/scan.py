@@ -76,8 +76,6 @@ class ScanGF(GenerativeFunction):
             raise ModelError(f"{self.name} at {fmt_addr(current_path())}: give length= when xs is None")
         return jnp.shape(leaves[0])[0]
 
-    _T = n_steps  # former private name, kept while inference.smc.filters still uses it
-
     def _split_retval(self, retval, carry):
         if not (isinstance(retval, tuple) and len(retval) == 2):
             raise ModelError(
