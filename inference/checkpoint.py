@@ -409,10 +409,14 @@ def _prune(directory: str, keep: int, current: int):
 
 # ------------------------------------------------------------------------------ the loop
 @functools.partial(jax.jit, static_argnames=("step", "size", "with_data"))
-def run_chunk(step, size, with_data, key, start, state, data):
+def run_chunk(step, size, with_data, key, start, state, data, n_valid=None):
     """One compiled chunk of :func:`chunked_loop`: ``size`` steps ``i = start .. start+size-1`` of
     ``state, out = step(fold_in(key, i), state[, data])`` as a ``lax.scan``; returns
     ``(state, outs)`` with the outputs stacked along a leading axis of length ``size``.
+
+    ``n_valid`` (a traced integer, optional): only the first ``n_valid`` steps change the state;
+    the later ones are computed and discarded (their outputs are garbage). :func:`chunked_loop`
+    runs its last, shorter chunk this way, so a loop of any length uses one compiled program.
 
     ``step`` (hashable), ``size`` and ``with_data`` are static: the program is compiled once per
     step, size and argument shapes and shared by every caller (``vi.fit``, ``mcmc.run``); it is
@@ -429,7 +433,11 @@ def run_chunk(step, size, with_data, key, start, state, data):
 
     def body(s, i):
         k = jax.random.fold_in(key, i)
-        return step(k, s, data) if with_data else step(k, s)
+        new, out = step(k, s, data) if with_data else step(k, s)
+        if n_valid is not None:
+            keep = i < start + n_valid
+            new = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, s)
+        return new, out
 
     return jax.lax.scan(body, state, start + jnp.arange(size))
 
@@ -519,6 +527,9 @@ def chunked_loop(
     """
     n_steps = int(n_steps)
     chunk_size = max(1, min(int(chunk_size), max(n_steps, 1)))
+    # equal chunks (the last one masked when n_steps is not a multiple): one compiled program per
+    # loop, and fewer than one step per chunk computed in vain
+    chunk_size = -(-n_steps // -(-n_steps // chunk_size)) if n_steps > 0 else chunk_size
     with_data = data is not _NO_DATA
     data = data if with_data else None
     # scan carries strongly typed values; starting from them too means one program for every chunk
@@ -544,11 +555,15 @@ def chunked_loop(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_steps, initial=done, desc=desc, leave=False)
+    n_chunks = -(-n_steps // chunk_size)
     try:
         while done < n_steps:
             size = min(chunk_size, n_steps - done)
-            new_state, out = run_chunk(step, size, with_data, key, done, state, data)
+            new_state, out = run_chunk(step, chunk_size, with_data, key, done, state, data,
+                                       n_valid=np.int32(size) if n_chunks > 1 else None)
             out = jax.tree_util.tree_leaves(out)
+            if size < chunk_size:
+                out = [x[:size] for x in out]
             if not device_outputs:
                 out = [np.asarray(x) for x in out]
             if validate is not None:
