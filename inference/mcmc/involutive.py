@@ -77,7 +77,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppl.choicemap import ChoiceMap, Masked
-from ppl.core import STATE, GenerativeFunction, raise_from_callback
+from ppl.core import GenerativeFunction
+from ppl.staging import debug_enabled, raise_from_callback
 from ppl.errors import ModelError, fmt_addr
 
 from .._jacobian import flatten, from_leaves, is_continuous, masked_logabsdet, presence, raw, unflatten
@@ -288,7 +289,7 @@ class Involutive(Kernel):
             fresh, jnp.sum(in_mask), jnp.sum(out_mask))
         log_alpha = w + rev.get_score() - fwd.get_score() + log_det + check
 
-        if STATE.debug:
+        if debug_enabled():
             log_alpha = log_alpha + self._roundtrip(k_upd, trace, new, aux, new_aux)
 
         out, mh = accept(k_acc, log_alpha, new, trace)
