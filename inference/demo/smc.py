@@ -61,6 +61,7 @@ def run(out_dir: str, key) -> None:
     model = ppl.scan(step, length=T)
     obs = ppl.ChoiceMap({"y": jnp.asarray(ys, jnp.float32)})
     k1, k2 = jax.random.split(key)
+    print(f"running a bootstrap particle filter, 1000 particles x {T} steps (compile + run) ...", flush=True)
     res = smc.particle_filter(k1, model, (0.0, None), obs, 1000, ess_threshold=0.5)
     ll, km, kv = kalman(ys)
     print(f"particle filter (N=1000, T={T}, resample when ESS < 50%): log Z-hat = {float(res.log_z):.3f}")
@@ -73,6 +74,7 @@ def run(out_dir: str, key) -> None:
     sd = np.sqrt(np.maximum(second - mean**2, 0.0))
     print(f"filtered means vs Kalman: max |difference| = {np.abs(mean - km).max():.3f} "
           f"(filtering sd ~ {np.sqrt(kv[-1]):.3f}); RMSE vs truth {np.sqrt(np.mean((mean - xs) ** 2)):.3f}")
+    print("drawing 20 smoothed paths by backward sampling (compile + run) ...", flush=True)
     paths = smc.backward_sample(k2, model, (0.0, None), obs, res, 20)["x"]
 
     fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -85,6 +87,7 @@ def run(out_dir: str, key) -> None:
     axes[0].plot(t, km, "C3--", lw=1, label="Kalman filter mean")
     axes[0].plot([], [], color="C2", alpha=0.5, label="smoothed paths (backward sampling)")
     axes[0].set_title(f"Particle filter on the tracking data set: log Z-hat {float(res.log_z):.2f} (exact {ll:.2f})")
+    axes[0].set_ylabel("state x")
     axes[0].legend(fontsize=7, ncol=3)
     axes[1].plot(t, ess, "C1-")
     axes[1].plot(t[np.asarray(res.resampled)], ess[np.asarray(res.resampled)], "C1v", ms=4, label="resampled")

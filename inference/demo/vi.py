@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -100,7 +99,6 @@ def run(out_dir: str, key) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t0 = time.time()
     Xtr, Xte = digits_split()
     p0 = vae_init(jax.random.key(0))
     iw100 = vi.map_mean(vi.iwelbo(vae_model, vae_guide, 100), in_axes=(0, None, 0))
@@ -112,8 +110,10 @@ def run(out_dir: str, key) -> None:
     for name, per_datum in (("elbo", vi.elbo(vae_model, vae_guide)), ("iwelbo(5)", vi.iwelbo(vae_model, vae_guide, 5))):
         obj = vi.map_mean(per_datum, in_axes=(0, None, 0))
         k = jax.random.fold_in(key, len(results))
+        print(f"  training the VAE with {name}: 300 Adam steps, minibatch 128 (compile, then run) ...", flush=True)
         res = vi.fit(k, obj, p0, optax.adam(3e-3), 300, vi.minibatch(ChoiceMap({"x": Xtr}), 128), (),
-                     vi.minibatch((Xtr,), 128), progress=False)
+                     vi.minibatch((Xtr,), 128), progress=True)
+        print("  estimating the held-out IWELBO(100) (compile) ...", flush=True)
         held = float(iw100.estimate(jax.random.key(1), res.params, ChoiceMap({"x": Xte}), (), (Xte,)))
         results[name] = res
         print(f"  {name:10s}: training loss {res.losses[:20].mean():.2f} -> {res.losses[-20:].mean():.2f}; "
@@ -141,8 +141,12 @@ def run(out_dir: str, key) -> None:
     for i in range(8):
         axes[0, i].imshow(np.asarray(xs[i]).reshape(8, 8), cmap="gray_r")
         axes[1, i].imshow(np.asarray(recon[i]).reshape(8, 8), cmap="gray_r")
-        axes[0, i].axis("off")
-        axes[1, i].axis("off")
+        for ax in axes[:, i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[1, i].set_xlabel(f"digit {i + 1}", fontsize=7)
+    axes[0, 0].set_ylabel("held out", fontsize=7)
+    axes[1, 0].set_ylabel("reconstructed", fontsize=7)
     fig.suptitle("held-out digits (top) and VAE reconstructions (bottom)")
     path = os.path.join(out_dir, "vi_vae_reconstructions.png")
     fig.savefig(path, dpi=100)
@@ -160,9 +164,11 @@ def run(out_dir: str, key) -> None:
     for name, per_datum in (("enumerated ELBO (user-defined)", enumerated_elbo(mixture, assign)),
                             ("vimco(4)", vi.vimco(mixture, assign, 4))):
         obj = vi.map_mean(per_datum, in_axes=(0, None, 0))
+        print(f"  training the mixture with the {name}: 150 Adam steps (compile, then run) ...", flush=True)
         res = vi.fit(key, obj, m0, optax.adam(0.05), 150, vi.minibatch(ChoiceMap({"x": data}), 32), (),
-                     vi.minibatch((data,), 32), progress=False)
-        print(f"  {name:31s}: mu = {np.round(np.asarray(res.params['mu']), 2)}, "
+                     vi.minibatch((data,), 32), progress=True)
+        mu = ", ".join(f"{float(m):.2f}" for m in np.asarray(res.params["mu"]))
+        print(f"  {name:31s}: mu = ({mu}), "
               f"log-likelihood {_mix_loglik(res.params['mu'], data):.3f}")
         ax.plot(np.convolve(res.losses, np.ones(10) / 10, mode="valid"), label=name)
     ax.set_xlabel("step")
@@ -174,4 +180,3 @@ def run(out_dir: str, key) -> None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     print(f"wrote {path}")
-    print(f"vi demo finished in {time.time() - t0:.1f} s")
