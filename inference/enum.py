@@ -128,7 +128,7 @@ def _plan(model, paths, args) -> _Plan:
         sup = cap.support[path].astype(choices[path].dtype)
         site = _Site(path, sup)
         kind, prefix = "none", ()
-        for i in range(len(path)):
+        for i in range(len(path) + 1):  # the site itself may be a vmapped distribution
             try:
                 gf = (tr if i == 0 else tr.get_subtrace(path[:i])).get_gen_fn()
             except AddressError:
@@ -137,6 +137,10 @@ def _plan(model, paths, args) -> _Plan:
                 kind, prefix = ("plate" if isinstance(gf, VmapGF) else "scan"), path[:i]
                 break
         if kind == "none":
+            if choices[path].shape != sup.shape[1:]:
+                raise ModelError(
+                    f"marginalize: the site at {fmt_addr(path)} has shape {choices[path].shape}; "
+                    "enumerate scalar sites, with repeated ones in ppl.vmap/ppl.repeat.")
             glob.append(site)
             continue
         shape = choices[path].shape
@@ -173,8 +177,8 @@ def _plan(model, paths, args) -> _Plan:
 
 def _combo_index(sites):
     """Support indices of the joint values of ``sites``: (J, len(sites))."""
-    idx = np.array(list(itertools.product(*[range(len(s.support)) for s in sites])), dtype=int)
-    return idx.reshape(-1, len(sites))
+    rows = list(itertools.product(*[range(len(s.support)) for s in sites]))
+    return np.array(rows, dtype=int).reshape(len(rows), len(sites))
 
 
 def _combos(sites):

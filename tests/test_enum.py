@@ -1,0 +1,204 @@
+"""inference.enum: exact enumeration of discrete sites (plates, scans), against brute force."""
+
+import itertools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.scipy.special import logsumexp
+from scipy.stats import norm as sp_norm
+
+import ppl
+from inference.enum import infer_discrete, marginalize
+
+FULL = os.environ.get("PPL_FULL_STATS") == "1"
+N, K = 4, 3
+MEANS = jnp.array([-2.0, 0.5, 3.0])
+W = jnp.array([0.2, 0.5, 0.3])
+Y = jnp.array([0.1, -1.7, 2.6, 0.9])
+TRANS = jnp.array([[0.8, 0.15, 0.05], [0.1, 0.7, 0.2], [0.25, 0.25, 0.5]])
+
+
+@ppl.gen
+def datum(shift):
+    z = ppl.categorical(probs=W) @ "z"
+    return ppl.normal(MEANS[z] + shift, 1.0) @ "y"
+
+
+@ppl.gen
+def plate_model():
+    shift = ppl.normal(0.0, 1.0) @ "shift"
+    ys = datum.repeat(N)(shift) @ "data"
+    ppl.normal(shift, 2.0) @ "after"
+    return ys
+
+
+@ppl.gen
+def hmm_step(prev, _):
+    z = ppl.categorical(probs=TRANS[prev]) @ "z"
+    ppl.normal(MEANS[z], 1.0) @ "y"
+    return z, None
+
+
+@ppl.gen
+def hmm_model():
+    ppl.scan(hmm_step, length=N)(jnp.int32(0), None) @ "hmm"
+    return 0
+
+
+def _plate_choices(shift=0.3):
+    return ppl.ChoiceMap({"shift": shift, ("data", "y"): Y, "after": 0.4})
+
+
+def test_plate_assess_equals_brute_force():
+    marg = marginalize(plate_model, ("data", "z"))
+    chm = _plate_choices()
+    lp, _ = marg.assess(chm)
+    terms = [plate_model.assess(chm.set(("data", "z"), jnp.array(zs, dtype=jnp.int32)))[0]
+             for zs in itertools.product(range(K), repeat=N)]
+    assert len(terms) == K**N
+    np.testing.assert_allclose(lp, logsumexp(jnp.array(terms)), rtol=1e-5)
+
+
+def test_plate_generate_update_regenerate_weights():
+    marg = marginalize(plate_model, ("data", "z"))
+    obs = ppl.ChoiceMap({("data", "y"): Y, "after": 0.4})
+    tr, w = marg.generate(jax.random.key(1), obs)
+    shift = tr.choices["shift"]
+    lp, _ = marg.assess(tr.choices)
+    np.testing.assert_allclose(tr.score, lp, rtol=1e-5)
+    # the only fresh choice is "shift", proposed from its prior
+    np.testing.assert_allclose(w, lp - sp_norm.logpdf(float(shift), 0.0, 1.0), rtol=1e-4)
+    assert ("data", "z") not in [p for p, _ in tr.choices.leaves()]
+    tr2, w2, discard = marg.update(jax.random.key(2), tr, ppl.ChoiceMap({"shift": 1.1}))
+    lp2, _ = marg.assess(tr2.choices)
+    np.testing.assert_allclose(w2, lp2 - lp, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(discard["shift"], shift)
+    # the per-site scores add up to the marginal density
+    np.testing.assert_allclose(tr2.project(ppl.select_all()), tr2.score, rtol=1e-5)
+    # regenerate with the prior proposal of "shift": MH ratio p(new) q(old) / (p(old) q(new))
+    tr3, w3, _ = marg.regenerate(jax.random.key(3), tr2, ppl.select("shift"))
+    s_old, s_new = float(tr2.choices["shift"]), float(tr3.choices["shift"])
+    expect = (tr3.score - tr2.score) + sp_norm.logpdf(s_old, 0, 1) - sp_norm.logpdf(s_new, 0, 1)
+    np.testing.assert_allclose(w3, expect, rtol=1e-4, atol=1e-4)
+
+
+def test_simulate_score_is_marginal():
+    marg = marginalize(plate_model, ("data", "z"))
+    tr = marg.simulate(jax.random.key(4))
+    lp, _ = marg.assess(tr.choices)
+    np.testing.assert_allclose(tr.score, lp, rtol=1e-5)
+
+
+def _hmm_choices():
+    return ppl.ChoiceMap({("hmm", "y"): Y})
+
+
+def _numpy_forward(y):
+    t, m = np.asarray(TRANS, np.float64), np.asarray(MEANS, np.float64)
+    alpha = t[0] * sp_norm.pdf(y[0], m, 1.0)
+    for yt in y[1:]:
+        alpha = (alpha @ t) * sp_norm.pdf(yt, m, 1.0)
+    return np.log(alpha.sum())
+
+
+def test_scan_assess_equals_brute_force_and_forward():
+    marg = marginalize(hmm_model, ("hmm", "z"))
+    chm = _hmm_choices()
+    lp, _ = marg.assess(chm)
+    terms = [hmm_model.assess(chm.set(("hmm", "z"), jnp.array(zs, dtype=jnp.int32)))[0]
+             for zs in itertools.product(range(K), repeat=N)]
+    np.testing.assert_allclose(lp, logsumexp(jnp.array(terms)), rtol=1e-5)
+    np.testing.assert_allclose(lp, _numpy_forward(np.asarray(Y)), rtol=1e-5)
+    tr, w = marg.generate(jax.random.key(0), chm)
+    np.testing.assert_allclose(w, lp, rtol=1e-5)  # nothing fresh: the weight is the marginal
+    # per-step scores are the forward algorithm's increments log p(y_t | y_<t)
+    inc = tr.get_scores()["hmm", "y"]
+    np.testing.assert_allclose(inc[0], _numpy_forward(np.asarray(Y[:1])), rtol=1e-5)
+    np.testing.assert_allclose(jnp.sum(inc), lp, rtol=1e-5)
+
+
+def test_global_site_and_refusals():
+    @ppl.gen
+    def m():
+        z = ppl.bernoulli(probs=0.3) @ "z"
+        return ppl.normal(jnp.where(z == 1, 1.0, -1.0), 1.0) @ "y"
+
+    lp, _ = marginalize(m, "z").assess({"y": 0.2})
+    exact = np.log(0.3 * sp_norm.pdf(0.2, 1, 1) + 0.7 * sp_norm.pdf(0.2, -1, 1))
+    np.testing.assert_allclose(lp, exact, rtol=1e-5)
+    with pytest.raises(ppl.ModelError, match="'y'.*no finite support"):
+        marginalize(m, "y").assess({"z": 1})
+    with pytest.raises(ppl.ModelError, match="no distribution site at 'zz'"):
+        marginalize(m, "zz").assess({"y": 0.2, "z": 1})
+    with pytest.raises(ppl.ModelError, match="enumerated site"):
+        marginalize(m, "z").assess({"y": 0.2, "z": 1})
+
+    @ppl.gen
+    def poisson_site():
+        return ppl.poisson(3.0) @ "n"
+
+    with pytest.raises(ppl.ModelError, match="'n'"):
+        marginalize(poisson_site, "n").simulate(jax.random.key(0))
+
+
+def test_dependence_outside_plate_is_nan_and_debug_error():
+    @ppl.gen
+    def leaky():
+        zs = ppl.bernoulli.repeat(3)(0.5) @ "zs"
+        return ppl.normal(jnp.sum(zs).astype(jnp.float32), 1.0) @ "total"
+
+    marg = marginalize(leaky, "zs")
+    lp, _ = marg.assess({"total": 1.0})
+    assert np.isnan(lp)
+    with ppl.debug():
+        with pytest.raises(ppl.ModelError, match="depends on an enumerated"):
+            jax.block_until_ready(marg.assess({"total": 1.0})[0])
+
+
+def test_infer_discrete_plate_probs_exact():
+    marg = marginalize(plate_model, ("data", "z"))
+    chm = _plate_choices()
+    post = infer_discrete(jax.random.key(0), marg, chm, probs=True)[("data", "z")]
+    lik = sp_norm.pdf(np.asarray(Y)[:, None], np.asarray(MEANS)[None] + 0.3, 1.0) * np.asarray(W)[None]
+    np.testing.assert_allclose(post, lik / lik.sum(1, keepdims=True), rtol=1e-4)
+
+
+def _numpy_smoothing(y):
+    t, m = np.asarray(TRANS, np.float64), np.asarray(MEANS, np.float64)
+    T = len(y)
+    lik = sp_norm.pdf(np.asarray(y)[:, None], m[None], 1.0)
+    alpha = np.zeros((T, K))
+    beta = np.ones((T, K))
+    alpha[0] = t[0] * lik[0]
+    for i in range(1, T):
+        alpha[i] = (alpha[i - 1] @ t) * lik[i]
+    for i in range(T - 2, -1, -1):
+        beta[i] = t @ (lik[i + 1] * beta[i + 1])
+    p = alpha * beta
+    return p / p.sum(1, keepdims=True)
+
+
+def test_hmm_ffbs_matches_smoothing_marginals():
+    marg = marginalize(hmm_model, ("hmm", "z"))
+    chm = _hmm_choices()
+    exact = _numpy_smoothing(np.asarray(Y))
+    probs = infer_discrete(jax.random.key(0), marg, chm, probs=True)[("hmm", "z")]
+    np.testing.assert_allclose(probs, exact, rtol=1e-4, atol=1e-6)
+    R = 2000
+    draws = jax.vmap(lambda k: infer_discrete(k, marg, chm)[("hmm", "z")])(jax.random.split(jax.random.key(5), R))
+    freq = np.stack([(np.asarray(draws) == k).mean(0) for k in range(K)], axis=1)
+    se = np.sqrt(exact * (1 - exact) / R)
+    assert np.all(np.abs(freq - exact) < 4 * se + 1e-9)
+    # joint check: pair frequencies of (z_0, z_1) against the exact pairwise posterior
+    y, t, m = np.asarray(Y), np.asarray(TRANS), np.asarray(MEANS)
+    lik = sp_norm.pdf(y[:, None], m[None], 1.0)
+    beta1 = np.ones(K)
+    for i in range(N - 1, 1, -1):
+        beta1 = t @ (lik[i] * beta1)
+    pair = (t[0] * lik[0])[:, None] * t * (lik[1] * beta1)[None]
+    pair /= pair.sum()
+    fpair = np.array([[np.mean((draws[:, 0] == a) & (draws[:, 1] == b)) for b in range(K)] for a in range(K)])
+    assert np.all(np.abs(fpair - pair) < 4 * np.sqrt(pair * (1 - pair) / R) + 1e-9)
