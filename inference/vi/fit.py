@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 from inference.checkpoint import chunked_loop, run_chunk as _run_chunk
+from inference.sharding import active_mesh, constrain_batch, constrain_replicated
 from ppl.core import pack_args, unpack_args
 from ppl.errors import NonFiniteError
 
@@ -101,17 +102,19 @@ class FitResult:
         return -self.losses
 
 
-def _batch_args(key, args):
-    # every minibatched argument uses the same key: arguments of the same size get the same indices
-    return tuple(a.sample(key) if isinstance(a, Minibatch) else a for a in args)
+def _batch_args(key, args, mesh=None):
+    # every minibatched argument uses the same key: arguments of the same size get the same indices;
+    # under a mesh the drawn batch's data axis is laid out across the devices (data parallelism)
+    return tuple(constrain_batch(a.sample(key), mesh) if isinstance(a, Minibatch) else a for a in args)
 
 
-def _step(objective, optimizer, key, params, opt_state, args):
+def _step(objective, optimizer, key, params, opt_state, args, mesh=None):
     k_obj, k_batch = jax.random.split(key)
-    args = _batch_args(k_batch, args)
+    args = _batch_args(k_batch, args, mesh)
     value, grads = objective.value_and_grad_estimate(k_obj, params, *args)
     updates, opt_state = optimizer.update(jax.tree_util.tree_map(jnp.negative, grads), opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, -value
+    # under a mesh the parameters stay replicated (the gradient is reduced over the sharded batch)
+    return constrain_replicated((optax.apply_updates(params, updates), opt_state, -value), mesh)
 
 
 # ------------------------------------------------------------------------------ optimizer fingerprint
@@ -339,11 +342,11 @@ def _objective_key(objective):
 class _FitStep:
     """The step of :func:`fit` as a hashable object (objective and optimizer fingerprints) for chunked_loop."""
 
-    __slots__ = ("objective", "opt", "key")
+    __slots__ = ("objective", "opt", "mesh", "key")
 
-    def __init__(self, objective, opt: _OptSpec):
-        self.objective, self.opt = objective, opt
-        self.key = (_objective_key(objective), opt)
+    def __init__(self, objective, opt: _OptSpec, mesh=None):
+        self.objective, self.opt, self.mesh = objective, opt, mesh
+        self.key = (_objective_key(objective), opt, mesh)
 
     def __hash__(self):
         return hash(self.key)
@@ -354,7 +357,7 @@ class _FitStep:
     def __call__(self, key, state, data):
         hypers, packed = data
         params, opt_state, loss = _step(self.objective, self.opt.rebuild(hypers), key, state["params"],
-                                        state["opt_state"], unpack_args(packed))
+                                        state["opt_state"], unpack_args(packed), self.mesh)
         return {"params": params, "opt_state": opt_state}, loss
 
 
@@ -380,6 +383,14 @@ def fit(key, objective: Expectation, params, optimizer, n_steps: int, *args, chu
     hyperparameter values), params/optimizer-state structure, shapes or dtypes raises
     :class:`inference.checkpoint.CheckpointMismatchError`; ``n_steps`` may grow (the run continues)
     but not fall below the checkpoint's step.
+
+    Data parallelism: inside ``inference.sharding.batch_sharding(mesh)`` every minibatch drawn
+    at a step has its data axis laid out across the mesh's devices and the parameters and optimizer
+    state stay replicated, so the objective's sum over the batch runs in parallel and its gradient
+    is all-reduced; losses and parameters equal a one-device run up to float32 rounding (the
+    summation order differs). The mesh is part of the compilation key. Across processes (after
+    ``jax.distributed.initialize``) place the full data with ``sharding.shard_batch(data, mesh,
+    process_local=True)`` from each process's slice (see docs/scaling.md).
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -417,8 +428,8 @@ def fit(key, objective: Expectation, params, optimizer, n_steps: int, *args, chu
                 "model's log densities under ppl.debug(), or clip gradients (optax.clip_by_global_norm)")
 
     state, losses = chunked_loop(
-        key, _FitStep(objective, spec), {"params": params, "opt_state": opt_state}, n_steps, chunk, checkpoint_dir,
-        progress,
+        key, _FitStep(objective, spec, active_mesh()), {"params": params, "opt_state": opt_state}, n_steps, chunk,
+        checkpoint_dir, progress,
         f"vi.fit {objective.name}", data=(spec.hypers, pack_args(tuple(args))), keep=keep_checkpoints,
         settings=settings, validate=validate, postfix=lambda ls: {"loss": float(ls[-1])})
     return FitResult(state["params"], state["opt_state"], losses)
