@@ -73,7 +73,7 @@ from ppl.errors import NonFiniteError, fmt_addr
 from ppl.sites import deterministics
 
 from ..checkpoint import chunked_loop, run_chunk
-from ..sharding import active_mesh, constrain_batch
+from ..sharding import active_mesh, constrain_batch, to_host
 from .base import Kernel
 from .combinators import Cycle, Mixture, Repeat
 from .draws import OBSERVED, DrawMap, collect, fixed_choices, stored_selection
@@ -329,6 +329,7 @@ def _advice(kernel):
 
 
 def _warn_health(kernel, info):
+    info = to_host(info)  # chains sharded over several processes' devices are gathered first
     for label, k, rate, div in _health(kernel, info, f"kernel {kernel.name}"):
         name = label if k is kernel else f"{label} ({k.name})"
         stuck = [c for c, r in enumerate(rate) if np.isfinite(r) and r < _STUCK]
