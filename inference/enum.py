@@ -59,6 +59,7 @@ from ppl.core import GenerativeFunction, Interceptor, Trace, intercept, pack_arg
 from ppl.dist_checks import debug_check
 from ppl.errors import AddressError, ModelError, fmt_addr
 from ppl.selection import normalize_addr
+from ppl.sites import deterministic_view
 from ppl.staging import debug_enabled, raise_from_callback
 
 __all__ = ["marginalize", "infer_discrete", "MarginalGF", "MarginalTrace"]
@@ -84,17 +85,29 @@ class _Plan:
     n: int  # copies / steps of the group
 
 
-class _Capture(Interceptor):
+class _Hide(Interceptor):
+    """Plain sampling/observing at ``paths`` (every site when None), hiding those sites from the
+    interceptors of the enclosing inference code: they see the remaining choices once (in the
+    front run of each method), never the enumerated sites or the enumeration runs."""
+
+    def __init__(self, paths=None):
+        self.paths = None if paths is None else set(paths)
+
+    def handles(self, path):
+        return self.paths is None or path in self.paths
+
+
+class _Capture(_Hide):
     """Record the numpyro distribution's support at each enumerated site (abstract run)."""
 
     def __init__(self, paths):
-        self.paths = set(paths)
+        super().__init__(None)
+        self.targets = set(paths)
         self.support = {}
 
-    def handles(self, path):
-        return path in self.paths
-
     def sample(self, path, gf, d, key):
+        if path not in self.targets:
+            return gf.draw(d, key)
         where = f"marginalize: the site at {fmt_addr(path)}"
         if not getattr(d, "has_enumerate_support", False):
             raise ModelError(
@@ -238,6 +251,11 @@ def _under(path, prefixes):
     return any(path[: len(p)] == p for p in prefixes)
 
 
+def _sum_under(scores, paths):
+    """The summed scores of the sites under ``paths``."""
+    return sum((jnp.sum(_plain(v)) for p, v in scores.leaves() if _under(p, paths)), jnp.zeros(()))
+
+
 def _energies(plan, scores, excluded):
     """(outer, group[n]) log densities of one run, leaving out the sites under ``excluded``."""
     outer, group = jnp.zeros(()), jnp.zeros((max(plan.n, 1),))
@@ -318,7 +336,8 @@ def _evaluate(gf, choices, args, excluded=()):
         tr, _ = gf.model.generate(jax.random.key(0), chm, *args)
         return _energies(plan, tr.get_scores(), excluded)
 
-    outer, group = jax.vmap(run)({p: jnp.asarray(v) for p, v in cfg.items()})
+    with intercept(_Hide()):
+        outer, group = jax.vmap(run)({p: jnp.asarray(v) for p, v in cfg.items()})
     return plan, _Tables(plan, outer.reshape(G, J), group.reshape(G, J, -1))
 
 
@@ -363,8 +382,11 @@ class MarginalTrace(Trace):
     score: Any
     rest: Any
     site_scores: Any
+    joint: Any  # the model's trace with the enumerated sites at a posterior draw
 
     def get_choices(self):
+        if deterministic_view():  # ppl.deterministics: the marginal model reports none
+            return ChoiceMap.empty()
         return self.rest
 
     def get_scores(self):
@@ -406,7 +428,8 @@ class MarginalGF(GenerativeFunction):
         plan = tab.plan
         zs = _sample_enumerated(key, tab)
         chm = ChoiceMap.from_leaves(list(choices.leaves()) + list(zs.items()))
-        tr, _ = self.model.generate(jax.random.key(0), chm, *args)
+        with intercept(_Hide()):
+            tr, _ = self.model.generate(jax.random.key(0), chm, *args)
         in_group = lambda p: plan.kind != "none" and p[: len(plan.prefix)] == plan.prefix  # noqa: E731
         out = [(p, _plain(v)) for p, v in tr.get_scores().leaves() if p not in self.addrs]
         if plan.glob:  # no per-site split: the whole marginal sits on the first entry
@@ -423,28 +446,39 @@ class MarginalGF(GenerativeFunction):
                 p, v = out[0]
                 out[0] = (p, v.at[(0,) * v.ndim].add(jnp.sum(tab.parts[0])))
         scores = ChoiceMap.from_leaves(out)
-        return MarginalTrace(self, pack_args(args), tr.get_retval(), tab.logz, choices, scores)
+        return MarginalTrace(self, pack_args(args), tr.get_retval(), tab.logz, choices, scores, tr)
+
+    def _front(self, method, *a, hide_all=False):
+        """The model's ``method`` run once with the enclosing interceptors seeing the remaining
+        sites (values they map, e.g. unconstrained HMC coordinates, come back mapped)."""
+        with intercept(_Hide(None if hide_all else self.addrs)):
+            return getattr(self.model, method)(*a)
 
     def _simulate(self, key, *args):
         k1, k2 = jax.random.split(key)
-        choices = self._drop(self.model.simulate(k1, *args).get_choices())
+        choices = self._drop(self._front("simulate", k1, *args).get_choices())
         _, tab = _evaluate(self, choices, args)
         return self._trace(k2, choices, args, tab)
 
     def _assess(self, choices, *args):
         self._check_given(choices, "assess")
+        tr_f, w_f = self._front("generate", jax.random.key(0), choices, *args)
+        extra = w_f - _sum_under(tr_f.get_scores(), [p for p, _ in choices.leaves()])
+        choices = self._drop(tr_f.get_choices())
         _, tab = _evaluate(self, choices, args)
-        return tab.logz, self._trace(jax.random.key(0), choices, args, tab).retval
+        return tab.logz + extra, self._trace(jax.random.key(0), choices, args, tab).retval
 
-    def _propose(self, key, fixed, args):
+    def _propose(self, key, fixed, args, hide_all=False):
         """Sample the choices not in ``fixed`` from the model (enumerated sites dropped): returns
-        (trace, log p_marginal - log q_marginal(fresh choices))."""
+        (trace, log p_marginal - log q_marginal(fresh choices) + interceptors' extra terms)."""
         k1, k2 = jax.random.split(key)
-        choices = self._drop(self.model.generate(k1, fixed, *args)[0].get_choices())
-        _, tab = _evaluate(self, choices, args)
+        tr_f, w_f = self._front("generate", k1, fixed, *args, hide_all=hide_all)
         fixed_paths = [p for p, _ in fixed.leaves()]
+        extra = w_f - _sum_under(tr_f.get_scores(), fixed_paths)
+        choices = self._drop(tr_f.get_choices())
+        _, tab = _evaluate(self, choices, args)
         _, tab_q = _evaluate(self, choices, args, excluded=fixed_paths)
-        return self._trace(k2, choices, args, tab), tab.logz - tab_q.logz
+        return self._trace(k2, choices, args, tab), tab.logz - tab_q.logz + extra
 
     def _generate(self, key, constraints, *args):
         self._check_given(constraints, "generate")
@@ -452,27 +486,28 @@ class MarginalGF(GenerativeFunction):
 
     def _update(self, key, trace, constraints, *args):
         self._check_given(constraints, "update")
-        given = dict(constraints.leaves())
-        old = dict(trace.get_choices().leaves())
-        for p in given:
+        old = [p for p, _ in trace.get_choices().leaves()]
+        for p, _ in constraints.leaves():
             if p not in old:
                 raise AddressError(
                     f"{self.name}.update: {fmt_addr(p)} is not a choice of the trace; the marginal "
                     "model's update changes values of existing choices only.")
-        new = ChoiceMap.from_leaves([(p, given.get(p, v)) for p, v in old.items()])
-        discard = ChoiceMap.from_leaves([(p, old[p]) for p in given])
+        k1, k2 = jax.random.split(key)
+        joint = trace.joint
+        tr_f, w_f, discard = self._front("update", k1, joint, constraints, *args)
+        extra = w_f - (tr_f.get_score() - joint.get_score())
+        new = self._drop(tr_f.get_choices())
         _, tab = _evaluate(self, new, args)
-        return self._trace(key, new, args, tab), tab.logz - trace.get_score(), discard
+        return self._trace(k2, new, args, tab), tab.logz - trace.get_score() + extra, discard
 
     def _regenerate(self, key, trace, selection, *args):
         old = trace.get_choices()
         keep = old.filter(~selection)
         kept = [p for p, _ in keep.leaves()]
-        new_tr, w_new = self._propose(key, keep, args)
+        new_tr, w_new = self._propose(key, keep, args, hide_all=True)
         _, tab_q_old = _evaluate(self, old, args, excluded=kept)
         w = w_new - (trace.get_score() - tab_q_old.logz)
-        discard = old.filter(selection)
-        return new_tr, w, discard
+        return new_tr, w, old.filter(selection)
 
 
 def marginalize(model: GenerativeFunction, *addrs) -> MarginalGF:

@@ -202,3 +202,98 @@ def test_hmm_ffbs_matches_smoothing_marginals():
     pair /= pair.sum()
     fpair = np.array([[np.mean((draws[:, 0] == a) & (draws[:, 1] == b)) for b in range(K)] for a in range(K)])
     assert np.all(np.abs(fpair - pair) < 4 * np.sqrt(pair * (1 - pair) / R) + 1e-9)
+
+
+# ----------------------------------------------------------------------------- Gaussian mixture
+MIX_W = np.array([0.3, 0.7])
+MIX_SD, PRIOR_SD = 1.0, 10.0
+N_MIX = 1000 if FULL else 200
+
+
+def _mixture_data(n):
+    rng = np.random.default_rng(0)
+    comp = rng.random(n) < MIX_W[1]
+    return np.where(comp, rng.normal(2.0, MIX_SD, n), rng.normal(-1.0, MIX_SD, n)).astype(np.float32)
+
+
+@ppl.gen
+def mix_point(mu):
+    z = ppl.categorical(probs=jnp.asarray(MIX_W, jnp.float32)) @ "z"
+    return ppl.normal(mu[z], MIX_SD) @ "y"
+
+
+def _mixture(n):
+    @ppl.gen
+    def mixture(params):
+        mu = ppl.normal(jnp.zeros(2), PRIOR_SD) @ "mu"
+        return mix_point.repeat(n)(mu) @ "data"
+
+    return mixture
+
+
+def _log_post_grid(y, g1, g2):
+    """log p(mu, y) on the grid g1 x g2 (numpy, float64)."""
+    y = np.asarray(y, np.float64)
+    l1 = np.log(MIX_W[0]) + sp_norm.logpdf(y[None], g1[:, None], MIX_SD)  # (G1, n)
+    l2 = np.log(MIX_W[1]) + sp_norm.logpdf(y[None], g2[:, None], MIX_SD)  # (G2, n)
+    out = np.empty((len(g1), len(g2)))
+    for i in range(len(g1)):
+        out[i] = np.logaddexp(l1[i][None], l2).sum(1)
+    return out + sp_norm.logpdf(g1, 0, PRIOR_SD)[:, None] + sp_norm.logpdf(g2, 0, PRIOR_SD)[None]
+
+
+@pytest.mark.statistical
+def test_nuts_on_marginal_mixture_matches_grid_posterior():
+    """NUTS (mcmc.run) on the mixture with the labels summed out; posterior means of the two
+    component means against a 2-D grid quadrature of the exact marginal posterior, within 4 MCSE.
+    200 points by default (1000 with PPL_FULL_STATS=1)."""
+    from inference import mcmc
+    from inference.diagnostics.mcmc import mcse
+
+    y = _mixture_data(N_MIX)
+    model = marginalize(_mixture(N_MIX), ("data", "z"))
+    obs = ppl.ChoiceMap({("data", "y"): jnp.asarray(y)})
+    tr, _ = model.generate(jax.random.key(0), obs.set("mu", jnp.array([-1.0, 2.0])), {})
+    res = mcmc.run(jax.random.key(1), mcmc.nuts(ppl.select("mu")), tr, 1000 if FULL else 300,
+                   n_chains=2, burn_in=1000 if FULL else 200)
+    draws = np.asarray(res.choices["mu"])  # (chains, draws, 2)
+    # grid: +-6 posterior sds around the draws' mean
+    m, s = draws.reshape(-1, 2).mean(0), draws.reshape(-1, 2).std(0)
+    g1, g2 = (np.linspace(m[i] - 6 * s[i], m[i] + 6 * s[i], 301) for i in range(2))
+    lp = _log_post_grid(y, g1, g2)
+    p = np.exp(lp - lp.max())
+    p /= p.sum()
+    exact = np.array([(p.sum(1) * g1).sum(), (p.sum(0) * g2).sum()])
+    err = np.array([mcse(draws[..., i]) for i in range(2)])
+    assert np.all(np.abs(draws.mean((0, 1)) - exact) < 4 * err), (draws.mean((0, 1)), exact, err)
+
+
+def _em_map(y, iters=500):
+    """EM for the MAP of the two means (known weights and scale, N(0, PRIOR_SD^2) prior)."""
+    y = np.asarray(y, np.float64)
+    mu = np.array([-0.5, 0.5])
+    for _ in range(iters):
+        logr = np.log(MIX_W)[None] + sp_norm.logpdf(y[:, None], mu[None], MIX_SD)
+        r = np.exp(logr - np.logaddexp.reduce(logr, axis=1, keepdims=True))
+        mu = (r * y[:, None]).sum(0) / MIX_SD**2 / (r.sum(0) / MIX_SD**2 + 1.0 / PRIOR_SD**2)
+    return mu
+
+
+def test_elbo_with_delta_guide_on_marginal_mixture_matches_em():
+    """vi.elbo with vi.AutoDelta over the remaining latent (the means) of the marginalized mixture
+    is MAP estimation of the marginal density: it must agree with EM's MAP (computed in numpy)."""
+    import optax
+
+    from inference import vi
+
+    n = 200
+    y = _mixture_data(n)
+    model = marginalize(_mixture(n), ("data", "z"))
+    obs = ppl.ChoiceMap({("data", "y"): jnp.asarray(y)})
+    guide = vi.AutoDelta(model, obs)
+    p0 = guide.init_params(jax.random.key(0), init_values={"mu": jnp.array([-0.5, 0.5])})
+    steps = 1500
+    res = vi.fit(jax.random.key(1), vi.elbo(model, guide), p0,
+                 optax.adam(optax.exponential_decay(0.05, steps, 0.02)), steps, obs, progress=False)
+    got = np.asarray(guide.median(res.params)["mu"])
+    np.testing.assert_allclose(got, _em_map(y), atol=2e-3)
