@@ -35,6 +35,9 @@ EXAMPLES: dict[str, tuple[str, str]] = {
     "eight_schools": ("eight_schools.py",
                       "non-centered eight schools with NUTS and a deterministic theta, vs Stan's "
                       "posteriordb reference; LOO with ArviZ"),
+    "curve_fitting": ("curve_fitting.py",
+                      "line fitting with outliers: ppl.cond inside ppl.vmap, Gibbs on the flags + HMC "
+                      "on the line, vs the exact posterior (enumerated outlier configurations)"),
 }
 
 
