@@ -38,6 +38,9 @@ EXAMPLES: dict[str, tuple[str, str]] = {
     "curve_fitting": ("curve_fitting.py",
                       "line fitting with outliers: ppl.cond inside ppl.vmap, Gibbs on the flags + HMC "
                       "on the line, vs the exact posterior (enumerated outlier configurations)"),
+    "tempered_bimodal": ("tempered_bimodal.py",
+                         "tempered SMC on a four-mode posterior: evidence Z-hat vs the exact "
+                         "normalizing constant, mass of each mode"),
 }
 
 
