@@ -85,8 +85,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppl.choicemap import ChoiceMap, Masked, select
-from ppl.core import STATE, raise_from_callback
+from ppl.core import raise_from_callback
 from ppl.errors import AddressError, ArgumentError, ModelError, fmt_addr
+from ppl.staging import debug_enabled
 
 from .._jacobian import flatten, is_continuous, masked_logabsdet, presence, raw, unflatten
 from ._util import as_choicemap, staged
@@ -254,7 +255,7 @@ def _move_impl(key, ps, forward, backward, transform, model, args, args_given, o
     keys = jax.random.split(key, n)
     paths_box: list = []
     traces, w, checks = jax.vmap(one)(keys, ps.traces)
-    if STATE.debug:
+    if debug_enabled():
         jax.debug.callback(functools.partial(_debug_callback, fresh_paths=tuple(paths_box)), *checks)
     return ParticleCollection(traces, ps.log_weights + w, ps.log_z, ps.dead)
 
