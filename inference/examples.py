@@ -41,6 +41,9 @@ EXAMPLES: dict[str, tuple[str, str]] = {
     "tempered_bimodal": ("tempered_bimodal.py",
                          "tempered SMC on a four-mode posterior: evidence Z-hat vs the exact "
                          "normalizing constant, mass of each mode"),
+    "renyi_objective": ("renyi_objective.py",
+                        "a user-written Renyi alpha objective with vi.expectation: value and gradient "
+                        "vs exact quadrature on a conjugate model, then vi.fit to the posterior"),
 }
 
 

@@ -159,7 +159,7 @@ def main(small: bool = False, out_dir=None):
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_title("Curve fitting with outliers (Gibbs + HMC)")
-    ax.legend(loc="upper left")
+    ax.legend(loc="lower right")
     out_dir = out_dir or "."
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "curve_fitting.png")
