@@ -136,8 +136,8 @@ def _put(x, sharding, process_local: bool):
     if process_local:
         # this process's slice of the leading axis: the global array has n_processes times the rows
         return jax.make_array_from_process_local_data(sharding, np.asarray(x))
-    if sharding.is_fully_addressable:
-        return jax.device_put(x, sharding)
+    if sharding.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+        return jax.device_put(x, sharding)  # one process, or resharding an array that is already global
     # a global mesh: every process passes the full value, each keeps its own devices' shards
     # (``jax.device_put`` of an array committed to one local device onto such a mesh is an error)
     a = np.asarray(x)

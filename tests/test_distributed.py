@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 
@@ -49,8 +50,6 @@ def _params():
 # ------------------------------------------------------------------------------ data-parallel VI
 def test_vi_fit_data_parallel_matches_one_device():
     xs, ys = _data()
-    ref = vi.fit(jax.random.key(2), regression_elbo, _params(), optax.adam(0.05), 30, vi.minibatch(xs, BATCH),
-                 vi.minibatch(ys, BATCH), progress=False)
     seen = []
 
     @vi.expectation
@@ -62,21 +61,22 @@ def test_vi_fit_data_parallel_matches_one_device():
     def plain(key, p, xs, ys):
         return regression_elbo.fn(key, p, xs, ys)
 
+    def run():
+        return vi.fit(jax.random.key(2), inspected, _params(), optax.adam(0.05), 12, vi.minibatch(xs, BATCH),
+                      vi.minibatch(ys, BATCH), progress=False)
+
+    ref = run()
+    assert seen and all(len(s.device_set) == 1 for s in seen)
+    seen.clear()
     mesh = device_mesh()
-    with batch_sharding(mesh):
-        res = vi.fit(jax.random.key(2), inspected, _params(), optax.adam(0.05), 30, vi.minibatch(xs, BATCH),
-                     vi.minibatch(ys, BATCH), progress=False)
+    with batch_sharding(mesh):  # the mesh is part of the compilation key: this compiles anew
+        res = run()
     # the minibatch the objective sees inside the compiled step is split over the 4 devices
     assert seen and all(s.spec[0] == "batch" and len(s.device_set) == 4 for s in seen)
     assert res.params["m"].sharding.is_fully_replicated and len(res.params["m"].sharding.device_set) == 4
     np.testing.assert_allclose(res.losses, ref.losses, rtol=2e-5, atol=1e-5)
     for k in ("m", "s"):
         np.testing.assert_allclose(np.asarray(res.params[k]), np.asarray(ref.params[k]), rtol=2e-5, atol=1e-6)
-    # the mesh is part of the compilation key: the same objective without the mesh is not sharded
-    seen.clear()
-    vi.fit(jax.random.key(2), inspected, _params(), optax.adam(0.05), 3, vi.minibatch(xs, BATCH),
-           vi.minibatch(ys, BATCH), progress=False)
-    assert seen and all(len(s.device_set) == 1 for s in seen)
     # gradients of one step: data sharded over the mesh vs one device
     k = jax.random.key(5)
     g_ref = jax.jit(plain.grad_estimate)(k, _params(), xs, ys)
@@ -168,8 +168,9 @@ def test_two_processes_match_one_process(tmp_path):
     try:
         xs, ys = _data()
         ref = to_host(_runs(xs, ys))  # one process, one device (computed while the workers run)
+        deadline = time.monotonic() + 240  # generous: CI machines may be loaded
         for p in procs:
-            logs.append(p.communicate(timeout=150)[0])
+            logs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
     finally:
         for p in procs:
             if p.poll() is None:
