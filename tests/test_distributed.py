@@ -24,7 +24,7 @@ import optax  # noqa: E402
 
 import ppl  # noqa: E402
 from inference import importance, mcmc, smc, vi  # noqa: E402
-from inference.sharding import batch_sharding, device_mesh, shard_batch, to_host  # noqa: E402
+from inference.sharding import batch_sharding, device_mesh, replicate, shard_batch, to_host  # noqa: E402
 
 N_DATA, BATCH = 64, 16
 
@@ -141,6 +141,9 @@ def _worker(pid: int, out_path: str):
     assert not gxs.is_fully_addressable and gxs.shape == (N_DATA,)
     with batch_sharding(mesh):
         out = _runs(gxs, gys)
+    # placement helpers on a mesh spanning both processes: each process's slice, the full value, replicas
+    out["data_from_halves"], out["data_full"] = gxs, shard_batch(np.asarray(xs), mesh)
+    out["replicated"] = replicate(np.asarray(ys), mesh)
     spans = {k: len(v.sharding.device_set) for k, v in out.items() if isinstance(v, jax.Array)}
     out = to_host(out)  # a collective: both processes gather
     if pid == 0:
@@ -181,8 +184,11 @@ def test_two_processes_match_one_process(tmp_path):
     with open(out_path + ".json") as f:
         spans = json.load(f)
     # the batch axes really spanned both processes' devices
-    for k in ("mcmc_x", "is_log_weights", "pf_x"):
+    for k in ("mcmc_x", "is_log_weights", "pf_x", "data_from_halves", "data_full", "replicated"):
         assert spans[k] == 4, (k, spans)
+    np.testing.assert_array_equal(got["data_from_halves"], np.asarray(xs))
+    np.testing.assert_array_equal(got["data_full"], np.asarray(xs))
+    np.testing.assert_array_equal(got["replicated"], np.asarray(ys))
     for k in ("mcmc_x", "is_log_weights", "is_slope", "pf_x", "pf_log_weights"):
         np.testing.assert_array_equal(got[k], ref[k], err_msg=k)  # per-chain / per-particle: bit for bit
     for k in ("is_log_z", "pf_log_z", "fit_m", "fit_s", "fit_loss", "grad_m", "grad_s"):
