@@ -44,6 +44,9 @@ EXAMPLES: dict[str, tuple[str, str]] = {
     "renyi_objective": ("renyi_objective.py",
                         "a user-written Renyi alpha objective with vi.expectation: value and gradient "
                         "vs exact quadrature on a conjugate model, then vi.fit to the posterior"),
+    "stochastic_volatility": ("stochastic_volatility.py",
+                              "stochastic volatility: particle-filter evidence and PMMH for phi vs an "
+                              "exact grid (quadrature) filter"),
 }
 
 
