@@ -66,3 +66,27 @@ def test_pmmh_runs_and_does_not_recompile():
         jax.block_until_ready(smc.pmmh(k, prior, MODEL, args_fn, new_obs, 30, 20, step_size=0.3))
     assert cc.count == 0, cc.names
     assert np.all(np.isfinite(np.asarray(out.log_z)))
+
+
+@pytest.mark.statistical
+def test_pmmh_multichain_is_an_mcmc_result_and_matches_grid_posterior():
+    from inference.mcmc import MCMCResult
+
+    m, s = grid_posterior()
+    n = 2000 if FULL else 400
+    out = smc.pmmh(jax.random.key(3), prior, MODEL, args_fn, OBS, n_particles=60, n_samples=n, step_size=1.5 * s,
+                   burn_in=100, n_chains=4)
+    assert isinstance(out, MCMCResult) and isinstance(out, smc.PMMHChains)
+    assert out.choices["a"].shape == (4, n) and out.log_z.shape == (4, n)
+    rate = np.asarray(out.acceptance_rate())
+    assert rate.shape == (4,) and np.all((rate > 0.05) & (rate < 0.95)), rate
+    assert dict(out.to_arviz().posterior["a"].sizes) == {"chain": 4, "draw": n}
+    row = out.summary().loc["a"]
+    assert row["r_hat"] < 1.05, row
+    assert abs(row["mean"] - m) < 4 * row["mcse_mean"], (row["mean"], m, row["mcse_mean"])
+    assert not np.array_equal(np.asarray(out.choices["a"][0]), np.asarray(out.choices["a"][1]))
+
+
+def test_pmmh_n_chains_must_be_positive():
+    with pytest.raises(ppl.ModelError, match="n_chains"):
+        smc.pmmh(jax.random.key(0), prior, MODEL, args_fn, OBS, 10, 5, n_chains=0)

@@ -31,12 +31,13 @@ __all__ = [
 ]
 
 from .filters import FilterResult, genealogy, particle_filter
+from .online import FilterState, filter_init, filter_step_block
 from .csmc import CSMCResult, PGResult, backward_sample, csmc, particle_gibbs
 
-from .pmmh import PMMHResult, pmmh, random_walk
+from .pmmh import PMMHChains, PMMHResult, pmmh, random_walk
 from .tempered import TemperedResult, ais, power_schedule, resample_move, tempered
 
-__all__ += ["PMMHResult", "pmmh", "random_walk", "TemperedResult", "ais", "power_schedule", "resample_move",
+__all__ += ["PMMHChains", "PMMHResult", "pmmh", "random_walk", "TemperedResult", "ais", "power_schedule", "resample_move",
             "tempered"]
 from .learning import ParameterFitResult, fisher_gradient, fit_parameters, score_climbing_step
 
@@ -44,6 +45,7 @@ __all__ += ["ParameterFitResult", "fisher_gradient", "fit_parameters", "score_cl
 from .moves import move
 
 __all__ += ["move"]
+__all__ += ["FilterState", "filter_init", "filter_step_block"]
 __all__ += ["FilterResult", "genealogy", "particle_filter", "CSMCResult", "PGResult", "backward_sample", "csmc",
             "particle_gibbs"]
 

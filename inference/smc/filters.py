@@ -222,6 +222,87 @@ def latent_part(ch, obs):
     return ch.filter(~select(*paths)) if paths else ch
 
 
+@dataclasses.dataclass(frozen=True)
+class FilterStep:
+    """One time step of the particle filter, ``state, out = fs(key, state, data)`` (hashable: the
+    step function of :func:`run_filter`, :mod:`inference.smc.online` and the checkpointed filter,
+    so all three compute the same bits from the same per-step keys).
+
+    ``state = (carries, log_weights, normalized, log_z, dead, t, last)``: ``normalized`` is
+    ``log_normalize(log_weights)``, ``t`` the global time index of the next step and ``last`` the
+    last step's ``(latent choices, ancestors)`` when ``keep_last`` (else ``()``). ``data =
+    (observations, xs, t0)``: arrays stacked over a block of steps starting at time ``t0``.
+    ``out`` is ``(history, ess, resampled, running log Z-hat)``, ``history`` the step's
+    ``(choices, log_weights, ancestors, carries)`` when ``history`` (else ``()``). The key of time
+    step ``t`` is ``fold_in(key, t)`` in every driver.
+    """
+
+    step: Any
+    n: int
+    proposal: Any = None
+    resampling: str = DEFAULT_RESAMPLING
+    ess_threshold: float = 1.0
+    history: bool = False
+    keep_last: bool = False
+
+    def init(self, carry0, obs_like=None, x_like=None):
+        """The state before step 0 (``obs_like``/``x_like``: one step's observations and xs,
+        needed only with ``keep_last`` to size the stored choices)."""
+        n = self.n
+        carries0 = broadcast_carry(carry0, n)
+        lw0 = jnp.zeros(n, jnp.float32)
+        last = ()
+        if self.keep_last:
+            ch_s = jax.eval_shape(lambda: latent_part(
+                propagate(self.step, jax.random.key(0), carries0, x_like, obs_like, n, self.proposal)[0], obs_like))
+            last = (jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), ch_s),
+                    jnp.arange(n, dtype=jnp.int32))
+        return (carries0, lw0, tuple(log_normalize(lw0)), jnp.zeros((), jnp.float32), jnp.zeros((), bool),
+                jnp.zeros((), jnp.int32), last)
+
+    def __call__(self, k, state, data):
+        carries, lw, normalized, log_z, dead, t, last = state
+        obs, xs, t0 = data
+        i = t - t0
+        obs_t, x_t = jax.tree_util.tree_map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), (obs, xs))
+        k_res, k_prop = jax.random.split(k)
+        anc, lw, log_z, dead, need = resample_step(
+            k_res, lw, log_z, dead, ess_threshold=self.ess_threshold, resampling=self.resampling, when=t > 0,
+            normalized=normalized)
+        carries = gather(carries, anc)
+        ch, carries, w = propagate(self.step, k_prop, carries, x_t, obs_t, self.n, self.proposal)
+        lw = lw + w
+        lwn, lse, now_dead = log_normalize(lw)
+        ch = latent_part(ch, obs_t)
+        hist = (ch, lw, anc, carries) if self.history else ()
+        out = (hist, ess_from_normalized(lwn, now_dead), need, log_evidence(log_z, lse, self.n))
+        new = (carries, lw, (lwn, lse, now_dead), log_z, dead | now_dead, t + 1, (ch, anc) if self.keep_last else ())
+        return new, out
+
+
+def step_keys_scan(fs, key, state, data, length):
+    """Run ``length`` steps of ``fs`` (a :class:`FilterStep`) from ``state`` in one ``lax.scan``,
+    the key of global step ``t`` being ``fold_in(key, t)``; returns ``(state, stacked outputs)``."""
+
+    def body(s, _):
+        return fs(jax.random.fold_in(key, s[5]), s, data)
+
+    return jax.lax.scan(body, state, None, length=length)
+
+
+def filter_result(fs, state, outs, T):
+    """The :class:`FilterResult` of a finished run of ``fs`` (final ``state``, stacked ``outs``)."""
+    carries, lw, _, _, dead, _, last = state
+    hist, ess, resampled, lz_steps = outs
+    if fs.history:
+        ch, lws, anc, cs = hist
+    else:
+        expand = lambda tree: jax.tree_util.tree_map(lambda x: x[None], tree)  # noqa: E731
+        ch, anc = expand(last[0]), expand(last[1])
+        lws, cs = lw[None], expand(carries)
+    return FilterResult(ch, lws, anc, cs, ess, resampled, lz_steps[-1], lz_steps, dead)
+
+
 def run_filter(key, model, args, observations, n_particles, proposal=None, resampling=DEFAULT_RESAMPLING,
                ess_threshold=1.0, history=True) -> FilterResult:
     """:func:`particle_filter` without its staging and argument checks, for use inside traced code
@@ -241,46 +322,11 @@ def run_filter(key, model, args, observations, n_particles, proposal=None, resam
         True
     """
     step, carry0, xs, T, obs = step_slices(model, args, observations, "smc.particle_filter")
-    n = int(n_particles)
-
-    def body(state, inp):
-        carries, lw, lwn, lse, now_dead, log_z, dead, last = state
-        t, k, obs_t, x_t = inp
-        k_res, k_prop = jax.random.split(k)
-        r = resample_step(k_res, lw, log_z, dead, ess_threshold=ess_threshold, resampling=resampling, when=t > 0,
-                          normalized=(lwn, lse, now_dead))
-        anc, lw, log_z, dead, need = r
-        carries = gather(carries, anc)
-        ch, carries, w = propagate(step, k_prop, carries, x_t, obs_t, n, proposal)
-        lw = lw + w
-        lwn, lse, now_dead = log_normalize(lw)
-        ch = latent_part(ch, obs_t)
-        hist = (ch, lw, anc, carries) if history else ()
-        out = (hist, ess_from_normalized(lwn, now_dead), need, log_evidence(log_z, lse, n))
-        new_state = (carries, lw, lwn, lse, now_dead, log_z, dead | now_dead, (ch, anc) if not history else ())
-        return new_state, out
-
-    carries0 = broadcast_carry(carry0, n)
-    lw0 = jnp.zeros(n, jnp.float32)
-    state0 = (carries0, lw0) + tuple(log_normalize(lw0)) + (jnp.zeros((), jnp.float32), jnp.zeros((), bool))
-    inputs = (jnp.arange(T), jax.random.split(key, T), obs, xs)
-    if not history:  # carry the last step's particles instead of stacking every step
-        sl = jax.tree_util.tree_map(lambda x: x[0], (obs, xs))
-        ch_s = jax.eval_shape(lambda: latent_part(propagate(step, key, carries0, sl[1], sl[0], n, proposal)[0], sl[0]))
-        state0 = state0 + ((jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), ch_s),
-                            jnp.arange(n, dtype=jnp.int32)),)
-    else:
-        state0 = state0 + ((),)
-    (carries, lw, _, _, _, log_z, dead, last), (hist, ess, resampled, lz_steps) = jax.lax.scan(
-        body, state0, inputs, length=T)
-    if history:
-        ch, lws, anc, cs = hist
-    else:
-        expand = lambda tree: jax.tree_util.tree_map(lambda x: x[None], tree)  # noqa: E731
-        ch, anc = expand(last[0]), expand(last[1])
-        lws, cs = lw[None], expand(carries)
-    check_alive(dead, "smc.particle_filter")
-    return FilterResult(ch, lws, anc, cs, ess, resampled, lz_steps[-1], lz_steps, dead)
+    fs = FilterStep(step, int(n_particles), proposal, resampling, ess_threshold, bool(history), not history)
+    sl = jax.tree_util.tree_map(lambda x: x[0], (obs, xs))
+    state, outs = step_keys_scan(fs, key, fs.init(carry0, *sl), (obs, xs, 0), T)
+    check_alive(state[4], "smc.particle_filter")
+    return filter_result(fs, state, outs, T)
 
 
 _filter_staged = staged(("model", "n_particles", "proposal", "resampling", "ess_threshold", "history"), ("args",))(
@@ -289,7 +335,9 @@ _filter_staged = staged(("model", "n_particles", "proposal", "resampling", "ess_
 
 
 def particle_filter(key, model, args, observations, n_particles: int, proposal=None,
-                    resampling: str = DEFAULT_RESAMPLING, ess_threshold: float = 1.0, history: bool = True) -> FilterResult:
+                    resampling: str = DEFAULT_RESAMPLING, ess_threshold: float = 1.0, history: bool = True, *,
+                    checkpoint_dir: str | None = None, block_size: int = 1000,
+                    keep_checkpoints: int = 3) -> FilterResult:
     """Bootstrap (or guided) particle filter for a ``ppl.scan`` model with per-step observations.
 
     ``args = (init_carry, xs)`` are the scan model's arguments; ``observations`` is a ChoiceMap of
@@ -304,7 +352,17 @@ def particle_filter(key, model, args, observations, n_particles: int, proposal=N
     threshold; new observations or arguments of the same shapes do not recompile.
     ``history=False`` keeps only the last step's particles (per-step fields then have a time axis
     of length 1, except ``ess``, ``resampled`` and ``log_z_steps``), which saves memory and time
-    when only the evidence or the final filtering distribution is needed. If every
+    when only the evidence or the final filtering distribution is needed: the memory of the
+    compiled filter then grows with ``T`` only by the three ``(T,)`` arrays (for a stream that
+    does not fit in memory use :func:`~inference.smc.filter_step_block`). The key of time step
+    ``t`` is ``jax.random.fold_in(key, t)``.
+
+    With ``checkpoint_dir`` the filter runs in blocks of ``block_size`` time steps (one compiled
+    program per block) and saves its state after each block under ``checkpoint_dir`` (the
+    ``keep_checkpoints`` latest; per-step outputs once, see :mod:`inference.checkpoint`); a later
+    call with the same key, model shapes and settings resumes from the latest intact checkpoint,
+    and the result is bit-identical to an uninterrupted run (with or without ``checkpoint_dir``).
+    A different setting raises :class:`inference.checkpoint.CheckpointMismatchError`. If every
     particle dies the result's ``all_dead`` is True and log Z-hat is ``-inf`` (in ``ppl.debug()``
     mode an :class:`~inference.smc.AllParticlesDeadError` is raised).
 
@@ -325,8 +383,31 @@ def particle_filter(key, model, args, observations, n_particles: int, proposal=N
     from ppl.core import as_args_tuple
 
     check_resampling(resampling, "smc.particle_filter")
+    if checkpoint_dir is not None:
+        return _checkpointed(key, model, as_args_tuple(args, "smc.particle_filter"), as_choicemap(observations),
+                             check_n_particles(n_particles, "smc.particle_filter"), proposal, resampling,
+                             float(ess_threshold), bool(history), checkpoint_dir, block_size, keep_checkpoints)
     return _filter_staged(
         key, model=model, args=as_args_tuple(args, "smc.particle_filter"), observations=as_choicemap(observations),
         n_particles=check_n_particles(n_particles, "smc.particle_filter"), proposal=proposal, resampling=resampling,
         ess_threshold=float(ess_threshold), history=bool(history),
     )
+
+
+def _checkpointed(key, model, args, observations, n, proposal, resampling, ess_threshold, history, directory,
+                  block_size, keep):
+    """:func:`particle_filter` as :func:`inference.checkpoint.chunked_loop` blocks of :class:`FilterStep`."""
+    from ..checkpoint import chunked_loop
+
+    if int(block_size) < 1:
+        raise ValueError(f"smc.particle_filter: block_size must be >= 1, got {block_size}")
+    step, carry0, xs, T, obs = step_slices(model, args, observations, "smc.particle_filter")
+    fs = FilterStep(step, n, proposal, resampling, ess_threshold, history, not history)
+    sl = jax.tree_util.tree_map(lambda x: x[0], (obs, xs))
+    settings = {"n_particles": n, "resampling": resampling, "ess_threshold": ess_threshold, "history": history,
+                "proposal": getattr(proposal, "name", None if proposal is None else type(proposal).__name__)}
+    state, outs = chunked_loop(key, fs, fs.init(carry0, *sl), T, int(block_size), directory, progress=False,
+                               desc="smc.particle_filter", data=(obs, xs, 0), keep=int(keep), settings=settings,
+                               device_outputs=True)
+    check_alive(state[4], "smc.particle_filter")
+    return filter_result(fs, state, outs, T)
