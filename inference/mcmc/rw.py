@@ -44,11 +44,71 @@ import jax.numpy as jnp
 from ppl.choicemap import Masked, Selection, select
 from ppl.errors import ModelError
 
-from .base import as_selection
+from .base import accept, as_selection
 from .gradient import UnconstrainedKernel
 from .infos import RWInfo
 
-__all__ = ["rw", "RW"]
+__all__ = ["rw", "RW", "rw_proposal", "rw_step"]
+
+
+def rw_proposal(key, x, step_size, scale=None):
+    """The Gaussian random-walk proposal ``x + step_size * scale * N(0, I)``.
+
+    ``x`` is an array or a pytree (e.g. a :class:`ppl.ChoiceMap`); only its floating-point leaves
+    move. ``scale`` is ``None`` (1), a scalar, or a pytree shaped like ``x`` of per-coordinate
+    scales. A bare array uses ``key`` for its noise; a pytree splits ``key`` into one key per leaf.
+    The proposal is symmetric, so it adds no term to the MH ratio. Every random-walk move of the
+    library (``mcmc.rw``, the moves of ``smc.tempered``/``smc.ais``) proposes through this function.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ppl
+        >>> ch = rw_proposal(jax.random.key(0), ppl.ChoiceMap({"a": 1.0, "n": 3}), 0.1)
+        >>> int(ch["n"]), bool(ch["a"] != 1.0)
+        (3, True)
+        >>> rw_proposal(jax.random.key(0), jnp.zeros(3), 0.5, jnp.zeros(3)).tolist()
+        [0.0, 0.0, 0.0]
+    """
+    if isinstance(x, (jax.Array, jnp.ndarray)):
+        leaves, treedef, ks = [x], None, [key]
+    else:
+        leaves, treedef = jax.tree_util.tree_flatten(x)
+        ks = jax.random.split(key, max(len(leaves), 1))
+    if scale is None or treedef is None or isinstance(scale, (int, float)) or getattr(scale, "ndim", None) == 0:
+        scales = [scale] * len(leaves)          # one scale for every leaf (or the bare array's own)
+    else:
+        scales = jax.tree_util.tree_leaves(scale)
+    out = []
+    for k, v, s in zip(ks, leaves, scales):
+        v = jnp.asarray(v)
+        if jnp.issubdtype(v.dtype, jnp.floating):
+            e = step_size * jax.random.normal(k, v.shape, v.dtype)
+            v = v + (e if s is None else e * s)
+        out.append(v)
+    return out[0] if treedef is None else jax.tree_util.tree_unflatten(treedef, out)
+
+
+def rw_step(key, logdensity_fn, x, step_size, scale=None, logdensity=None):
+    """One random-walk Metropolis step on ``x`` (an array or a pytree) for the target ``logdensity_fn``.
+
+    ``logdensity_fn(key, x) -> (log_density, aux)`` (``aux`` any pytree carried along with ``x``,
+    e.g. the parts of the density; the key is for functions that need one, e.g.
+    ``model.generate``). Proposes with :func:`rw_proposal` and accepts with
+    :func:`inference.mcmc.base.accept`. ``logdensity`` is ``(log_density, aux)`` at ``x`` when
+    known (it is computed otherwise). Returns ``((x, log_density, aux), info)`` with ``info`` an
+    :class:`inference.mcmc.infos.MHInfo`. The key splits into three: proposal, density, accept.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> target = lambda k, x: (-0.5 * jnp.sum(x ** 2), ())
+        >>> (x, lp, _), info = rw_step(jax.random.key(0), target, jnp.zeros(2), 0.5)
+        >>> x.shape, info._fields
+        ((2,), ('acceptance_rate', 'accepted'))
+    """
+    k_prop, k_dens, k_acc = jax.random.split(key, 3)
+    x_new = rw_proposal(k_prop, x, step_size, scale)
+    ld_new, aux_new = logdensity_fn(k_dens, x_new)
+    ld, aux = logdensity_fn(k_dens, x) if logdensity is None else logdensity
+    return accept(k_acc, ld_new - ld, (x_new, ld_new, aux_new), (x, ld, aux))
 
 
 def _continuous_paths(trace):
@@ -92,7 +152,7 @@ class RW(UnconstrainedKernel):
         return RWInfo(mh.acceptance_rate, mh.accepted, eps)
 
     def _propose(self, key, vg, u, lp, g, eps):
-        u2 = u + eps * jax.random.normal(key, u.shape, u.dtype)
+        u2 = rw_proposal(key, u, eps)
         lp2, g2 = vg(u2)
         return u2, lp2, g2, jnp.zeros((), lp.dtype)
 

@@ -48,10 +48,9 @@ from ppl.choicemap import Masked, select
 from ppl.errors import ModelError
 
 from .. import sharding
-from ..mcmc.base import accept
+from ..mcmc.rw import rw_step
 from ._util import as_choicemap, check_n_particles, renamed_kwargs, staged
 from .particles import ParticleCollection, gather
-from .pmmh import random_walk
 from .resampling import ess as _ess
 from .resampling import DEFAULT_RESAMPLING, check_resampling, log_normalize, resample_step
 from .steps import extend, init, rejuvenate, resample_if
@@ -157,18 +156,17 @@ def _tempered(key, model, args, observations, n_particles, betas, n_mcmc, step_s
         lat, lp, ll, lw, log_z = pop
         n = lw.shape[0]
 
+        def tempered_target(k, x):
+            lp_x, ll_x = log_prior_lik(k, x)
+            return lp_x + beta * ll_x, (lp_x, ll_x)
+
         def mh(carry, km):
             lat, lp, ll = carry
 
             def one(k, lat_i, lp_i, ll_i):
-                k1, k2, k3 = jax.random.split(k, 3)
-                noise = random_walk(k1, jax.tree_util.tree_map(jnp.zeros_like, lat_i), 1.0)
-                prop = jax.tree_util.tree_map(lambda v, e, s: v + step_size * e * s if jnp.issubdtype(
-                    v.dtype, jnp.floating) else v, lat_i, noise, scale)
-                lp_n, ll_n = log_prior_lik(k2, prop)
-                log_a = lp_n + beta * ll_n - lp_i - beta * ll_i
-                kept, info = accept(k3, log_a, (prop, lp_n, ll_n), (lat_i, lp_i, ll_i))
-                return kept, info.accepted
+                (lat_i, _, (lp_i, ll_i)), info = rw_step(k, tempered_target, lat_i, step_size, scale,
+                                                         (lp_i + beta * ll_i, (lp_i, ll_i)))
+                return (lat_i, lp_i, ll_i), info.accepted
 
             (lat, lp, ll), acc = jax.vmap(one)(jax.random.split(km, n), lat, lp, ll)
             return (lat, lp, ll), jnp.mean(acc.astype(jnp.float32))
