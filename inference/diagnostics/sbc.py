@@ -102,6 +102,65 @@ def _split_choices(choices, observed_addrs, fn: str):
     return obs, lat
 
 
+_CHUNK = 100
+
+
+def _simulate_choices(key, *, model, args, n):
+    """The choices of ``n`` independent ``model.simulate`` draws, stacked; simulated in chunks of
+    ``_CHUNK`` so that one compiled program per model and argument structure serves every ``n``."""
+    keys = jax.random.split(key, -(-n // _CHUNK))
+    chunks = [_simulate_chunk(k, model=model, args=args, n=_CHUNK) for k in keys]
+    return jax.tree.map(lambda *v: np.concatenate([np.asarray(x) for x in v])[:n], *chunks)
+
+
+def _simulate_chunk(key, *, model, args, n):
+    from ppl.staging import staged
+
+    global _simulate_choices_staged
+    if _simulate_choices_staged is None:
+        @staged(static_argnames=("model", "n"), packed_argnames=("args",))
+        def run(key, *, model, args, n):
+            return jax.vmap(lambda k: model.simulate(k, *args).get_choices())(jax.random.split(key, n))
+
+        _simulate_choices_staged = run
+    return _simulate_choices_staged(key, model=model, args=args, n=n)
+
+
+_simulate_choices_staged = None
+
+
+def _geweke_chain(key, *, model, args, transition, lat_paths, n_steps):
+    """Choices of the successive-conditional chain, stacked over ``n_steps`` (one compiled program
+    per model, argument structure, transition and length)."""
+    from ppl.staging import staged
+
+    global _geweke_chain_staged
+    if _geweke_chain_staged is None:
+        @staged(static_argnames=("model", "transition", "lat_paths", "n_steps"), packed_argnames=("args",))
+        def run(key, *, model, args, transition, lat_paths, n_steps):
+            from ppl.arguments import as_choicemap
+            from ppl.choicemap import ChoiceMap
+
+            def step(tr, k):
+                k1, k2 = jax.random.split(k)
+                out = transition(k1, tr)
+                tr = out[0] if isinstance(out, tuple) else out
+                values = dict(as_choicemap(tr.get_choices(), "geweke_test: trace choices").leaves())
+                latents = ChoiceMap.from_leaves([(p, values[p]) for p in lat_paths])
+                tr, _ = model.generate(k2, latents, *args)
+                return tr, tr.get_choices()
+
+            k0, k1 = jax.random.split(key)
+            return jax.lax.scan(step, model.simulate(k0, *args), jax.random.split(k1, n_steps))[1]
+
+        _geweke_chain_staged = run
+    return _geweke_chain_staged(key, model=model, args=args, transition=transition, lat_paths=lat_paths,
+                                n_steps=n_steps)
+
+
+_geweke_chain_staged = None
+
+
 def _default_bins(n_ranks: int, n_sims: int) -> int:
     cap = max(2, min(20, n_sims // 5))
     for b in range(cap, 1, -1):
@@ -151,7 +210,7 @@ def sbc(key, model, args, observed_addrs, inference_fn, n_sims: int, *, n_bins: 
     if int(n_sims) < 2:
         raise ArgumentError(f"sbc: n_sims={n_sims}; use at least 100 simulations for a useful test")
     k_sim, k_inf, k_tie = jax.random.split(key, 3)
-    sims = jax.vmap(lambda k: model.simulate(k, *args).get_choices())(jax.random.split(k_sim, n_sims))
+    sims = _simulate_choices(k_sim, model=model, args=args, n=int(n_sims))
     obs_leaves, lat_leaves = _split_choices(sims, observed_addrs, "sbc")
     inf_keys = jax.random.split(k_inf, n_sims)
     obs_batched = ChoiceMap.from_leaves(obs_leaves)
@@ -160,8 +219,9 @@ def sbc(key, model, args, observed_addrs, inference_fn, n_sims: int, *, n_bins: 
         per_sim = None
     else:
         per_sim = []
+        obs_np = [(p, np.asarray(v)) for p, v in obs_leaves]
         for i in range(n_sims):
-            obs_i = ChoiceMap.from_leaves([(p, v[i]) for p, v in obs_leaves])
+            obs_i = ChoiceMap.from_leaves([(p, v[i]) for p, v in obs_np])
             out = as_choicemap(inference_fn(inf_keys[i], obs_i), "sbc: inference_fn result")
             per_sim.append(dict(out.leaves()))
         batched = None
@@ -326,7 +386,6 @@ def geweke_test(key, model, args, observed_addrs, transition, n_samples: int, *,
     from scipy import stats
 
     from ppl.arguments import as_choicemap
-    from ppl.choicemap import ChoiceMap
     from ppl.errors import ArgumentError
 
     if not isinstance(args, tuple):
@@ -337,33 +396,21 @@ def geweke_test(key, model, args, observed_addrs, transition, n_samples: int, *,
         raise ArgumentError(f"geweke_test: n_samples={n_samples} is too few for {n_batches} batch means; "
                             f"use at least {2 * n_batches} (thousands for a sensitive test)")
     n_marginal = n_samples if n_marginal is None else n_marginal
-    k0, k_chain, k_marg = jax.random.split(key, 3)
-    tr0 = model.simulate(k0, *args)
-    _, lat = _split_choices(tr0.get_choices(), observed_addrs, "geweke_test")
-    lat_paths = [p for p, _ in lat]
+    k_chain, k_marg = jax.random.split(key)
+    marginal_choices = _simulate_choices(k_marg, model=model, args=args, n=int(n_marginal))
+    _, lat = _split_choices(as_choicemap(marginal_choices), observed_addrs, "geweke_test")
+    lat_paths = tuple(p for p, _ in lat)
     if test_functions is None:
         g = _default_tests(lat_paths)
     else:
         def g(choices):
             return {k: jnp.asarray(f(choices), float) for k, f in test_functions.items()}
 
-    def step(tr, k):
-        k1, k2 = jax.random.split(k)
-        out = transition(k1, tr)
-        tr = out[0] if isinstance(out, tuple) else out
-        values = dict(as_choicemap(tr.get_choices(), "geweke_test: trace choices").leaves())
-        latents = ChoiceMap.from_leaves([(p, values[p]) for p in lat_paths])
-        tr, _ = model.generate(k2, latents, *args)
-        return tr, g(tr.get_choices())
-
-    @jax.jit
-    def chain(k):
-        _, out = jax.lax.scan(step, tr0, jax.random.split(k, burn_in + n_samples))
-        return jax.tree.map(lambda v: v[burn_in:], out)
-
-    successive = chain(k_chain)
-    marginal = jax.jit(jax.vmap(lambda k: g(model.simulate(k, *args).get_choices())))(
-        jax.random.split(k_marg, n_marginal))
+    chain = _geweke_chain(k_chain, model=model, args=args, transition=transition, lat_paths=lat_paths,
+                          n_steps=burn_in + n_samples)
+    chain = jax.tree.map(lambda v: v[burn_in:], chain)
+    successive = jax.vmap(g)(chain)
+    marginal = jax.vmap(g)(marginal_choices)
     z, mm, sm = {}, {}, {}
     for name in successive:
         s = np.asarray(successive[name], np.float64).reshape(n_samples, -1)
