@@ -133,7 +133,7 @@ _SCRIPT = textwrap.dedent("""
         ppl.normal(x, 0.5) @ "y"
         return x, None
 
-    T = 3000
+    T = 2000
     ys = jnp.sin(jnp.arange(T) / 30.0)
     res = smc.particle_filter(jax.random.key(11), ppl.scan(step, length=T), (0.0, None), ppl.ChoiceMap({"y": ys}),
                               64, ess_threshold=0.5, history=False, checkpoint_dir=sys.argv[1], block_size=40)
@@ -161,12 +161,12 @@ def test_sigkill_and_resume(tmp_path):
     assert killed, "the run finished before it could be killed; make it longer"
     assert not out.exists()
     stopped_at = checkpoint.latest_step(str(d))
-    assert stopped_at is not None and stopped_at < 3000
+    assert stopped_at is not None and stopped_at < 2000
     subprocess.run([sys.executable, str(script), str(d), str(out)], env=env, check=True, timeout=120)
     got = np.load(out)
 
-    ys = jnp.sin(jnp.arange(3000) / 30.0)
-    ref = smc.particle_filter(jax.random.key(11), ppl.scan(step, length=3000), (0.0, None),
+    ys = jnp.sin(jnp.arange(2000) / 30.0)
+    ref = smc.particle_filter(jax.random.key(11), ppl.scan(step, length=2000), (0.0, None),
                               ppl.ChoiceMap({"y": ys}), 64, ess_threshold=0.5, history=False)
     assert np.array_equal(got["log_z"], np.asarray(ref.log_z))
     assert np.array_equal(got["steps"], np.asarray(ref.log_z_steps))

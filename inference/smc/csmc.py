@@ -29,17 +29,21 @@ See :func:`csmc`, :func:`particle_gibbs` and :func:`backward_sample` for example
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+import ppl
 
 from ._util import check_n_particles, staged
 from .filters import broadcast_carry, latent_part, propagate, run_filter, step_slices, trace_back
 from .particles import gather
 from .resampling import DEFAULT_RESAMPLING, invert_cdf, log_evidence, log_normalize, resample_step
 
-__all__ = ["CSMCResult", "csmc", "particle_gibbs", "PGResult", "backward_sample", "csmc_sweep", "backward_paths"]
+__all__ = ["CSMCResult", "csmc", "particle_gibbs", "PGResult", "backward_sample", "csmc_sweep", "backward_paths",
+           "param_model"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -57,10 +61,14 @@ class CSMCResult:
 
 @dataclasses.dataclass(eq=False)
 class PGResult:
-    """Particle Gibbs chain: ``references`` (leaves ``(n_iter, T, ...)``) and ``log_z`` per iteration."""
+    """Particle Gibbs chain: ``references`` (leaves ``(n_iter, T, ...)``) and ``log_z`` per iteration;
+    with a ``param_kernel`` also ``params`` (the prior's choices per iteration, leaves
+    ``(n_iter, ...)``) and ``info`` (the parameter kernel's info per iteration), else ``None``."""
 
     references: Any
     log_z: Any
+    params: Any = None
+    info: Any = None
 
     def smoothing_mean(self, fn=None, burn_in: int = 0):
         """Average of ``fn(reference)`` (default: the reference itself) over the chain after burn-in."""
@@ -206,7 +214,11 @@ def csmc(key, model, args, observations, n_particles: int, reference, ancestor_s
     )
 
 
-def _pg(key, model, args, observations, n_particles, n_iter, init_reference, ancestor_sampling):
+def _pg(key, model, args, observations, n_particles, n_iter, init_reference, ancestor_sampling, prior=None,
+        args_fn=None, param_kernel=None, init_params=None):
+    if param_kernel is not None:
+        return _pg_params(key, model, observations, n_particles, n_iter, init_reference, ancestor_sampling, prior,
+                          args_fn, param_kernel, init_params)
     step, carry0, xs, T, obs = step_slices(model, args, observations, "smc.particle_gibbs")
     n = int(n_particles)
     k0, k_chain = jax.random.split(key)
@@ -229,16 +241,99 @@ def _sweep_init(key, model, args, obs, n):
     return res.sample_trajectory(k2)
 
 
-_pg_staged = staged(("model", "n_particles", "n_iter", "ancestor_sampling"), ("args",))(_pg)
+@functools.lru_cache(maxsize=64)
+def param_model(prior, model, args_fn):
+    """The model the parameter kernel of :func:`particle_gibbs` moves: ``params ~ prior`` at address
+    ``"params"`` and a ``ppl.factor`` at ``"path"`` with ``log p(path, y | args_fn(params))`` (the
+    scan model's density of the latent path and observations, passed as the model's argument).
+    Returns the prior's return value.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ppl
+        >>> @ppl.gen
+        ... def step(x, _):
+        ...     x = ppl.normal(x, 1.0) @ "x"
+        ...     ppl.normal(x, 1.0) @ "y"
+        ...     return x, None
+        >>> @ppl.gen
+        ... def prior():
+        ...     return ppl.normal(0.0, 1.0) @ "x0"
+        >>> pm = param_model(prior, ppl.scan(step, length=2), lambda x0: (x0, None))
+        >>> tr = pm.simulate(jax.random.key(0), ppl.ChoiceMap({"x": jnp.zeros(2), "y": jnp.ones(2)}))
+        >>> tr.get_choices().addresses()
+        [('params', 'x0')]
+    """
+
+    @ppl.gen
+    def joint(path):
+        theta = prior() @ "params"
+        ppl.factor(model.assess(path, *args_fn(theta))[0]) @ "path"
+        return theta
+
+    return joint
+
+
+def _pg_params(key, model, observations, n_particles, n_iter, init_reference, ancestor_sampling, prior, args_fn,
+               kernel, init_params):
+    from ppl.choicemap import ChoiceMap
+
+    joint = param_model(prior, model, args_fn)
+    n = int(n_particles)
+    k0, k1, k2, k_chain = jax.random.split(key, 4)
+    theta0 = prior.simulate(k0) if init_params is None else None
+    params0 = theta0.get_choices() if init_params is None else init_params
+    args0 = tuple(args_fn(prior.assess(params0)[1] if theta0 is None else theta0.get_retval()))
+    step, carry0, xs, T, obs = step_slices(model, args0, observations, "smc.particle_gibbs")
+    ref0 = _sweep_init(k1, model, args0, obs, n) if init_reference is None else init_reference
+    constraints = ChoiceMap({"params": params0})
+    tr0, _ = joint.generate(k2, constraints, ref0 | obs)
+    st0 = kernel.init(k2, tr0, 0)
+    match = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
+        lambda a, b: jax.lax.convert_element_type(a, jnp.result_type(b)), new, old)
+
+    def body(carry, k):
+        tr, st, ref = carry
+        k_sweep, k_gen, k_kern = jax.random.split(k, 3)
+        args = tuple(args_fn(tr.get_retval()))
+        _, carry0, xs, _, _ = step_slices(model, args, obs, "smc.particle_gibbs")
+        out = csmc_sweep(k_sweep, step, carry0, xs, T, obs, ref, n, ancestor_sampling)
+        tr, _ = joint.generate(k_gen, tr.get_choices(), out.reference | obs)
+        tr2, st2, info = kernel.step(k_kern, tr, st, False)
+        tr2, st2 = match(tr2, tr), match(st2, st)
+        params = tr2.get_choices().get_submap("params")
+        return (tr2, st2, out.reference), (out.reference, out.log_z, params, info)
+
+    carry0 = (tr0, jax.tree_util.tree_map(lambda x: jax.lax.convert_element_type(x, jnp.result_type(x)), st0), ref0)
+    _, (refs, lz, params, info) = jax.lax.scan(body, carry0, jax.random.split(k_chain, n_iter))
+    return PGResult(refs, lz, params, info)
+
+
+_pg_staged = staged(("model", "n_particles", "n_iter", "ancestor_sampling", "prior", "args_fn", "param_kernel"),
+                    ("args",))(_pg)
 
 
 def particle_gibbs(key, model, args, observations, n_particles: int, n_iter: int, init_reference=None,
-                   ancestor_sampling: bool = True) -> PGResult:
+                   ancestor_sampling: bool = True, *, prior=None, args_fn=None, param_kernel=None,
+                   init_params=None) -> PGResult:
     """Particle Gibbs (with ancestor sampling by default): ``n_iter`` iterated CSMC sweeps.
 
     The initial reference is drawn from a bootstrap particle filter unless given. Returns a
     :class:`PGResult` whose ``references`` form a Markov chain with the smoothing distribution
     ``p(x_{1:T} | y_{1:T})`` as its stationary distribution.
+
+    **Static parameters.** With ``prior`` (a generative function over the parameters), ``args_fn``
+    (``args_fn(prior_retval) -> (init_carry, xs)``, the scan model's arguments, as for
+    :func:`~inference.smc.pmmh`; ``args`` is then ignored, pass ``None``) and ``param_kernel`` (any
+    MCMC kernel: ``mcmc.rw(...)``, ``mcmc.hmc(...)``, ``mcmc.mh(...)``, ``mcmc.cycle(...)``...),
+    every iteration alternates a CSMC sweep for the latent path given the parameters and one
+    ``param_kernel`` step for the parameters given the path. The kernel moves a trace of
+    :func:`param_model`: the prior's choices sit under the address ``"params"`` (select them as
+    ``ppl.select("params")``, or ``ppl.select(("params", "a"))`` for one) and the path's density
+    is a factor, so the chain targets ``p(theta, x_{1:T} | y_{1:T})``. ``init_params`` is an
+    optional ChoiceMap of the prior's choices to start from (default: a prior draw). The
+    result's ``params`` holds the prior's choices per iteration and ``info`` the kernel's infos
+    (e.g. ``info.acceptance_rate``). Kernels that adapt during ``mcmc.run``'s burn-in do not
+    adapt here (they start with no warm-up): give their step size.
 
     Example:
         >>> import jax, jax.numpy as jnp, ppl
@@ -252,16 +347,47 @@ def particle_gibbs(key, model, args, observations, n_particles: int, n_iter: int
         >>> pg = smc.particle_gibbs(jax.random.key(0), ppl.scan(step, length=5), (0.0, None), obs, 8, 20)
         >>> pg.smoothing_mean()["x"].shape
         (5,)
+        >>> from inference import mcmc
+        >>> @ppl.gen
+        ... def drift_step(x, mu):
+        ...     x = ppl.normal(x + mu, 1.0) @ "x"
+        ...     ppl.normal(x, 1.0) @ "y"
+        ...     return x, None
+        >>> @ppl.gen
+        ... def prior():
+        ...     return ppl.normal(0.0, 1.0) @ "mu"
+        >>> pg = smc.particle_gibbs(jax.random.key(1), ppl.scan(drift_step, length=5), None, obs, 8, 20,
+        ...                         prior=prior, args_fn=lambda mu: (0.0, jnp.full(5, mu)),
+        ...                         param_kernel=mcmc.rw(ppl.select("params"), 0.5, adapt=False))
+        >>> pg.params["mu"].shape, pg.references["x"].shape
+        ((20,), (20, 5))
     """
     from ppl.core import as_args_tuple
+    from ppl.errors import ModelError
 
     from ._util import as_choicemap
 
+    given = [name for name, v in (("prior", prior), ("args_fn", args_fn), ("param_kernel", param_kernel))
+             if v is not None]
+    if given and len(given) != 3:
+        raise ModelError(
+            f"smc.particle_gibbs: got {', '.join(given)} but parameter updates need all of prior, args_fn and "
+            "param_kernel (e.g. param_kernel=mcmc.rw(ppl.select('params')))")
+    if param_kernel is not None:
+        from ..mcmc import Kernel
+
+        if not isinstance(param_kernel, Kernel):
+            raise ModelError(f"smc.particle_gibbs: param_kernel must be an MCMC kernel (mcmc.rw, mcmc.hmc, "
+                             f"mcmc.mh, ...), got {param_kernel!r}")
+        args = ()
+    else:
+        args = as_args_tuple(args, "smc.particle_gibbs")
     return _pg_staged(
-        key, model=model, args=as_args_tuple(args, "smc.particle_gibbs"), observations=as_choicemap(observations),
+        key, model=model, args=args, observations=as_choicemap(observations),
         n_particles=check_n_particles(n_particles, "smc.particle_gibbs"),
         n_iter=check_n_particles(n_iter, "smc.particle_gibbs", "n_iter"), init_reference=None if init_reference is None else as_choicemap(init_reference),
-        ancestor_sampling=bool(ancestor_sampling),
+        ancestor_sampling=bool(ancestor_sampling), prior=prior, args_fn=args_fn, param_kernel=param_kernel,
+        init_params=None if init_params is None else as_choicemap(init_params),
     )
 
 
