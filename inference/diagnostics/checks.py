@@ -6,6 +6,11 @@
 - :func:`batch_means_se`: Monte Carlo standard error of a correlated (MCMC) series.
 - :class:`CompileCounter`: count XLA compilations in a block (assert "no recompilation").
 
+Use :func:`unbiasedness_ztest` for estimators of a marginal likelihood ``Z`` (importance
+sampling, SMC: unbiased for ``Z``, not ``log Z``) and :func:`mean_ztest` for any other unbiased
+estimator, e.g. a gradient estimator against an exact gradient. docs/diagnostics.md has worked
+examples; :mod:`inference.diagnostics.sbc` checks whole posterior samplers.
+
 Example:
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
