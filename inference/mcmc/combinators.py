@@ -51,12 +51,9 @@ def _check(kernels, who):
             raise TypeError(f"mcmc.{who}: expected MCMC kernels (mcmc.mh, mcmc.hmc, ...), got {k!r}")
 
 
-@dataclasses.dataclass(frozen=True)
-class Cycle(Kernel):
-    """Apply each kernel in turn (see :func:`cycle`)."""
-
-    kernels: tuple
-    name = "cycle"
+class _OfKernels(Kernel):
+    """A kernel built from several component kernels (``self.kernels``): it moves what any
+    component moves, and its state is the tuple of the components' states."""
 
     def moves(self, trace):
         """The choices any component moves."""
@@ -65,6 +62,14 @@ class Cycle(Kernel):
     def init(self, key, trace, n_warmup=0):
         ks = jax.random.split(key, len(self.kernels))
         return tuple(k.init(kk, trace, n_warmup) for k, kk in zip(self.kernels, ks))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cycle(_OfKernels):
+    """Apply each kernel in turn (see :func:`cycle`)."""
+
+    kernels: tuple
+    name = "cycle"
 
     def step(self, key, trace, state, synced=False):
         ks = jax.random.split(key, len(self.kernels))
@@ -113,20 +118,12 @@ def _strong(tree):
 
 
 @dataclasses.dataclass(frozen=True)
-class Mixture(Kernel):
+class Mixture(_OfKernels):
     """Apply one kernel drawn at random (see :func:`mixture`)."""
 
     kernels: tuple
     probs: tuple
     name = "mixture"
-
-    def moves(self, trace):
-        """The choices any component moves."""
-        return _union_moves(self.kernels, trace)
-
-    def init(self, key, trace, n_warmup=0):
-        ks = jax.random.split(key, len(self.kernels))
-        return tuple(k.init(kk, trace, n_warmup) for k, kk in zip(self.kernels, ks))
 
     def step(self, key, trace, state, synced=False):
         kc, *ks = jax.random.split(key, len(self.kernels) + 1)
