@@ -47,6 +47,9 @@ EXAMPLES: dict[str, tuple[str, str]] = {
     "stochastic_volatility": ("stochastic_volatility.py",
                               "stochastic volatility: particle-filter evidence and PMMH for phi vs an "
                               "exact grid (quadrature) filter"),
+    "smc_steering": ("smc_steering.py",
+                     "SMC steering of a bigram sequence model toward a hard constraint (token masking "
+                     "+ factors) vs exact enumeration, against the number of particles"),
 }
 
 
