@@ -116,6 +116,16 @@ def _as_selection(aux) -> Selection:
     return select(*aux)
 
 
+def _hvi_log_weight(key, model, guide, reverse, sel, K, params, observations, model_args, guide_args):
+    """``log p(x, z) - log q-hat(z)`` for ``(z, u) ~ q``, with ``log q-hat(z)`` from ``vi.marginal``
+    (``K`` reverse draws plus the ``u`` that produced ``z``): the integrand of :func:`iwhvi`."""
+    k1, k2 = jax.random.split(key)
+    q = guide.simulate(k1, params, *guide_args)
+    z, u = q.choices.filter(~sel), q.choices.filter(sel)
+    logp, _ = model.assess(z | observations, params, *model_args)
+    return logp - marginal(k2, guide, reverse, params, z, K, guide_args, include=u)
+
+
 def iwhvi(model, guide, reverse, aux, K: int) -> Expectation:
     """Importance-weighted hierarchical VI (Sobolev and Vetrov, 2019).
 
@@ -148,12 +158,7 @@ def iwhvi(model, guide, reverse, aux, K: int) -> Expectation:
 
     @expectation
     def iwhvi(key, params, observations, model_args=(), guide_args=()):
-        k1, k2 = jax.random.split(key)
-        q = guide.simulate(k1, params, *guide_args)
-        z, u = q.choices.filter(~sel), q.choices.filter(sel)
-        logp, _ = model.assess(z | observations, params, *model_args)
-        log_qz = marginal(k2, guide, reverse, params, z, K, guide_args, include=u)
-        return logp - log_qz
+        return _hvi_log_weight(key, model, guide, reverse, sel, K, params, observations, model_args, guide_args)
 
     iwhvi.name = f"iwhvi({K})"
     return iwhvi
@@ -175,11 +180,7 @@ def diwhvi(model, guide, reverse, aux, K: int, M: int) -> Expectation:
     @expectation
     def diwhvi(key, params, observations, model_args=(), guide_args=()):
         def log_weight(k):
-            k1, k2 = jax.random.split(k)
-            q = guide.simulate(k1, params, *guide_args)
-            z, u = q.choices.filter(~sel), q.choices.filter(sel)
-            logp, _ = model.assess(z | observations, params, *model_args)
-            return logp - marginal(k2, guide, reverse, params, z, K, guide_args, include=u)
+            return _hvi_log_weight(k, model, guide, reverse, sel, K, params, observations, model_args, guide_args)
 
         log_w = jax.vmap(log_weight)(jax.random.split(key, M))
         return jax.nn.logsumexp(log_w) - jnp.log(M)
@@ -189,6 +190,13 @@ def diwhvi(model, guide, reverse, aux, K: int, M: int) -> Expectation:
 
 
 # ----------------------------------------------------------------------------- wake-sleep
+def _wake_surrogate(post, log_density):
+    """Value: the IWELBO estimate ``post.log_marginal``; gradient: that of the self-normalized
+    ``sum_k wbar_k log_density_k`` (weights stop-gradient)."""
+    surrogate = jnp.sum(post.weights * log_density)
+    return _sg(post.log_marginal) + surrogate - _sg(surrogate)
+
+
 def wake_p(model, guide, K: int) -> Expectation:
     """Wake phase for the model: ``sum_k wbar_k log p(x, z_k)`` with self-normalized weights
     (biased; no gradient through sampling). Its value is the IWELBO estimate; its gradient is
@@ -198,8 +206,7 @@ def wake_p(model, guide, K: int) -> Expectation:
     @expectation
     def wake_p(key, params, observations, model_args=(), guide_args=()):
         post = normalize(key, model, guide, params, observations, K, model_args, guide_args)
-        surrogate = jnp.sum(post.weights * post.log_p)
-        return _sg(post.log_marginal) + surrogate - _sg(surrogate)
+        return _wake_surrogate(post, post.log_p)
 
     return wake_p
 
@@ -211,8 +218,7 @@ def wake_q(model, guide, K: int) -> Expectation:
     @expectation
     def wake_q(key, params, observations, model_args=(), guide_args=()):
         post = normalize(key, model, guide, params, observations, K, model_args, guide_args)
-        surrogate = jnp.sum(post.weights * post.log_q)
-        return _sg(post.log_marginal) + surrogate - _sg(surrogate)
+        return _wake_surrogate(post, post.log_q)
 
     return wake_q
 
@@ -265,8 +271,7 @@ def rws(model, guide, K: int) -> Expectation:
     @expectation
     def rws(key, params, observations, model_args=(), guide_args=()):
         post = normalize(key, model, guide, params, observations, K, model_args, guide_args)
-        surrogate = jnp.sum(post.weights * (post.log_p + post.log_q))
-        return _sg(post.log_marginal) + surrogate - _sg(surrogate)
+        return _wake_surrogate(post, post.log_p + post.log_q)
 
     rws.name = f"rws({K})"
     return rws
