@@ -65,8 +65,9 @@ __all__ = ["marginalize", "infer_discrete", "MarginalGF", "MarginalTrace"]
 @trace_dataclass
 class MarginalTrace(Trace):
     """The trace of :class:`MarginalGF`: the remaining choices, their per-site scores and the
-    marginal log density. ``retval`` is the model's return value with the enumerated sites at a
-    draw from their posterior given the other choices."""
+    marginal log density. ``joint`` is a trace of the model with the remaining choices and some
+    values of the enumerated sites (drawn from the model as it ran, or kept through ``update``;
+    not from their posterior: use :func:`infer_discrete` for that); ``retval`` is its return value."""
 
     gf: Any
     packed_args: Any
@@ -114,14 +115,11 @@ class MarginalGF(GenerativeFunction):
             if isinstance(chm.get_submap(p).raw_value(), Masked):
                 raise ModelError(f"{self.name}.{what}: masked values (at {fmt_addr(p)}) are not supported.")
 
-    def _trace(self, key, choices, args, tab):
-        """The marginal trace of ``choices``: per-site scores are the model's, except that each copy
-        (step) of the plate (scan) carries its marginal log density on its first remaining site."""
+    def _trace(self, tr, choices, args, tab):
+        """The marginal trace of ``choices`` from the model's trace ``tr`` of them (the front run):
+        per-site scores are the model's, except that each copy (step) of the plate (scan) carries
+        its marginal log density on its first remaining site."""
         plan = tab.plan
-        zs = sample_enumerated(key, tab)
-        chm = ChoiceMap.from_leaves(list(choices.leaves()) + list(zs.items()))
-        with intercept(Hide()):
-            tr, _ = self.model.generate(jax.random.key(0), chm, *args)
         in_group = lambda p: plan.kind != "none" and p[: len(plan.prefix)] == plan.prefix  # noqa: E731
         out = [(p, plain(v)) for p, v in tr.get_scores().leaves() if p not in self.addrs]
         if plan.glob:  # no per-site split: the whole marginal sits on the first entry
@@ -147,10 +145,10 @@ class MarginalGF(GenerativeFunction):
             return getattr(self.model, method)(*a)
 
     def _simulate(self, key, *args):
-        k1, k2 = jax.random.split(key)
-        choices = self._drop(self._front("simulate", k1, *args).get_choices())
+        tr_f = self._front("simulate", key, *args)
+        choices = self._drop(tr_f.get_choices())
         _, tab = evaluate(self, choices, args)
-        return self._trace(k2, choices, args, tab)
+        return self._trace(tr_f, choices, args, tab)
 
     def _assess(self, choices, *args):
         self._check_given(choices, "assess")
@@ -158,19 +156,18 @@ class MarginalGF(GenerativeFunction):
         extra = w_f - sum_under(tr_f.get_scores(), [p for p, _ in choices.leaves()])
         choices = self._drop(tr_f.get_choices())
         _, tab = evaluate(self, choices, args)
-        return tab.logz + extra, self._trace(jax.random.key(0), choices, args, tab).retval
+        return tab.logz + extra, tr_f.get_retval()
 
     def _propose(self, key, fixed, args, hide_all=False):
         """Sample the choices not in ``fixed`` from the model (enumerated sites dropped): returns
         (trace, log p_marginal - log q_marginal(fresh choices) + interceptors' extra terms)."""
-        k1, k2 = jax.random.split(key)
-        tr_f, w_f = self._front("generate", k1, fixed, *args, hide_all=hide_all)
+        tr_f, w_f = self._front("generate", key, fixed, *args, hide_all=hide_all)
         fixed_paths = [p for p, _ in fixed.leaves()]
         extra = w_f - sum_under(tr_f.get_scores(), fixed_paths)
         choices = self._drop(tr_f.get_choices())
         _, tab = evaluate(self, choices, args)
         _, tab_q = evaluate(self, choices, args, excluded=fixed_paths)
-        return self._trace(k2, choices, args, tab), tab.logz - tab_q.logz + extra
+        return self._trace(tr_f, choices, args, tab), tab.logz - tab_q.logz + extra
 
     def _generate(self, key, constraints, *args):
         self._check_given(constraints, "generate")
@@ -184,13 +181,12 @@ class MarginalGF(GenerativeFunction):
                 raise AddressError(
                     f"{self.name}.update: {fmt_addr(p)} is not a choice of the trace; the marginal "
                     "model's update changes values of existing choices only.")
-        k1, k2 = jax.random.split(key)
         joint = trace.joint
-        tr_f, w_f, discard = self._front("update", k1, joint, constraints, *args)
+        tr_f, w_f, discard = self._front("update", key, joint, constraints, *args)
         extra = w_f - (tr_f.get_score() - joint.get_score())
         new = self._drop(tr_f.get_choices())
         _, tab = evaluate(self, new, args)
-        return self._trace(k2, new, args, tab), tab.logz - trace.get_score() + extra, discard
+        return self._trace(tr_f, new, args, tab), tab.logz - trace.get_score() + extra, discard
 
     def _regenerate(self, key, trace, selection, *args):
         old = trace.get_choices()
