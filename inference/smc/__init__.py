@@ -37,8 +37,8 @@ from .csmc import CSMCResult, PGResult, backward_sample, csmc, particle_gibbs
 from .pmmh import PMMHChains, PMMHResult, pmmh, random_walk
 from .tempered import TemperedResult, ais, power_schedule, resample_move, tempered
 
-__all__ += ["PMMHChains", "PMMHResult", "pmmh", "random_walk", "TemperedResult", "ais", "power_schedule", "resample_move",
-            "tempered"]
+__all__ += ["PMMHChains", "PMMHResult", "pmmh", "random_walk", "TemperedResult", "ais", "power_schedule",
+            "resample_move", "tempered"]
 from .learning import ParameterFitResult, fisher_gradient, fit_parameters, score_climbing_step
 
 __all__ += ["ParameterFitResult", "fisher_gradient", "fit_parameters", "score_climbing_step"]

@@ -175,7 +175,8 @@ def filter_step_block(state: FilterState, observations, xs=None) -> FilterState:
         (9, True)
     """
     if not isinstance(state, FilterState) or not isinstance(state.config, FilterStep):
-        raise ModelError(f"smc.filter_step_block: expected a FilterState from smc.filter_init, got {type(state).__name__}")
+        raise ModelError("smc.filter_step_block: expected a FilterState from smc.filter_init, got "
+                         f"{type(state).__name__}")
     obs = as_choicemap(observations)
     sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None
              for tree in (obs, xs) for leaf in jax.tree_util.tree_leaves(tree)}
