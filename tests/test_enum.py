@@ -317,3 +317,25 @@ def test_unconstrained_view_of_positive_site_through_marginal():
     np.testing.assert_allclose(new.choices["s"], np.exp(0.2), rtol=1e-5)
     exact, _ = marg.assess(ppl.ChoiceMap({("data", "y"): Y, "s": float(np.exp(0.2))}))
     np.testing.assert_allclose(lp, exact + 0.2, rtol=1e-5)
+
+
+def test_importance_sampling_evidence_of_marginal_model():
+    """inference.importance on the marginal model (the labels summed out, the shift sampled from
+    its prior): the evidence estimate against 1-D quadrature over the shift, within 4 standard
+    errors of the estimate (from the weights' spread)."""
+    from inference import importance
+
+    obs = ppl.ChoiceMap({("data", "y"): Y, "after": 0.4})
+    n = 20000
+    ps = importance.sample(jax.random.key(7), marginalize(plate_model, ("data", "z")), (), obs, n)
+    lw = np.asarray(ps.log_weights, np.float64)
+    w = np.exp(lw - lw.max())
+    log_z = np.log(w.mean()) + lw.max()
+    se = w.std() / np.sqrt(n) / w.mean()  # relative standard error of the estimate
+    s = np.linspace(-8, 8, 20001)
+    y, m, wt = np.asarray(Y, np.float64), np.asarray(MEANS, np.float64), np.asarray(W, np.float64)
+    lik = np.log((wt[None, None] * sp_norm.pdf(y[None, :, None], m[None, None] + s[:, None, None], 1.0)).sum(2)).sum(1)
+    integrand = np.exp(sp_norm.logpdf(s, 0, 1) + sp_norm.logpdf(0.4, s, 2.0) + lik)
+    exact = np.log(integrand.sum() * (s[1] - s[0]))
+    np.testing.assert_allclose(float(ps.log_marginal_likelihood()), log_z, rtol=1e-5)
+    assert abs(np.exp(log_z - exact) - 1.0) < 4 * se, (log_z, exact, se)
