@@ -50,6 +50,9 @@ EXAMPLES: dict[str, tuple[str, str]] = {
     "smc_steering": ("smc_steering.py",
                      "SMC steering of a bigram sequence model toward a hard constraint (token masking "
                      "+ factors) vs exact enumeration, against the number of particles"),
+    "gaussian_mixture": ("gaussian_mixture.py",
+                         "Gaussian mixture with the assignments summed out (inference.enum.marginalize), "
+                         "NUTS on the means, infer_discrete; vs a grid posterior"),
 }
 
 
