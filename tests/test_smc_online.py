@@ -38,9 +38,9 @@ def _eq(a, b):
 
 def test_blocks_equal_one_run_bit_for_bit():
     key, ess_threshold = jax.random.key(3), 0.5
-    full = smc.particle_filter(key, MODEL, (0.0, None), OBS, 64, ess_threshold=ess_threshold)
-    last = smc.particle_filter(key, MODEL, (0.0, None), OBS, 64, ess_threshold=ess_threshold, history=False)
-    st = smc.filter_init(key, MODEL, 0.0, 64, ess_threshold=ess_threshold)
+    full = smc.particle_filter(key, MODEL, (0.0, None), OBS, 32, ess_threshold=ess_threshold)
+    last = smc.particle_filter(key, MODEL, (0.0, None), OBS, 32, ess_threshold=ess_threshold, history=False)
+    st = smc.filter_init(key, MODEL, 0.0, 32, ess_threshold=ess_threshold)
     for lo, hi in [(0, 25), (25, T)]:
         st = smc.filter_step_block(st, ppl.ChoiceMap({"y": YS[lo:hi]}))
     assert int(st.t) == T
