@@ -81,6 +81,11 @@ def _split_keys(key, k):
     return jax.random.split(key, k)
 
 
+def _log_mean_exp(log_w):
+    """``log (1/K) sum_k exp(log_w_k)`` over a vector of ``K`` log weights."""
+    return jax.nn.logsumexp(log_w) - jnp.log(log_w.shape[0])
+
+
 def marginal(key, guide, reverse, params, z: ChoiceMap, n_particles: int, guide_args=(),
              include: ChoiceMap | None = None):
     """Estimate ``log q(z) = log \\int q(z, u) du`` by importance sampling with ``reverse``.
@@ -119,8 +124,7 @@ def marginal(key, guide, reverse, params, z: ChoiceMap, n_particles: int, guide_
         terms.append(jnp.reshape(lq - r_lp, (1,)))
     if not terms:
         raise ValueError("vi.marginal: needs n_particles > 0 or an included auxiliary choice map")
-    lw = jnp.concatenate(terms)
-    return jax.nn.logsumexp(lw) - jnp.log(lw.shape[0])
+    return _log_mean_exp(jnp.concatenate(terms))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +148,7 @@ class Normalized:
     @property
     def log_marginal(self):
         """``log (1/K) sum_k w_k``: log of an unbiased estimate of the evidence."""
-        return jax.nn.logsumexp(self.log_weights) - jnp.log(self.log_weights.shape[0])
+        return _log_mean_exp(self.log_weights)
 
     def mean(self, fn):
         """Self-normalized estimate of ``E[fn(choices)]`` under the posterior."""

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from ppl.choicemap import Selection, select
 
 from .adev import Expectation, expectation
-from .marginal import detached, marginal, normalize
+from .marginal import _log_mean_exp, detached, marginal, normalize
 
 __all__ = ["elbo", "iwelbo", "hvi", "iwhvi", "diwhvi", "rws", "wake_p", "wake_q", "sleep_q", "vimco"]
 
@@ -102,7 +102,7 @@ def iwelbo(model, guide, K: int) -> Expectation:
         particles = guide.repeat(K).simulate(key, params, *guide_args).choices
         log_q = jax.vmap(lambda ch: guide.assess(ch, params, *guide_args)[0])(particles)
         log_p = jax.vmap(lambda ch: model.assess(ch | observations, params, *model_args)[0])(particles)
-        return jax.nn.logsumexp(log_p - log_q) - jnp.log(K)
+        return _log_mean_exp(log_p - log_q)
 
     iwelbo.name = f"iwelbo({K})"
     return iwelbo
@@ -183,7 +183,7 @@ def diwhvi(model, guide, reverse, aux, K: int, M: int) -> Expectation:
             return _hvi_log_weight(k, model, guide, reverse, sel, K, params, observations, model_args, guide_args)
 
         log_w = jax.vmap(log_weight)(jax.random.split(key, M))
-        return jax.nn.logsumexp(log_w) - jnp.log(M)
+        return _log_mean_exp(log_w)
 
     diwhvi.name = f"diwhvi({K}, {M})"
     return diwhvi
@@ -315,7 +315,7 @@ def vimco(model, guide, K: int) -> Expectation:
             log_w.append(logp - q.score)
             log_q.append(q.score)
         log_w, log_q = jnp.stack(log_w), jnp.stack(log_q)
-        bound = jax.nn.logsumexp(log_w) - jnp.log(K)
+        bound = _log_mean_exp(log_w)
         # leave-one-out: replace log w_k by the mean of the other log weights
         lw = _sg(log_w)
         others_mean = (jnp.sum(lw) - lw) / (K - 1)
