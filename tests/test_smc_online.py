@@ -172,3 +172,22 @@ def test_sigkill_and_resume(tmp_path):
     assert np.array_equal(got["steps"], np.asarray(ref.log_z_steps))
     assert np.array_equal(got["carries"], np.asarray(ref.carries))
     assert np.array_equal(got["lw"], np.asarray(ref.log_weights))
+
+
+@ppl.gen
+def drift_step(x, u):
+    x = ppl.normal(x + u, 1.0) @ "x"
+    ppl.normal(x, 0.5) @ "y"
+    return x, None
+
+
+def test_blocks_with_per_step_inputs_equal_one_run():
+    us, ys = jnp.linspace(-1.0, 1.0, 12), jnp.cos(jnp.arange(12.0))
+    model, key = ppl.scan(drift_step, length=12), jax.random.key(9)
+    ref = smc.particle_filter(key, model, (0.0, us), ppl.ChoiceMap({"y": ys}), 16, history=False)
+    st = smc.filter_init(key, model, 0.0, 16)
+    for lo in (0, 6):
+        st = smc.filter_step_block(st, ppl.ChoiceMap({"y": ys[lo:lo + 6]}), us[lo:lo + 6])
+    assert _eq((st.log_z, st.carries, st.log_weights), (ref.log_z, ref.carries[-1], ref.log_weights[-1]))
+    with pytest.raises(ppl.ModelError, match="leading time"):
+        smc.filter_step_block(st, ppl.ChoiceMap({"y": ys[:6]}), us[:5])
