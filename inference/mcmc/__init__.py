@@ -33,12 +33,12 @@ from .involutive import Involutive, involutive
 from .kernels import MH, Gibbs, MHProposal, gibbs, mh
 from .nuts import NUTS, nuts
 from .runner import MCMCResult, init_chains, run, sample
-from .rw import RW, rw
+from .rw import RW, rw, rw_proposal, rw_step
 from .transforms import UnconstrainedView
 
 __all__ = [
     "Kernel", "accept", "mh", "rw", "mala", "hmc", "nuts", "gibbs", "cycle", "mixture", "repeat", "run",
     "sample", "init_chains", "MCMCResult", "UnconstrainedView", "MH", "MHProposal", "RW", "MALA", "HMC",
     "NUTS", "Gibbs", "Cycle", "Mixture", "Repeat", "involutive", "Involutive", "MHInfo", "GibbsInfo",
-    "HMCInfo", "RWInfo", "NUTSInfo", "InvolutiveInfo", "MixtureInfo",
+    "HMCInfo", "RWInfo", "NUTSInfo", "InvolutiveInfo", "MixtureInfo", "rw_proposal", "rw_step",
 ]
