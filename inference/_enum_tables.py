@@ -126,11 +126,11 @@ def make_plan(model, paths, args) -> Plan:
     if len(groups) > 1:
         raise ModelError(
             f"marginalize: the enumerated sites lie in {len(groups)} different plates/scans "
-            f"({[fmt_addr(p) for _, p in groups]}); enumerate the sites of one plate or scan at a "
+            f"({', '.join(fmt_addr(p) for _, p in groups)}); enumerate the sites of one plate or scan at a "
             "time (nest marginalize calls on separate sub-models).")
     if int(np.prod([len(s.support) for s in glob])) > MAX_GLOBAL:
         raise ModelError(
-            f"marginalize: the sites {[fmt_addr(s.path) for s in glob]} outside any plate have "
+            f"marginalize: the sites {', '.join(fmt_addr(s.path) for s in glob)} outside any plate have "
             f"more than {MAX_GLOBAL} joint values; put repeated sites in ppl.vmap/ppl.repeat.")
     if not groups:
         return Plan(tuple(glob), (), "none", (), 0)
@@ -141,10 +141,10 @@ def make_plan(model, paths, args) -> Plan:
     if kind == "scan" and (len(local) > 1 or j > MAX_SCAN):
         raise ModelError(
             f"marginalize: in the scan at {fmt_addr(prefix)} enumerate one state site with at most "
-            f"{MAX_SCAN} values (got {[fmt_addr(s.path) for s in local]}, {j} joint values).")
+            f"{MAX_SCAN} values (got {', '.join(fmt_addr(s.path) for s in local)}, {j} joint values).")
     if kind == "plate" and j > MAX_LOCAL:
         raise ModelError(
-            f"marginalize: the sites {[fmt_addr(s.path) for s in local]} of the plate at "
+            f"marginalize: the sites {', '.join(fmt_addr(s.path) for s in local)} of the plate at "
             f"{fmt_addr(prefix)} have {j} > {MAX_LOCAL} joint values per copy.")
     return Plan(tuple(glob), local, kind, prefix, n)
 
@@ -235,7 +235,7 @@ def _fail(bad, plan):
         def host(b):
             if b:
                 raise_from_callback(ModelError(
-                    f"marginalize: {[fmt_addr(s.path) for s in plan.glob + plan.local]}: a site "
+                    f"marginalize: {', '.join(fmt_addr(s.path) for s in plan.glob + plan.local)}: a site "
                     f"outside the {plan.kind} at {fmt_addr(plan.prefix)} depends on an enumerated "
                     "value, or a scan carry remembers more than the current state; the sum over "
                     "the enumerated values is not exact (the density is NaN)."))

@@ -143,6 +143,15 @@ def test_global_site_and_refusals():
     with pytest.raises(ppl.ModelError, match="'n'"):
         marginalize(poisson_site, "n").simulate(jax.random.key(0))
 
+    @ppl.gen
+    def big():
+        ppl.categorical(logits=jnp.zeros(70)) @ "a"
+        ppl.categorical(logits=jnp.zeros(70)) @ "b"
+        return ppl.normal(0.0, 1.0) @ "y"
+
+    with pytest.raises(ppl.ModelError, match="sites 'a', 'b' outside any plate have more than 4096 joint values"):
+        marginalize(big, "a", "b").assess({"y": 0.0})
+
 
 def test_dependence_outside_plate_is_nan_and_debug_error():
     @ppl.gen
@@ -339,3 +348,24 @@ def test_importance_sampling_evidence_of_marginal_model():
     exact = np.log(integrand.sum() * (s[1] - s[0]))
     np.testing.assert_allclose(float(ps.log_marginal_likelihood()), log_z, rtol=1e-5)
     assert abs(np.exp(log_z - exact) - 1.0) < 4 * se, (log_z, exact, se)
+
+
+def test_scan_carry_with_history_is_detected_and_two_plates_refused():
+    @ppl.gen
+    def counting(count, _):  # the carry counts the visits to state 1: more than the current state
+        z = ppl.bernoulli(jnp.where(count > 1, 0.9, 0.2)) @ "z"
+        ppl.normal(z.astype(jnp.float32), 1.0) @ "y"
+        return count + z, None
+
+    marg = marginalize(ppl.scan(counting, length=5), "z")
+    lp, _ = marg.assess({"y": jnp.zeros(5)}, jnp.int32(0), None)
+    assert np.isnan(lp)
+
+    @ppl.gen
+    def two():
+        a = datum.repeat(2)(0.0) @ "a"
+        b = datum.repeat(2)(0.0) @ "b"
+        return a, b
+
+    with pytest.raises(ppl.ModelError, match="different plates"):
+        marginalize(two, ("a", "z"), ("b", "z")).assess({("a", "y"): Y[:2], ("b", "y"): Y[:2]})
