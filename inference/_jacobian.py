@@ -54,7 +54,7 @@ from_leaves = ChoiceMap.from_leaves  # the one (path, leaf) builder, re-exported
 def raw(leaf):
     """The value of a choice-map leaf: a ``Masked`` leaf's value whatever its flag, else the leaf.
 
-    Example:
+    Examples:
         >>> import ppl
         >>> raw(ppl.Masked(1.5, False)), raw(2.0)
         (1.5, 2.0)
@@ -68,7 +68,7 @@ def presence(leaf):
     A ``Masked`` flag's shape is a prefix of the value's shape (one flag per leading index); it is
     broadcast over the trailing axes. A plain leaf is present everywhere.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp, ppl
         >>> presence(ppl.Masked(jnp.zeros((2, 3)), jnp.array([True, False]))).tolist()
         [[True, True, True], [False, False, False]]
@@ -86,7 +86,7 @@ def is_continuous(leaf) -> bool:
     """Whether a (possibly ``Masked``) leaf holds real floating-point values (Jacobian coordinates);
     integer and boolean leaves are discrete.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp, ppl
         >>> is_continuous(jnp.float32(1.0)), is_continuous(ppl.Masked(jnp.int32(1), True))
         (True, False)
@@ -98,7 +98,7 @@ def flatten(values, dtype=None):
     """The arrays ``values`` raveled and concatenated into one vector of ``dtype`` (default: their
     promoted type); an empty list gives an empty vector (of ``dtype``, default ``float32``).
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> flatten([jnp.ones((2, 2)), jnp.float32(3.0)]).tolist()
         [1.0, 1.0, 1.0, 1.0, 3.0]
@@ -117,7 +117,7 @@ def unflatten(x, likes) -> list:
     """The inverse of :func:`flatten`: consecutive slices of the vector ``x`` reshaped like the
     arrays ``likes`` and cast to their dtypes (``x`` may be longer; the rest is ignored).
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> a, b = unflatten(jnp.arange(5.0), [jnp.zeros((2, 2)), jnp.float32(0.0)])
         >>> a.tolist(), float(b)
@@ -142,7 +142,7 @@ def masked_logabsdet(jac, in_mask=None, out_mask=None):
     the present coordinates). With no masks and a square ``jac`` this is ``slogdet(jac)``; a
     ``0 x 0`` Jacobian gives ``0.0`` (float32). The result has ``jac``'s dtype.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> J = jnp.array([[2.0, 5.0], [0.0, 9.0]])           # row and column 1 absent
         >>> m = jnp.array([True, False])

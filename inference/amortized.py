@@ -19,7 +19,7 @@ function called as ``q.proposal(params, observations)``; pass it to
 that ``trace`` lacks, given the global latents in ``trace`` (for ``smc.extend`` when a new group
 arrives).
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, optax, ppl
     >>> from inference import amortized, importance
     >>> @ppl.gen
@@ -106,7 +106,7 @@ def simulate_pairs(key, model, args, observed_addresses, n: int):
     whose leaves have a leading axis of size ``n``. Vectorized over ``n`` and compiled once per
     model, address list, ``n`` and argument structure.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> @ppl.gen
         ... def model(k):
@@ -135,7 +135,7 @@ def sleep_objective(model, observed_addresses, proposal, batch_size: int) -> vi.
     ``-objective`` is the forward KL ``KL(p(z | x) || q(z | x))`` averaged over ``x ~ p(x)``, up to the
     constant posterior entropy. Use it with :func:`inference.vi.fit` (that is what :func:`train` does).
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> @ppl.gen
         ... def model():
@@ -183,7 +183,7 @@ def train(key, model, args, observed_addresses, proposal, params, optimizer, n_s
     proposal samples, or a latent the proposal does not produce, raises a ``ppl.ModelError``
     naming it (latents the proposal leaves out would be drawn from the prior by importance sampling).
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, optax, ppl
         >>> @ppl.gen
         ... def model():
@@ -267,7 +267,7 @@ class NeuralProposal:
         simulated pairs and stored in ``params["norm"]``; the network reads them through
         ``stop_gradient``, so training leaves them fixed.
 
-        Example:
+        Examples:
             >>> import jax, jax.numpy as jnp, ppl
             >>> @ppl.gen
             ... def model():
@@ -407,7 +407,7 @@ def deep_sets_proposal(features: Callable, global_latents: dict | None = None, l
     conditional structure. Inputs and outputs are standardized with statistics estimated from
     simulations in :meth:`NeuralProposal.init_params`.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> @ppl.gen
         ... def model():

@@ -24,7 +24,7 @@ given. A damaged checkpoint (unreadable or truncated files, a checksum mismatch)
 :class:`CheckpointWarning` naming its step, falling back to the previous intact one; if none is
 intact, :class:`CheckpointError` says so.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, tempfile
     >>> def step(key, x):
     ...     x = x + jax.random.normal(key)
@@ -259,7 +259,7 @@ def save(directory: str, step: int, state, *, settings: dict | None = None, hist
     ``outs`` are used by :func:`chunked_loop` (the list of output chunks up to ``step`` and their
     shapes). The step directory appears atomically (written under a temporary name, then renamed).
 
-    Example:
+    Examples:
         >>> import tempfile, jax.numpy as jnp
         >>> d = tempfile.mkdtemp()
         >>> _ = save(d, 3, {"x": jnp.arange(3.0)})
@@ -297,7 +297,7 @@ def save(directory: str, step: int, state, *, settings: dict | None = None, hist
 def latest_step(directory: str) -> int | None:
     """The largest saved step under ``directory`` (None if there is none); it may still be damaged.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> latest_step(tempfile.mkdtemp()) is None
         True
@@ -351,7 +351,7 @@ def restore(directory: str, like, step: int | None = None):
     :class:`CheckpointMismatchError`); its checksums are verified. Without ``step`` a damaged latest
     checkpoint is skipped with a :class:`CheckpointWarning`; :class:`CheckpointError` if none is intact.
 
-    Example:
+    Examples:
         >>> import tempfile, jax, jax.numpy as jnp
         >>> d = tempfile.mkdtemp()
         >>> state = {"key": jax.random.key(1), "x": jnp.ones(2)}
@@ -422,7 +422,7 @@ def run_chunk(step, size, with_data, key, start, state, data, n_valid=None):
     step, size and argument shapes and shared by every caller (``vi.fit``, ``mcmc.run``); it is
     traceable, so a pure function (``mcmc.sample``) may call it under ``jit``/``vmap``.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> def count(key, x):
         ...     return x + 1, x
@@ -515,7 +515,7 @@ def chunked_loop(
     exceed the saved run's (the run continues) but not fall below its checkpoint; ``chunk_size``
     may change.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> def walk(key, x, scale):
         ...     x = x + scale * jax.random.normal(key)

@@ -13,7 +13,7 @@ from the model's prior); the model then scores them with the observations throug
 ``log p(x, obs) - log q(x)``. Without a proposal, the prior is the proposal and the weight is the
 likelihood of the observations.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> from inference import importance
     >>> @ppl.gen
@@ -56,7 +56,7 @@ def sample(key, model, args, observations, n_particles: int = 1000, proposal=Non
     same shapes does not recompile. Model arguments that are Python ints/strings are static.
     ``n_particles`` must be a positive integer (else :class:`~inference.smc.ParticleCountError`).
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> ps = sample(jax.random.key(0), ppl.normal, (0.0, 1.0), ppl.ChoiceMap.value(0.0), 10)
         >>> round(float(ps.log_marginal_likelihood()), 4)   # log N(0; 0, 1)
@@ -84,7 +84,7 @@ def sir(key, model, args, observations, n_particles: int = 1000, n_samples: int 
     Pass ``resampling="multinomial"`` for draws that are i.i.d. given the weights. ``scheme=`` is a
     deprecated alias of ``resampling=``.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def model():
@@ -106,7 +106,7 @@ def log_marginal_likelihood(key, model, args, observations, n_particles: int = 1
                             proposal_args=()):
     """log of an unbiased importance-sampling estimate of the evidence ``p(observations; args)``.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> round(float(log_marginal_likelihood(jax.random.key(0), ppl.normal, (0.0, 1.0),
         ...       ppl.ChoiceMap.value(1.0), 4)), 4)

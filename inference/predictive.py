@@ -29,7 +29,7 @@ Everything runs in one compiled program per model, argument structure, and poste
 new data values (new ``x``, new draws of the same shapes) do not recompile. The draws are
 vectorized with ``jax.vmap`` and lane keys (:mod:`ppl.keys`); the same key gives the same bits.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> @ppl.gen
     ... def model(x):
@@ -218,7 +218,7 @@ class Predictive:
     - ``batch_ndims``: the number of leading sample axes of a choice-map posterior (default 1;
       MCMC results always have 2).
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> from inference import importance
         >>> @ppl.gen
@@ -370,7 +370,7 @@ def log_likelihood(model, posterior, *args, observations, batch_ndims=None):
     with ``batch_ndims`` leading axes (default 1), or a ``ParticleCollection`` (one value per
     particle, weights not applied).
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> @ppl.gen
         ... def model():

@@ -19,7 +19,7 @@ process holds only its devices' shards, so ``np.asarray`` of a sharded result fa
 process has in full goes on the mesh with :func:`shard_batch` or :func:`replicate`; a process's
 own slice of a batch with ``shard_batch(local_slice, mesh, process_local=True)``.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp
     >>> mesh = device_mesh()
     >>> with batch_sharding(mesh):
@@ -54,7 +54,7 @@ _STATE = _State()
 def device_mesh(devices=None, axis_name: str = AXIS) -> Mesh:
     """A one-dimensional mesh over ``devices`` (default: every device of every process).
 
-    Example:
+    Examples:
         >>> device_mesh().axis_names
         ('batch',)
     """
@@ -117,7 +117,7 @@ def constrain_replicated(tree, mesh: Mesh | None = None):
     """Inside ``jit``: constrain every leaf to be replicated on ``mesh`` (default: the active mesh;
     no-op without one), e.g. parameters updated from gradients reduced over a sharded batch.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> with batch_sharding(device_mesh()):
         ...     p = jax.jit(lambda x: constrain_replicated(x * 2.0))(jnp.ones(3))
@@ -154,7 +154,7 @@ def shard_batch(tree, mesh: Mesh, *, process_local: bool = False):
     not divide over the mesh are replicated (with ``process_local`` they must divide). Typed PRNG
     keys are placed through their key data.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> x = shard_batch(jnp.arange(8.0), device_mesh())
         >>> len(x.sharding.device_set) == len(jax.devices())
@@ -178,7 +178,7 @@ def shard_batch(tree, mesh: Mesh, *, process_local: bool = False):
 def replicate(tree, mesh: Mesh):
     """Place a pytree's leaves on every device of ``mesh`` (every process passes the same value).
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> replicate({"w": jnp.ones(2)}, device_mesh())["w"].sharding.is_fully_replicated
         True
@@ -195,7 +195,7 @@ def to_host(tree):
     ``jax.experimental.multihost_utils.process_allgather`` (a collective: every process must call
     :func:`to_host` on the same values). Typed PRNG keys come back as their key data.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> to_host({"a": shard_batch(jnp.arange(4.0), device_mesh())})["a"].tolist()
         [0.0, 1.0, 2.0, 3.0]
@@ -215,7 +215,7 @@ def to_host(tree):
 def lanes(key, n: int):
     """``ppl.keys.lanes(key, n)`` with the lane (particle/chain) axis sharded over the active mesh.
 
-    Example:
+    Examples:
         >>> import jax
         >>> lanes(jax.random.key(0), 4).lane.shape
         (4,)

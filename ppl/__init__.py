@@ -5,7 +5,7 @@ and ``model(...) @ "addr"`` trace random choices. Every model, distribution and 
 implements the generative function interface (``simulate``, ``assess``, ``generate``,
 ``update``, ``regenerate``).
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> @ppl.gen
     ... def regression(xs):

@@ -7,7 +7,7 @@ compiled program's identity, so Python control flow may depend on it. :func:`pac
 static leaves in :class:`Static` so that a tuple of arguments can be stored in a trace (a pytree)
 with only its data as leaves.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp
     >>> packed = pack_args((jnp.ones(2), 3, "mode"))
     >>> len(jax.tree_util.tree_leaves(packed))
@@ -70,7 +70,7 @@ def as_choicemap(x, what: str = "choices") -> ChoiceMap:
     """``x`` as a :class:`ChoiceMap`: ``None`` is empty, a dict is converted, Python lists of numbers
     become arrays; anything else is a ``TypeError`` naming ``what``.
 
-    Example:
+    Examples:
         >>> as_choicemap({"y": [1.0, 2.0]})["y"].shape
         (2,)
     """
@@ -125,7 +125,7 @@ def as_args_tuple(args, where: str, name: str = "args") -> tuple:
     """``args`` as a tuple of model arguments, or an :class:`~ppl.errors.ArgumentError` naming
     ``name`` and ``where`` (a list is accepted; a single bare value is the common slip).
 
-    Example:
+    Examples:
         >>> as_args_tuple([1.0, 2], "importance.sample")
         (1.0, 2)
         >>> try:
@@ -155,7 +155,7 @@ def as_args_tuple(args, where: str, name: str = "args") -> tuple:
 def check_key(key, method: str):
     """``key`` if it is a JAX PRNG key, else a ``TypeError`` naming ``method``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> check_key(jax.random.key(0), "m.simulate").shape
         ()

@@ -52,7 +52,7 @@ def default_cache_dir() -> str:
     ``$PPL_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/ppl/jax`` (``~/.cache/ppl/jax`` when
     ``XDG_CACHE_HOME`` is unset).
 
-    Example:
+    Examples:
         >>> import os, ppl.cache
         >>> ppl.cache.default_cache_dir().endswith(os.path.join("ppl", "jax")) or "PPL_CACHE_DIR" in os.environ
         True
@@ -72,7 +72,7 @@ def enable_compilation_cache(path: str | None = None, min_compile_time_s: float 
     Returns the folder used. The cache is keyed by the program, the JAX version and the backend,
     so a stale entry is never loaded for changed code; delete the folder to reclaim disk space.
 
-    Example:
+    Examples:
         >>> import tempfile, ppl
         >>> d = ppl.enable_compilation_cache(tempfile.mkdtemp())
         >>> ppl.cache.compilation_cache_dir() == d
@@ -93,7 +93,7 @@ def enable_compilation_cache(path: str | None = None, min_compile_time_s: float 
 def disable_compilation_cache() -> None:
     """Stop reading and writing the persistent compilation cache (in-memory caching is unaffected).
 
-    Example:
+    Examples:
         >>> import ppl
         >>> ppl.disable_compilation_cache()
         >>> ppl.cache.compilation_cache_dir() is None
@@ -107,7 +107,7 @@ def disable_compilation_cache() -> None:
 def compilation_cache_dir() -> str | None:
     """The folder compiled programs are cached in, or ``None`` when the persistent cache is off.
 
-    Example:
+    Examples:
         >>> import ppl
         >>> ppl.disable_compilation_cache(); ppl.cache.compilation_cache_dir() is None
         True
@@ -135,7 +135,7 @@ def cache_stats() -> dict:
     Returns ``{"hits": int, "misses": int}``: one hit per compiled program loaded from disk, one
     miss per program compiled (and then written).
 
-    Example:
+    Examples:
         >>> import ppl
         >>> sorted(ppl.cache.cache_stats())
         ['hits', 'misses']

@@ -12,7 +12,7 @@ complement and set algebra). It carries no arrays. Selections and :func:`normali
 :mod:`ppl.selection` and are re-exported here; the algebra of masked choice maps (combining the
 choices of alternative branches) is :mod:`ppl.masking`.
 
-Example:
+Examples:
     >>> import jax.numpy as jnp
     >>> from ppl import ChoiceMap, select
     >>> chm = ChoiceMap({"slope": 0.3, ("group", "theta"): jnp.zeros(3)})
@@ -84,7 +84,7 @@ class Masked:
     missing observations: ``ChoiceMap({"y": Masked(ys, observed)})`` where ``observed`` has shape
     ``(T,)`` (a prefix of the value's shape).
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> m = Masked(jnp.array([1.0, 2.0]), jnp.array([True, False]))
         >>> m.flag.tolist()
@@ -143,7 +143,7 @@ class ChoiceMap:
     ``chm.filter(selection)``, iteration over ``(address, value)`` pairs (address a string at
     depth one, a tuple deeper), ``len(chm)``.
 
-    Example:
+    Examples:
         >>> chm = ChoiceMap({"a": 1.0}) | ChoiceMap({("b", "c"): 2.0})
         >>> [(a, float(v)) for a, v in chm]
         [('a', 1.0), (('b', 'c'), 2.0)]
@@ -180,7 +180,7 @@ class ChoiceMap:
     def empty() -> "ChoiceMap":
         """The choice map with no choices.
 
-        Example:
+        Examples:
             >>> ChoiceMap.empty().is_empty()
             True
         """
@@ -190,7 +190,7 @@ class ChoiceMap:
     def value(v) -> "ChoiceMap":
         """A choice map holding one value at the root address ``()`` (a distribution's choices).
 
-        Example:
+        Examples:
             >>> float(ChoiceMap.value(2.0)[()])
             2.0
         """
@@ -226,7 +226,7 @@ class ChoiceMap:
         leaves at one path, or a leaf at a prefix of another leaf's path, raise
         :class:`ppl.AddressError`, whose ``path`` attribute is the conflicting path.
 
-        Example:
+        Examples:
             >>> chm = ChoiceMap({"a": 1.0, ("b", "c"): 2.0})
             >>> ChoiceMap.from_leaves([(p, v * 10) for p, v in chm.leaves()]) == ChoiceMap({"a": 10.0, ("b", "c"): 20.0})
             True
@@ -291,7 +291,7 @@ class ChoiceMap:
     def get_submap(self, addr) -> "ChoiceMap":
         """The sub-map at ``addr`` (empty if absent).
 
-        Example:
+        Examples:
             >>> chm = ChoiceMap({("g", "x"): 1.0})
             >>> float(chm.get_submap("g")["x"])
             1.0
@@ -380,7 +380,7 @@ class ChoiceMap:
     def addresses(self) -> list:
         """The addresses present in the map.
 
-        Example:
+        Examples:
             >>> ChoiceMap({"a": 1.0, ("b", "c"): 2.0}).addresses()
             ['a', ('b', 'c')]
         """
@@ -393,7 +393,7 @@ class ChoiceMap:
     def filter(self, selection: "Selection") -> "ChoiceMap":
         """The sub-map of choices whose address is selected.
 
-        Example:
+        Examples:
             >>> chm = ChoiceMap({"a": 1.0, "b": 2.0})
             >>> chm.filter(select("b")).addresses()
             ['b']
@@ -414,7 +414,7 @@ class ChoiceMap:
     def without(self, name: str) -> "ChoiceMap":
         """A copy without the top-level sub-map ``name`` (absent names are fine).
 
-        Example:
+        Examples:
             >>> ChoiceMap({"component": 1, ("x", "y"): 2.0}).without("component").addresses()
             [('x', 'y')]
         """
@@ -423,7 +423,7 @@ class ChoiceMap:
     def set(self, addr, value) -> "ChoiceMap":
         """A copy with ``addr`` set to ``value`` (replacing any existing value).
 
-        Example:
+        Examples:
             >>> float(ChoiceMap({"a": 1.0}).set("a", 5.0)["a"])
             5.0
         """

@@ -28,7 +28,7 @@ arguments of the model are static (Python control flow may depend on them), arra
 data (new values do not recompile). Inside a model or inside the user's own ``jax.jit`` the
 methods are traced inline.
 
-Example:
+Examples:
     >>> import jax, ppl
     >>> @ppl.gen
     ... def model(mu):
@@ -186,7 +186,7 @@ class GenerativeFunction:
     Subclasses implement ``_simulate``, ``_assess``, ``_generate``, ``_update``, ``_regenerate``;
     the public methods validate inputs and stage (jit) top-level calls.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> tr = ppl.normal.simulate(jax.random.key(1), 0.0, 1.0)
         >>> tr.choices[()].shape
@@ -267,7 +267,7 @@ class GenerativeFunction:
     def repeat(self, n: int):
         """``n`` independent copies (choices gain a leading axis of size ``n``).
 
-        Example:
+        Examples:
             >>> import jax, ppl
             >>> tr = ppl.normal.repeat(4).simulate(jax.random.key(0), 0.0, 1.0)
             >>> tr.choices[()].shape

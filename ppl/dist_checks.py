@@ -8,7 +8,7 @@
   :data:`FAMILY_CHECKS` maps a numpyro distribution class to ``check(d, pos, kw)`` returning
   ``[(predicate, value, message)]`` (add one with :func:`register_family_check`).
 
-Example:
+Examples:
     >>> import jax.numpy as jnp
     >>> int(known_value(jnp.float32(2.0) + 1.0))
     3
@@ -43,7 +43,7 @@ def debug_check(fn, *args):
     per batch element (minutes of XLA compile time for a few hundred particles), the check is an
     unordered ``io_callback``: vmapped, it becomes one rolled loop. Gradients do not flow into it.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> seen = []
         >>> f = jax.jit(jax.vmap(lambda x: (debug_check(lambda v, tag: seen.append((float(v), tag)), x, "ok"), x)[1]))
@@ -214,7 +214,7 @@ def register_family_check(cls, check):
     ``predicate(value)`` must hold (checked at trace time for known values, at run time under
     ``ppl.debug()``), else a ``ParameterError`` with ``message`` naming the address is raised.
 
-    Example:
+    Examples:
         >>> import numpyro.distributions as nd
         >>> register_family_check(nd.Uniform, FAMILY_CHECKS[nd.Uniform]) is FAMILY_CHECKS[nd.Uniform]
         True

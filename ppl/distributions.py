@@ -6,7 +6,7 @@ order (``normal(loc, scale)``, ``gamma(concentration, rate)``, ``bernoulli(probs
 sum over the whole array in every GFI method. Any numpyro distribution can be used at a site
 with :func:`dist`. Densities and samplers are numpyro's; nothing is re-implemented here.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> @ppl.gen
     ... def model(xs):
@@ -103,7 +103,7 @@ class DistributionGF(GenerativeFunction):
     site (``bernoulli(logits=x)``) are passed by keyword. ``estimator`` is the gradient-estimation
     strategy requested for this site inside variational programs (see ``inference.vi``).
 
-    Example:
+    Examples:
         >>> import jax
         >>> tr = normal.simulate(jax.random.key(0), 0.0, 2.0)
         >>> lp, v = normal.assess(tr.choices, 0.0, 2.0)
@@ -389,7 +389,7 @@ class _TreedefBuilder:
 def dist(d: nd.Distribution) -> Invocation:
     """Use any numpyro distribution at a site: ``ppl.dist(numpyro.distributions.StudentT(3.0)) @ "x"``.
 
-    Example:
+    Examples:
         >>> import jax, numpyro.distributions as nd, ppl
         >>> @ppl.gen
         ... def model():

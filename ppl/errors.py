@@ -3,7 +3,7 @@
 Every error is a :class:`ModelError` (or subclass) whose message names the address involved and
 says how to fix the problem. They are raised at JAX trace time wherever possible.
 
-Example:
+Examples:
     >>> import ppl
     >>> @ppl.gen
     ... def model():

@@ -9,7 +9,7 @@ Parameters numpyro takes by keyword only (``low``/``high`` of ``TruncatedNormal`
 numpyro's. Checks numpyro's ``arg_constraints`` do not express are registered with
 :func:`ppl.dist_checks.register_family_check` next to the family.
 
-Example:
+Examples:
     >>> import jax, ppl
     >>> @ppl.gen
     ... def model():

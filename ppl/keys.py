@@ -10,7 +10,7 @@ act on the shared base key once for the whole batch; a distribution sampled with
 a ``jax.custom_batching.custom_vmap`` rule. Outside ``vmap`` a lane key draws from
 ``fold_in(base, lane)``. Each copy gets independent values; the same key gives the same bits.
 
-Example:
+Examples:
     >>> import jax, ppl
     >>> @ppl.gen
     ... def model():
@@ -106,7 +106,7 @@ LANE_AXES = LaneKey(None, 0)
 def lanes(key, n: int) -> LaneKey:
     """``n`` lane keys sharing ``key``; map over them with ``in_axes=LANE_AXES``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> lanes(jax.random.key(0), 4).lane.tolist()
         [0, 1, 2, 3]
@@ -117,7 +117,7 @@ def lanes(key, n: int) -> LaneKey:
 def vmap_lanes(fn, key, n: int, *args, in_axes=0):
     """``jax.vmap(fn)`` over ``n`` lane keys of ``key`` and ``args`` (mapped along ``in_axes``).
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> tr = vmap_lanes(ppl.normal.simulate, jax.random.key(0), 5, 0.0, 1.0, in_axes=None)
         >>> tr.value.shape

@@ -5,7 +5,7 @@ visits, the value checks of a compiled program, selections already checked again
 structure). They are bounded: when full, the least recently used entry is dropped, so a long
 session that builds many models neither grows without bound nor loses all its entries at once.
 
-Example:
+Examples:
     >>> c = LRUCache(2)
     >>> c["a"] = 1; c["b"] = 2
     >>> c.get("a")

@@ -40,7 +40,7 @@ def broadcast_flag(flag, like):
     """``flag`` with trailing unit axes added so that it broadcasts against ``like`` (a flag's
     shape is a prefix of its value's shape).
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> broadcast_flag(jnp.array([True, False]), jnp.zeros((2, 3))).shape
         (2, 1)
@@ -53,7 +53,7 @@ def mask(chm: ChoiceMap, flag) -> ChoiceMap:
     ``Masked(v, flag)``, a masked leaf keeps its value and its flag is and-ed with ``flag``
     (``flag`` is broadcast against the leaf's flag). The structure of ``chm`` is kept.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from ppl import ChoiceMap, Masked
         >>> m = mask(ChoiceMap({"x": 1.0, "y": Masked(jnp.zeros(2), jnp.array([True, False]))}), jnp.array(True))
@@ -80,7 +80,7 @@ def merge_masked(parts, prefix: tuple = ()) -> ChoiceMap:
     another holds nested choices, or values of different shapes/dtypes at one address, raise
     :class:`ppl.ModelError` naming the address.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from ppl import ChoiceMap
         >>> c = jnp.array(False)
@@ -129,7 +129,7 @@ def drop_absent(chm: ChoiceMap) -> ChoiceMap:
     """``chm`` without its ``Masked`` leaves whose flag is concretely all-false (traced flags and
     partly present leaves stay).
 
-    Example:
+    Examples:
         >>> from ppl import ChoiceMap, Masked
         >>> drop_absent(ChoiceMap({"a": Masked(1.0, False), "b": Masked(2.0, True), "c": 3.0})).addresses()
         ['b', 'c']
@@ -144,7 +144,7 @@ def expand_discard(old: ChoiceMap, discard: ChoiceMap) -> ChoiceMap:
     the discard has one (present), else with ``old``'s value and an all-false flag (absent). Used
     to give every branch's discard one structure, so that ``lax.switch`` can select among them.
 
-    Example:
+    Examples:
         >>> from ppl import ChoiceMap
         >>> d = expand_discard(ChoiceMap({"a": 1.0, "b": 2.0}), ChoiceMap({"b": 7.0}))
         >>> [(p[0], float(v.value), bool(v.flag)) for p, v in d.leaves()]
@@ -168,7 +168,7 @@ def discard_except(old: ChoiceMap, keep) -> ChoiceMap:
     new trace): every leaf becomes ``Masked``, present where it was present and its path is not in
     ``keep``.
 
-    Example:
+    Examples:
         >>> from ppl import ChoiceMap
         >>> d = discard_except(ChoiceMap({"a": 1.0, "b": 2.0}), {("a",)})
         >>> [(p[0], bool(v.flag)) for p, v in d.leaves()]

@@ -8,7 +8,7 @@ built with :func:`select`, :func:`select_all`, :func:`select_none` and combined 
 and ``~``. It carries no arrays (it is a pytree without leaves), so it can be a static argument of
 ``jax.jit``. Everything here is re-exported by :mod:`ppl.choicemap`.
 
-Example:
+Examples:
     >>> from ppl.selection import select
     >>> s = select("slope") | select(("group", "theta"))
     >>> s.contains(("group", "theta", "x")), s.contains("noise")
@@ -31,7 +31,7 @@ __all__ = ["Selection", "select", "select_all", "select_none", "normalize_addr"]
 def normalize_addr(addr) -> tuple:
     """Turn ``"a"`` or ``("a", "b")`` into a tuple path, checking that every part is a string.
 
-    Example:
+    Examples:
         >>> normalize_addr("a"), normalize_addr(("g", "x"))
         (('a',), ('g', 'x'))
     """
@@ -61,7 +61,7 @@ class Selection:
 
     Selecting an address selects everything nested under it.
 
-    Example:
+    Examples:
         >>> s = select("slope", ("group", "theta"))
         >>> s.contains("slope"), s.contains(("group", "theta")), s.contains("noise")
         (True, True, False)
@@ -110,7 +110,7 @@ class Selection:
         ``select_none()`` name none. Use it to check that a selection refers to addresses that
         exist.
 
-        Example:
+        Examples:
             >>> (select("b", ("g", "x")) | select("a")).named_paths()
             [('a',), ('b',), ('g', 'x')]
             >>> (~select("x")).named_paths(), (~select("x")).named_paths(all_operators=True)
@@ -246,7 +246,7 @@ class _InterSel(Selection):
 def select(*addrs) -> Selection:
     """Select addresses (strings or tuples); a selected address selects its whole subtree.
 
-    Example:
+    Examples:
         >>> select("x", ("g", "y")).contains(("g", "y"))
         True
     """
@@ -258,7 +258,7 @@ def select(*addrs) -> Selection:
 def select_all() -> Selection:
     """The selection of every address.
 
-    Example:
+    Examples:
         >>> select_all().contains(("any", "thing"))
         True
     """
@@ -268,7 +268,7 @@ def select_all() -> Selection:
 def select_none() -> Selection:
     """The empty selection.
 
-    Example:
+    Examples:
         >>> select_none().contains("x")
         False
     """

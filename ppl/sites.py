@@ -17,7 +17,7 @@ nesting as choices: combinators stack or mask it like choices). Because it is ne
 Neither site can be constrained: a value for it in the constraints of ``generate``/``update``
 (or the choices of ``assess``) raises an :class:`ppl.AddressError` naming the address.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> @ppl.gen
     ... def model(beta):
@@ -72,7 +72,7 @@ def deterministic_view() -> bool:
     while :func:`deterministics` runs). Trace types whose ``get_choices`` produces leaves itself
     (as ``DistTrace`` does) return an empty map in this view.
 
-    Example:
+    Examples:
         >>> deterministic_view()
         False
     """
@@ -94,7 +94,7 @@ def deterministics(trace) -> ChoiceMap:
     untaken ``cond``/``switch`` branches as ``Masked``). Works on batched traces (e.g. vmapped
     chains) as ``trace.get_choices()`` does. Empty if the model has none.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def step(x):
@@ -165,7 +165,7 @@ def _nonfinite_factor_callback(lw, message):
 class FactorGF(GenerativeFunction):
     """The generative function behind :func:`factor`: no choices, log density ``sum(log_weight)``.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> tr = FactorGF().simulate(jax.random.key(0), jnp.array([-1.0, -2.0]))
         >>> float(tr.score)
@@ -272,7 +272,7 @@ class DeterministicTrace(Trace):
 class DeterministicGF(GenerativeFunction):
     """The generative function behind :func:`deterministic`: records its argument, score 0.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> tr = DeterministicGF().simulate(jax.random.key(0), jnp.arange(3))
         >>> tr.retval.tolist(), float(tr.score)
@@ -325,7 +325,7 @@ def deterministic(value) -> Invocation:
     It is not a choice: read it with :func:`deterministics`; ``update``/``regenerate`` and every
     MCMC move recompute it from the other choices; it cannot be constrained.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def model():

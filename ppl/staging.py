@@ -21,7 +21,7 @@ The public pieces:
 - :func:`defer_value_check`: checks of values given in choice maps, run on the concrete values
   after the compiled call.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> @ppl.gen
     ... def model(mu, n):
@@ -81,7 +81,7 @@ def debug(enabled: bool = True):
     (e.g. :class:`~ppl.errors.ParameterError`) instead. Keep the jitted call (and
     ``block_until_ready``) inside the block to get it.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def model(s):
@@ -110,7 +110,7 @@ def debug_enabled() -> bool:
     """Whether debug-mode run-time checks are traced into the program being built now (inside a
     compiled program: the mode it was compiled with).
 
-    Example:
+    Examples:
         >>> with debug():
         ...     debug_enabled()
         True
@@ -129,7 +129,7 @@ def raise_from_callback(err: ModelError):
     """Raise ``err`` inside a host callback (debug mode), remembering it so that the staged call
     that ran the callback re-raises the same :class:`ModelError` instead of XLA's runtime error.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> from ppl.errors import ParameterError
         >>> def check(x):
@@ -163,7 +163,7 @@ def pop_callback_error():
     """The first error recorded by :func:`raise_from_callback` since the last pop, or None; clears
     the record.
 
-    Example:
+    Examples:
         >>> pop_callback_error() is None
         True
     """
@@ -199,7 +199,7 @@ def is_top_level() -> bool:
     as its own program; False inside a model, inside a staged function or :func:`inline` block,
     and while an interceptor is active (the call is then traced into the enclosing program).
 
-    Example:
+    Examples:
         >>> is_top_level()
         True
         >>> with inline():
@@ -220,7 +220,7 @@ def inline(debug: bool | None = None):
     ``debug`` (if given) sets the debug mode for the block, e.g. the one the enclosing program is
     compiled with.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @jax.jit
         ... def draw(key):
@@ -312,7 +312,7 @@ def defer_value_check(check, message: str):
 
     Distribution sites call it while a top-level call is traced (a given value is a tracer then).
 
-    Example:
+    Examples:
         >>> defer_value_check(lambda v, present: True, "never fails")  # outside a call: no-op
     """
     rec = _VALUE_CHECK_STATE.recording
@@ -346,7 +346,7 @@ def stage_gfi_call(gf, method: str, all_args: tuple):
     model's own arguments, arrays and floats are data and everything else static. This is what
     ``gf.simulate(key, *args)`` etc. do at top level (see :func:`is_top_level`).
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> tr = stage_gfi_call(ppl.normal, "simulate", (jax.random.key(0), 0.0, 1.0))
         >>> tr.choices[()].shape
@@ -471,7 +471,7 @@ def staged(fn=None, *, static_argnames=(), packed_argnames=(), contexts=()):
     Usable as ``@staged(static_argnames=...)`` or ``staged(fn, static_argnames=...)``; returns
     a :class:`StagedFunction`.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> @staged(static_argnames=("n",))
         ... def draws(key, n):

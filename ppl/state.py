@@ -5,7 +5,7 @@ calls.
 Everything here is per thread (``threading.local``), so models can be traced from several
 threads at once.
 
-Example:
+Examples:
     >>> import jax, ppl
     >>> from ppl.state import current_path
     >>> @ppl.gen
@@ -66,7 +66,7 @@ class Interceptor:
     discard. Subclasses override ``handles(path)`` to pick sites. Interceptors are active for the
     duration of a ``with ppl.core.intercept(obj):`` block, during tracing.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> class Zero(Interceptor):
         ...     def sample(self, path, gf, d, key):

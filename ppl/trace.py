@@ -6,7 +6,7 @@ trace protocol every trace implements (``get_gen_fn``, ``get_args``, ``get_retva
 ``get_score``, ``get_choices``, ``get_scores``, ``get_subtrace``, ``project``, ``site_score``,
 ``batch_axes``, ``select``); inference code uses only these, never the field names.
 
-Example:
+Examples:
     >>> import jax, ppl
     >>> tr = ppl.normal.simulate(jax.random.key(0), 0.0, 1.0)
     >>> isinstance(tr, Trace), tr.get_gen_fn() is ppl.normal
@@ -46,7 +46,7 @@ class Trace:
         trace (summed over the site's own batch dimensions; combinators' copy and time axes stay
         as leading axes). Conditionally present sites (untaken branches) are ``Masked``.
 
-        Example:
+        Examples:
             >>> import jax, ppl
             >>> @ppl.gen
             ... def m():
@@ -61,7 +61,7 @@ class Trace:
     def project(self, selection: Selection):
         """The log density of the selected choices: the sum of :meth:`get_scores` over them.
 
-        Example:
+        Examples:
             >>> import jax, ppl
             >>> @ppl.gen
             ... def m():
@@ -88,7 +88,7 @@ class Trace:
     def get_gen_fn(self):
         """The generative function that produced this trace.
 
-        Example:
+        Examples:
             >>> import jax, ppl
             >>> ppl.normal.simulate(jax.random.key(0), 0.0, 1.0).get_gen_fn() is ppl.normal
             True
@@ -99,7 +99,7 @@ class Trace:
         """The model arguments of the call, as a tuple (``None`` for a trace stored inside another
         trace: nested traces are kept without their arguments).
 
-        Example:
+        Examples:
             >>> import jax, ppl
             >>> [float(a) for a in ppl.normal.simulate(jax.random.key(0), 0.0, 2.0).get_args()]
             [0.0, 2.0]
@@ -109,7 +109,7 @@ class Trace:
     def get_retval(self):
         """The return value of the call (``None`` for a nested ``@gen`` trace, see :meth:`get_args`).
 
-        Example:
+        Examples:
             >>> import jax, ppl
             >>> tr = ppl.normal.simulate(jax.random.key(0), 0.0, 1.0)
             >>> bool(tr.get_retval() == tr.choices[()])
@@ -120,7 +120,7 @@ class Trace:
     def get_score(self):
         """``log p(choices; args)``: the joint log density of all choices of this trace.
 
-        Example:
+        Examples:
             >>> import jax, ppl
             >>> tr = ppl.normal.simulate(jax.random.key(0), 0.0, 1.0)
             >>> bool(tr.get_score() == tr.score)
@@ -134,7 +134,7 @@ class Trace:
         branch counts 0). A path naming a sub-model sums every site below it. ``None`` when the
         trace has no site at ``path``.
 
-        Example:
+        Examples:
             >>> import jax, ppl
             >>> @ppl.gen
             ... def m():
@@ -159,7 +159,7 @@ class Trace:
         per-trace data (choices, scores, return value), ``None`` for the model's arguments, which
         a batch of traces (chains, particles) shares.
 
-        Example:
+        Examples:
             >>> import jax, jax.numpy as jnp, ppl
             >>> @ppl.gen
             ... def m(mu):
@@ -181,7 +181,7 @@ class Trace:
         the per-trace data), keeping ``other``'s model arguments: an MH accept/reject step that
         leaves the shared arguments as they are. Both traces must have the same structure.
 
-        Example:
+        Examples:
             >>> import jax, jax.numpy as jnp, ppl
             >>> @ppl.gen
             ... def m():
@@ -226,7 +226,7 @@ def choice_paths(trace_or_choices):
     """Every address path of a trace's choices (or of a choice map), including the choices of
     branches not taken (``Masked``), as tuples; None if they cannot be listed.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def m():

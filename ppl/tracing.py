@@ -5,7 +5,7 @@ distribution, another ``@gen`` function or a combinator) at an address. The effe
 interprets ``@`` runs while JAX traces the function, so a jitted GFI method compiles to plain JAX:
 no per-site Python work is left in the compiled program.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> @ppl.gen
     ... def group_model(mu, n):
@@ -247,7 +247,7 @@ def _user_line(exc: BaseException, fn: Callable):
 class GenFn(GenerativeFunction):
     """A generative function written as a Python function with ``@gen``.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def coin():
@@ -452,7 +452,7 @@ def _same_objects(xs, ys) -> bool:
 def gen(fn: Callable) -> GenFn:
     """Decorate a Python function as a generative function.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def model():

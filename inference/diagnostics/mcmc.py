@@ -8,7 +8,7 @@
   value among posterior draws; chi-square test of uniform ranks).
 - :func:`geweke_z`: Geweke's z-score comparing the start and end of a chain.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> x = np.random.default_rng(0).normal(size=(4, 500))
     >>> bool(abs(rhat(x) - 1.0) < 0.02), bool(ess(x) > 1000)
@@ -96,7 +96,7 @@ def to_arviz(result, *, model=None, args=(), observations=None, log_likelihood=N
     - ``observed_data``: the observed values (default: ``observations``).
     - ``sample_stats``: extra per-draw statistics ``(chain, draw, ...)``, added to the kernel's.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> from inference import mcmc
         >>> @ppl.gen
@@ -145,7 +145,7 @@ def summary(result, var_names=None, **kw):
     """ArviZ's summary table (mean, sd, HDI, MCSE, ``ess_bulk``, ``ess_tail``, ``r_hat``) of the
     continuous and discrete choices of a run (observed, never-moving choices are dropped).
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import mcmc
         >>> @ppl.gen
@@ -198,7 +198,7 @@ def mean_within_mcse(x, truth, z: float = 4.0, extra_se: float = 0.0):
     errors (from the ESS, plus ``extra_se`` in quadrature, e.g. a reference's own error) of
     ``truth``?
 
-    Example:
+    Examples:
         >>> x = np.random.default_rng(1).normal(2.0, 1.0, size=(2, 1000))
         >>> mean_within_mcse(x, 2.0)[0]
         True
@@ -214,7 +214,7 @@ def sbc_ranks(truth, draws, key=None):
 
     ``truth`` has shape ``(R,)``, ``draws`` ``(R, L)``; ranks are in ``0..L``.
 
-    Example:
+    Examples:
         >>> sbc_ranks(np.array([0.5, -3.0]), np.array([[0.0, 1.0], [0.0, 1.0]])).tolist()
         [1, 0]
     """
@@ -229,7 +229,7 @@ def sbc_ranks(truth, draws, key=None):
 def rank_uniformity(ranks, n_ranks: int, n_bins: int | None = None):
     """Chi-square test that SBC ranks (values ``0..n_ranks-1``) are uniform: ``(statistic, p)``.
 
-    Example:
+    Examples:
         >>> r = np.random.default_rng(0).integers(0, 10, size=1000)
         >>> bool(rank_uniformity(r, 10)[1] > 0.001)
         True
@@ -249,7 +249,7 @@ def geweke_z(x, first: float = 0.1, last: float = 0.5):
     """Geweke's z-score: mean of the first ``first`` fraction of a chain minus the mean of the last
     ``last`` fraction, over their Monte Carlo standard errors (ESS-based).
 
-    Example:
+    Examples:
         >>> x = np.random.default_rng(2).normal(size=4000)
         >>> bool(abs(geweke_z(x)) < 4)
         True

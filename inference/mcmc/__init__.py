@@ -7,7 +7,7 @@ combine them with :func:`cycle`, :func:`mixture` and :func:`repeat`; run chains 
 ``rw`` and the gradient kernels move constrained choices (positive, unit interval, simplex) in
 unconstrained space. Each kernel's info is a typed ``NamedTuple`` (:mod:`inference.mcmc.infos`).
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> from inference import mcmc
     >>> @ppl.gen

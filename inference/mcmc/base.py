@@ -19,7 +19,7 @@ with two pure functions over pytrees:
 Calling a kernel, ``kernel(key, trace) -> (trace, info)``, runs one transition from a fresh state
 (no adaptation): that is the composable interface (``smc.rejuvenate`` takes any such function).
 
-Example:
+Examples:
     >>> import jax, ppl
     >>> from inference import mcmc
     >>> @ppl.gen
@@ -62,7 +62,7 @@ class Kernel:
         """The choices of ``trace`` this kernel may change: a :class:`ppl.Selection`, a list of
         addresses, or ``None`` (unknown: the runner then stores every unobserved choice).
 
-        Example:
+        Examples:
             >>> import ppl
             >>> from inference import mcmc
             >>> mcmc.hmc(ppl.select("x")).moves(None)
@@ -91,7 +91,7 @@ def accept(key, log_alpha, new, old):
     the same structure. Every MH-type move of the library (``mh``, ``rw``, ``hmc``, ``involutive``,
     SMC's rejuvenation moves) accepts through this function.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> tr, info = accept(jax.random.key(0), jnp.array(0.0), jnp.ones(2), jnp.zeros(2))
         >>> bool(info.accepted), tr.tolist()
@@ -108,7 +108,7 @@ def select_trace(pred, new, old):
     arguments (:meth:`ppl.core.Trace.select`), so that chains vmapped over traces share one copy
     of the data.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> select_trace(jnp.array(False), jnp.ones(2), jnp.zeros(2)).tolist()
         [0.0, 0.0]
@@ -122,7 +122,7 @@ def index_trace(batched, j, like):
     """Entry ``j`` of a batch of traces whose per-trace data has a leading axis (see
     :meth:`ppl.core.Trace.batch_axes`); the model arguments are ``like``'s.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def m():
@@ -144,7 +144,7 @@ def map_batched(fn, batched, like):
     ``like.batch_axes(0)`` says), with the model arguments taken from ``like`` (a trace of the
     same structure).
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def m():
@@ -163,7 +163,7 @@ def as_selection(selection) -> Selection:
     """A :class:`ppl.Selection` from a selection, an address or a list of addresses (the
     ``selection`` argument of the kernel constructors).
 
-    Example:
+    Examples:
         >>> as_selection(["a", "b"])
         select('a', 'b')
     """

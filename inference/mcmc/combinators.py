@@ -4,7 +4,7 @@ Each combinator is itself a kernel: its state is the tuple of its components' st
 info the tuple of their infos (for :func:`mixture` a :class:`inference.mcmc.infos.MixtureInfo`, for
 :func:`repeat` the info of the last application).
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> from inference import mcmc
     >>> @ppl.gen
@@ -143,7 +143,7 @@ class Mixture(_OfKernels):
 def cycle(*kernels) -> Cycle:
     """Apply the kernels one after another (a deterministic-scan composition).
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def model():
@@ -167,7 +167,7 @@ def mixture(kernels, probs=None) -> Mixture:
     Every component is evaluated and the chosen one's result kept, so that vmapped chains stay
     in lockstep; the info is a :class:`inference.mcmc.infos.MixtureInfo` ``(chosen, infos)``.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import mcmc
         >>> @ppl.gen
@@ -191,7 +191,7 @@ def mixture(kernels, probs=None) -> Mixture:
 def repeat(kernel: Kernel, n: int) -> Repeat:
     """Apply ``kernel`` ``n`` times in a row (a ``lax.scan``).
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import mcmc
         >>> @ppl.gen

@@ -4,7 +4,7 @@
 cannot say, every choice except the observations :func:`inference.mcmc.init_chains` recorded);
 :class:`DrawMap` holds the draws and explains a lookup of an unstored address.
 
-Example:
+Examples:
     >>> import jax, ppl
     >>> from inference import mcmc
     >>> @ppl.gen
@@ -82,7 +82,7 @@ class DrawMap(ChoiceMap):
     kernel's selection) raises an :class:`ppl.AddressError` that says so and points to
     ``res.fixed_choices``.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import mcmc
         >>> @ppl.gen

@@ -12,7 +12,7 @@ acceptance ratio) exceeded :data:`DIVERGENCE_THRESHOLD` (1000, as in NumPyro and
 finite, the sign of a step size far too large for the posterior's curvature (``mcmc.run`` warns
 about them).
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> from inference import mcmc
     >>> @ppl.gen
@@ -72,7 +72,7 @@ class UnconstrainedKernel(Kernel):
     g, eps) -> (u2, lp2, g2, log_q)`` (``vg(u) -> (log density, gradient)``, ``log_q`` the proposal's
     log ratio ``log q(u | u2) - log q(u2 | u)``) and may override ``_value_and_grad`` and ``_info``.
 
-    Example:
+    Examples:
         >>> import ppl
         >>> from inference import mcmc
         >>> isinstance(mcmc.hmc(ppl.select("x")), UnconstrainedKernel)
@@ -204,7 +204,7 @@ def hmc(selection, step_size: float = 0.1, n_leapfrog: int = 10, adapt_step_size
     ``adapt_step_size=True`` tunes the step size by dual averaging during ``mcmc.run``'s burn-in.
     Discrete or branch-local selected choices raise a :class:`ppl.ModelError` naming the site.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def model():
@@ -220,7 +220,7 @@ def hmc(selection, step_size: float = 0.1, n_leapfrog: int = 10, adapt_step_size
 def mala(selection, step_size: float = 0.1, adapt_step_size: bool = False) -> MALA:
     """Metropolis-adjusted Langevin on the selected continuous choices (unconstrained space).
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> @ppl.gen
         ... def model():

@@ -12,7 +12,7 @@ is ``info.acceptance_rate``, ``info["num_steps"]`` is ``info.n_steps``); ``"dive
 tests for a field. Iterating an info yields its values, as for any tuple: use ``info._fields``
 for the names.
 
-Example:
+Examples:
     >>> import jax.numpy as jnp
     >>> info = MHInfo(jnp.float32(0.5), jnp.bool_(True))
     >>> float(info.acceptance_rate), float(info["accept_prob"]), "diverging" in info
@@ -127,7 +127,7 @@ class MixtureInfo(NamedTuple):
 def is_info(x) -> bool:
     """Whether ``x`` is the info of a basic kernel (has ``acceptance_rate``), not of a combinator.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> is_info(MHInfo(jnp.float32(1.0), jnp.bool_(True))), is_info((1, 2))
         (True, False)

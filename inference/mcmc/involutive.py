@@ -168,7 +168,7 @@ class Involutive(Kernel):
     def moves(self, trace):
         """The model addresses the involution may write.
 
-        Example:
+        Examples:
             >>> import jax, ppl
             >>> from inference import mcmc
             >>> @ppl.gen

@@ -7,7 +7,7 @@
   ``update``'s discard under the proposal run from the new trace.
 - :func:`gibbs`: the exact conditional of one finite discrete site by enumerating its support.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> from inference import mcmc
     >>> @ppl.gen
@@ -113,7 +113,7 @@ def mh(target, proposal_args: tuple = ()) -> Kernel:
     and can re-propose every choice it removes, or (b) it proposes none of the choices of a branch
     that appears or disappears (those are then drawn from the prior).
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def model():
@@ -254,7 +254,7 @@ def gibbs(address) -> Gibbs:
     updated one after another (a systematic sweep, each exact). Exact as long as the site's value
     does not change which other addresses exist (for such moves use :func:`mh` with a proposal).
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> @ppl.gen
         ... def model():

@@ -6,7 +6,7 @@ choices (see :mod:`inference.mcmc.transforms`). NumPyro's warm-up adaptation (du
 size, windowed diagonal or dense mass matrix) runs during the runner's burn-in; afterwards the
 adapted values are frozen. The kernel's state is NumPyro's ``HMCState``.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> from inference import mcmc
     >>> @ppl.gen
@@ -141,7 +141,7 @@ def nuts(selection, step_size: float = 1.0, adapt_step_size: bool = True, adapt_
     ``kernel(key, trace)``) the given ``step_size`` and a unit mass matrix are used. Discrete or
     branch-local selected choices raise a :class:`ppl.ModelError` naming the site.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def model():

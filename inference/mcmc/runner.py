@@ -39,7 +39,7 @@ a chain accepted less than 1% of its proposals over the sampling phase, or when 
 reported divergent transitions (``res.divergences()`` counts them per chain), naming the kernel
 and the chains.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> from inference import mcmc
     >>> @ppl.gen
@@ -178,7 +178,7 @@ def sample(key, kernel: Kernel, trace, n_samples: int, burn_in: int = 0, thin: i
     ``choices`` holds the choices the kernel moves (see the module docstring), ``last_trace`` all.
     It runs the steps of :func:`run` (one chain, no vmap over chains).
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import mcmc
         >>> @ppl.gen
@@ -252,7 +252,7 @@ class MCMCResult:
         :meth:`acceptance_rate`'s (a ``mixture`` counts a component's steps only when it was
         the one chosen).
 
-        Example:
+        Examples:
             >>> import jax, ppl
             >>> from inference import mcmc
             >>> @ppl.gen
@@ -391,7 +391,7 @@ def init_chains(key, model, args: tuple, observations=None, n_chains: int = 4):
     A run started from these traces with a kernel that cannot say which choices it moves does
     not store the ``observations`` per draw.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def model():
@@ -431,7 +431,7 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     rule); the others are in ``res.fixed_choices``. Warns when a chain is stuck (acceptance rate
     below 1% during sampling) or a kernel reported divergent transitions.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import mcmc
         >>> @ppl.gen

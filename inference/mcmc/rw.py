@@ -21,7 +21,7 @@ trace)``, the given ``step_size`` is used. The kernel is usable on one trace wit
 Each step's info is an :class:`inference.mcmc.infos.RWInfo` ``(acceptance_rate, accepted,
 step_size)``.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> from inference import mcmc
     >>> @ppl.gen
@@ -60,7 +60,7 @@ def rw_proposal(key, x, step_size, scale=None):
     The proposal is symmetric, so it adds no term to the MH ratio. Every random-walk move of the
     library (``mcmc.rw``, the moves of ``smc.tempered``/``smc.ais``) proposes through this function.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> ch = rw_proposal(jax.random.key(0), ppl.ChoiceMap({"a": 1.0, "n": 3}), 0.1)
         >>> int(ch["n"]), bool(ch["a"] != 1.0)
@@ -97,7 +97,7 @@ def rw_step(key, logdensity_fn, x, step_size, scale=None, logdensity=None):
     known (it is computed otherwise). Returns ``((x, log_density, aux), info)`` with ``info`` an
     :class:`inference.mcmc.infos.MHInfo`. The key splits into three: proposal, density, accept.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> target = lambda k, x: (-0.5 * jnp.sum(x ** 2), ())
         >>> (x, lp, _), info = rw_step(jax.random.key(0), target, jnp.zeros(2), 0.5)
@@ -169,7 +169,7 @@ def rw(selection=None, step_size: float = 0.5, adapt: bool = True, target_accept
     acceptance rate ``target_accept`` (0.234 by default, see the module docstring) and then frozen.
     Discrete or branch-local selected choices raise a :class:`ppl.ModelError` naming the site.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def model():

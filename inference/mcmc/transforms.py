@@ -13,7 +13,7 @@ with a sampled ``b``) is handled. This is done with a :class:`ppl.core.Intercept
 - write mode: given unconstrained ``u``, the site stores ``T(u)`` and adds ``log|det J_T(u)|``
   to the weight, so ``weight + old score`` is the log density of ``u``.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> @ppl.gen
     ... def model():

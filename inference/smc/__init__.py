@@ -8,7 +8,7 @@ backward kernels). Algorithms: :func:`particle_filter`
 :func:`backward_sample` (particle smoother), :func:`pmmh`, :func:`resample_move`, and parameter
 learning (:func:`fisher_gradient`, :func:`fit_parameters`).
 
-Example:
+Examples:
     >>> import jax.numpy as jnp
     >>> from inference import smc
     >>> smc.SCHEMES

@@ -32,7 +32,7 @@ def renamed_kwargs(where: str, **renames):
     position) raises :class:`ppl.errors.ArgumentError`. The signature and docstring are the
     wrapped function's.
 
-    Example:
+    Examples:
         >>> import warnings
         >>> @renamed_kwargs("demo", scheme="resampling")
         ... def f(x, resampling="systematic"):
@@ -86,7 +86,7 @@ def check_n_particles(n, where: str, name: str = "n_particles") -> int:
     Counts must be positive whole numbers known in Python (they fix array shapes); whole floats
     such as ``1e4`` are accepted.
 
-    Example:
+    Examples:
         >>> check_n_particles(1e3, "importance.sample")
         1000
         >>> try:
@@ -119,7 +119,7 @@ def staged(static_argnames: tuple, packed_argnames: tuple = ()):
     in the compilation key, GFI calls traced inline, run-time check failures raised as the ppl
     error. A keyword ``n_particles`` is validated first (:func:`check_n_particles`).
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> run = staged(("n_particles",))(lambda key, n_particles: jax.random.normal(key, (n_particles,)))
         >>> run(jax.random.key(0), n_particles=3).shape
@@ -277,7 +277,7 @@ def particle_map(fn, n: int, args: tuple, axes: tuple, copies: tuple | None = No
     the tuple of these per-leaf flags in ``tree_leaves(out)`` order and ``copies`` the index of the
     first output leaf holding the same shared value (a leaf's own index if none).
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> out, flags, copies = particle_map(lambda x, c: (x * c, c + 1.0, c), 4, (jnp.arange(4.0), jnp.ones(3)),
         ...                                   (True, False))

@@ -69,7 +69,7 @@ def fisher_gradient(key, model, args_fn, params, observations, n_particles: int,
     degenerate for long series); ``"backward"`` draws ``n_paths`` backward-simulation paths
     (O(T N n_paths), much less degenerate). The gradient is consistent as ``N`` grows.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, optax, ppl
         >>> from inference import smc
         >>> @ppl.gen
@@ -120,7 +120,7 @@ class ParameterFitResult:
     Not :class:`inference.vi.FitResult` (the result of ``vi.fit``); ``smc.FitResult`` is a
     deprecated alias of this class.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> fit = ParameterFitResult({"a": 1.0}, {"a": jnp.array([0.0, 1.0, 2.0])}, jnp.zeros(3))
         >>> float(fit.average(2)["a"])
@@ -198,7 +198,7 @@ def fit_parameters(key, model, args_fn, params, observations, optimizer, n_steps
     climbing driven by conditional SMC with ancestor sampling (cheap per step; use a decaying
     learning rate). One ``lax.scan`` under ``jit``.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, optax, ppl
         >>> from inference import smc
         >>> @ppl.gen

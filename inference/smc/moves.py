@@ -53,7 +53,7 @@ Conventions (exact):
 
 The result has every stored leaf with a particle axis (``particle_axes`` is ``None``).
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> from ppl import ChoiceMap
     >>> from inference import smc
@@ -294,7 +294,7 @@ def move(key, ps: ParticleCollection, forward, backward, transform, model=None, 
         allow_fresh: draw choices of ``t'`` that nothing gives from the new model's prior (weighted
             exactly by ``generate``'s weight) instead of raising.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from ppl import ChoiceMap
         >>> from inference import smc

@@ -26,7 +26,7 @@ Weights are handled in log space: ``-inf`` weights (dead particles) are never se
 weights count as dead, and if every particle is dead the ancestors are the identity and the
 ``dead`` flag of :func:`log_normalize` says so (no NaN anywhere).
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp
     >>> lw = jnp.log(jnp.array([0.0, 0.5, 0.25, 0.25]))
     >>> resample_indices(jax.random.key(0), lw, "residual").tolist()
@@ -75,7 +75,7 @@ def register_resampling(name: str, fn: Callable, *, overwrite: bool = False) -> 
     and replacing a scheme that has already been used is always an error (programs compiled with
     the old function are cached under the name): register a new name instead.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> def first_heaviest(key, w, m):   # deterministic toy scheme (not unbiased)
         ...     return jnp.full((m,), jnp.argmax(w), jnp.int32)
@@ -106,7 +106,7 @@ def register_resampling(name: str, fn: Callable, *, overwrite: bool = False) -> 
 def resampling_schemes() -> tuple:
     """Names of every registered resampling scheme (the built-ins first).
 
-    Example:
+    Examples:
         >>> resampling_schemes()[:4]
         ('multinomial', 'stratified', 'systematic', 'residual')
     """
@@ -116,7 +116,7 @@ def resampling_schemes() -> tuple:
 def check_resampling(name, where: str = "resampling") -> str:
     """``name`` if it is a registered scheme, else :class:`UnknownResamplingError` listing them.
 
-    Example:
+    Examples:
         >>> check_resampling("residual")
         'residual'
         >>> try:
@@ -138,7 +138,7 @@ def log_normalize(log_weights):
     ``dead`` is True when every weight is ``-inf``; the normalized weights are then uniform so
     that downstream arithmetic stays finite.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> lw, lse, dead = log_normalize(jnp.array([-jnp.inf, -jnp.inf]))
         >>> jnp.exp(lw).tolist(), float(lse), bool(dead)
@@ -157,7 +157,7 @@ def log_normalize(log_weights):
 def ess(log_weights):
     """Effective sample size ``(sum w)^2 / sum w^2`` from log weights (0 if every particle is dead).
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> float(ess(jnp.zeros(10)))
         10.0
@@ -179,7 +179,7 @@ def invert_cdf(cdf_unnorm, u, w):
     ``cdf_unnorm`` is ``cumsum(w)`` of nonnegative weights ``w`` (not all zero) and ``u`` any
     array of numbers in ``[0, 1)``: the inverse-CDF map that every built-in scheme uses.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> w = jnp.array([0.5, 0.0, 0.5])
         >>> invert_cdf(jnp.cumsum(w), jnp.array([0.1, 0.5, 0.9]), w).tolist()
@@ -195,7 +195,7 @@ def invert_cdf(cdf_unnorm, u, w):
 def resample_indices(key, log_weights, resampling: str = DEFAULT_RESAMPLING, n_out: int | None = None):
     """Ancestor indices (int32, shape ``(n_out,)``) drawn by the scheme ``resampling`` from ``log_weights``.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> lw = jnp.log(jnp.array([0.1, 0.0, 0.9]))
         >>> a = resample_indices(jax.random.key(1), lw, "systematic", n_out=10)
@@ -215,7 +215,7 @@ def _resample_jit(key, log_weights, scheme, n_out):
 def indices_from_normalized(key, lw, dead, scheme, n_out=None):
     """:func:`resample_indices` from already normalized log weights and the ``dead`` flag.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> lw, _, dead = log_normalize(jnp.log(jnp.array([0.0, 1.0, 3.0])))
         >>> indices_from_normalized(jax.random.key(0), lw, dead, "residual").tolist()
@@ -239,7 +239,7 @@ def indices_from_normalized(key, lw, dead, scheme, n_out=None):
 def ess_from_normalized(lw, dead):
     """:func:`ess` from already normalized log weights and the ``dead`` flag.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> lw, _, dead = log_normalize(jnp.zeros(4))
         >>> float(ess_from_normalized(lw, dead))
@@ -283,7 +283,7 @@ for _name, _fn in zip(SCHEMES, (_multinomial, _stratified, _systematic, _residua
 def offspring_counts(ancestors, n: int):
     """Number of offspring of each of ``n`` particles given ancestor indices.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> offspring_counts(jnp.array([0, 0, 2]), 3).tolist()
         [2, 0, 1]
@@ -308,7 +308,7 @@ def log_evidence(log_z, log_sum, n: int):
     """Running log Z-hat: ``log_z`` (accumulated at past resampling steps) plus ``log mean(w)`` of
     the current weights, given their log-sum-exp ``log_sum`` (from :func:`log_normalize`) and count.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> _, lse, _ = log_normalize(jnp.log(jnp.array([1.0, 3.0])))
         >>> float(log_evidence(0.0, lse, 2)) == float(jnp.log(2.0))
@@ -331,7 +331,7 @@ def resample_step(key, log_weights, log_z=0.0, dead=False, *, ess_threshold=1.0,
     unchanged. ``normalized`` optionally passes ``log_normalize(log_weights)`` when already known.
     The caller gathers its particles by ``ancestors``. Works under ``jit``/``vmap``/``lax.scan``.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> lw = jnp.log(jnp.array([0.1, 0.1, 0.1, 2.0]))
         >>> out = resample_step(jax.random.key(0), lw, ess_threshold=0.5)

@@ -91,7 +91,7 @@ def _init_impl(key, model, args, observations, n_particles: int, proposal=None, 
     choices (which must not include observed addresses; choices it leaves out are sampled from the
     prior) and the weight is ``log p(x, obs) - log q(x)``.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import smc
         >>> ps = smc.init(jax.random.key(0), ppl.normal, (0.0, 1.0), None, 10)
@@ -128,7 +128,7 @@ def _extend_impl(key, ps: ParticleCollection, args, observations=None, proposal=
     trace are drawn from the prior, or from ``proposal.simulate(key, trace, *proposal_args)`` whose
     log density is then subtracted).
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import smc
         >>> @ppl.gen
@@ -164,7 +164,7 @@ def _resample_impl(key, ps: ParticleCollection, resampling: str = DEFAULT_RESAMP
     ``smc.register_resampling``); weights become equal and log Z-hat is carried in ``log_z``.
     ``scheme=`` is a deprecated alias of ``resampling=``.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> from inference import smc
         >>> ps = smc.init(jax.random.key(0), ppl.normal, (0.0, 1.0), ppl.ChoiceMap.value(0.3), 4)
@@ -184,7 +184,7 @@ def _resample_if_impl(key, ps: ParticleCollection, ess_threshold: float = 0.5,
     (adaptive resampling). ``ess_fraction=`` and ``scheme=`` are deprecated aliases of
     ``ess_threshold=`` and ``resampling=``.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import smc
         >>> ps = smc.init(jax.random.key(0), ppl.normal, (0.0, 1.0), None, 8)
@@ -210,7 +210,7 @@ def _rejuvenate_impl(key, ps: ParticleCollection, kernel):
     observations) invariant. It is traced once for one particle; the values all particles share
     (model arguments, observed values) reach it without a particle axis.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import smc
         >>> def mh(key, tr):
@@ -252,7 +252,7 @@ def _change_impl(key, ps: ParticleCollection, model, args, observations=None, tr
     ``log p_new(x, obs_new) - log p_old(x, obs_old)`` when every choice carries over. Used for
     tempering / annealing (a model with a temperature argument) and for bridging models.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import smc
         >>> @ppl.gen

@@ -22,7 +22,7 @@ assess(x | obs)``. Only floating-point latent choices are moved.
 over a sequence of targets (``model(*args_k)`` given ``observations_k``), for example data arriving
 one batch at a time.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> from inference import smc
     >>> @ppl.gen
@@ -80,7 +80,7 @@ jax.tree_util.register_dataclass(
 def power_schedule(n_temps: int, power: float = 3.0):
     """``((k / K)^power)_{k=1..K}``: small steps near the prior, where the likelihood bites hardest.
 
-    Example:
+    Examples:
         >>> power_schedule(4, 1.0).tolist()
         [0.25, 0.5, 0.75, 1.0]
     """
@@ -239,7 +239,7 @@ def tempered(key, model, args, observations, n_particles: int, betas=None, n_tem
     a new ``step_size`` or ``ess_threshold`` do not recompile (so ``tempered`` and ``ais`` share
     one compilation).
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> from inference import smc
         >>> @ppl.gen
@@ -270,7 +270,7 @@ def ais(key, model, args, observations, n_particles: int, betas=None, n_temps: i
     """Annealed importance sampling: :func:`tempered` without resampling (same ``adapt`` modes;
     the pilot population of the default ``adapt="pilot"`` still resamples, only to estimate scales).
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> from inference import smc
         >>> @ppl.gen
@@ -310,7 +310,7 @@ def resample_move(key, model, args_seq, observations_seq, n_particles: int, kern
     ``kernel(key, trace) -> (trace, info)`` (any MCMC kernel for the current target). Each step is
     compiled once per shape; a Python loop drives the steps. Returns ``(particles, ess_history)``.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import smc
         >>> @ppl.gen

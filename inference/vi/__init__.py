@@ -9,7 +9,7 @@ gradient strategy (:data:`reparam`, :func:`reinforce`, :data:`enum`, :data:`mvd`
 :func:`iwelbo`, :func:`hvi`, :func:`iwhvi`, :func:`diwhvi`, :func:`rws`, :func:`vimco`) are
 expectation programs themselves; :func:`fit` optimizes them with optax. See ``docs/vi.md``.
 
-Example:
+Examples:
     >>> import jax, ppl
     >>> from inference import vi
     >>> @ppl.gen

@@ -32,7 +32,7 @@ How it works (at JAX trace time; the compiled program is plain JAX):
    log density out of the loop; it is read from the trace returned by the outermost GFI call
    (``Interceptor.returned``) with the trace protocol's ``site_score(path)``.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> from inference import vi
     >>> @ppl.gen
@@ -180,7 +180,7 @@ def with_estimators(gf: GenerativeFunction, estimators: dict) -> GenerativeFunct
     strategy written at the site. Outside expectation programs the result behaves exactly as
     ``gf``.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import vi
         >>> @ppl.gen
@@ -382,7 +382,7 @@ class Expectation:
     Called directly (``f(key, params, *args)``) it runs the program itself; inside another
     expectation program that inlines it, so its sites join the outer program's estimator.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import vi
         >>> @vi.expectation
@@ -494,7 +494,7 @@ def map_mean(objective, in_axes=0) -> MapMean:
     program gets its own surrogate (so every strategy works per datum, including reinforce, enum
     and mvd) and the gradient is taken once of their mean: no per-example gradients.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> from inference import vi
         >>> @vi.expectation
@@ -511,7 +511,7 @@ def map_mean(objective, in_axes=0) -> MapMean:
 def expectation(fn: Callable) -> Expectation:
     """Decorate ``f(key, params, *args) -> scalar`` as an expectation program.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import vi
         >>> @ppl.gen

@@ -31,7 +31,7 @@ Every guide has ``init_params(key, init_values=None)``, ``get_posterior(params)`
 distribution of ``u``), ``sample_posterior(key, params, n)`` (a ChoiceMap of constrained choices
 with a leading axis ``n``), ``median(params)`` and ``quantiles(params, qs)``.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, optax, ppl
     >>> from inference import vi
     >>> @ppl.gen
@@ -224,7 +224,7 @@ class AutoGuide(GenerativeFunction):
     def sample_posterior(self, key, params, n: int) -> ChoiceMap:
         """``n`` draws from the guide: a ChoiceMap of constrained values with a leading axis ``n``.
 
-        Example:
+        Examples:
             >>> import jax, jax.numpy as jnp, ppl
             >>> from inference import vi
             >>> @ppl.gen
@@ -279,7 +279,7 @@ class AutoNormal(AutoGuide):
     Params: ``auto_loc`` and ``auto_scale`` (unconstrained: ``scale = softplus(auto_scale)``),
     both of length ``latent_dim``.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> from inference import vi
         >>> @ppl.gen
@@ -317,7 +317,7 @@ class AutoMultivariateNormal(AutoGuide):
     diag(softplus(diag(auto_scale_tril)))``). The guide samples site by site from the conditional
     normals of ``N(loc, L L^T)``, so each latent address holds its own choice.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> from inference import vi
         >>> @ppl.gen
@@ -372,7 +372,7 @@ class AutoLowRankMultivariateNormal(AutoGuide):
     given the sites before it, itself low-rank plus diagonal (Woodbury), so one guide run costs
     ``O(latent_dim * rank^2)``.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> from inference import vi
         >>> @ppl.gen
@@ -437,7 +437,7 @@ class AutoDelta(AutoGuide):
     :class:`AutoLaplaceApproximation` instead finds the mode of the density of the unconstrained
     ``u``. Params: ``auto_loc``. ``sample_posterior`` repeats the point; ``quantiles`` are the point.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> from inference import vi
         >>> @ppl.gen
@@ -474,7 +474,7 @@ class AutoLaplaceApproximation(AutoDelta):
     ``assess`` with the guide's observations and model arguments); ``sample_posterior``,
     ``quantiles`` use it.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> from inference import vi
         >>> @ppl.gen

@@ -30,7 +30,7 @@ ADEV interpreter calls at every site that uses it; :class:`Site` is what they re
 
 Nothing else changes: pass an instance as ``estimator=`` at a site or in ``vi.with_estimators``.
 
-Example:
+Examples:
     >>> import dataclasses, jax, ppl
     >>> from inference import vi
     >>> @dataclasses.dataclass(frozen=True)
@@ -95,7 +95,7 @@ class Site:
     ``scan`` / ``cond`` or a ``jax.vmap`` / ``lax.scan`` of the program, where the program cannot
     be replayed per value), and ``params`` / ``args`` of the expectation program.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import vi
         >>> s = vi.Site(("z",), ppl.normal, ppl.normal.make((0.0, 1.0)))
@@ -165,7 +165,7 @@ class Strategy:
     Subclasses implement ``sample`` and optionally ``check`` and ``expand`` (see the module
     docstring of ``inference.vi.estimators`` and ``docs/vi.md``).
 
-    Example:
+    Examples:
         >>> from inference import vi
         >>> isinstance(vi.enum, vi.Strategy), vi.enum() is vi.enum
         (True, True)

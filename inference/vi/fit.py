@@ -13,7 +13,7 @@ the latest intact checkpoint, bit-identically, after checking that the key, obje
 and parameter shapes/dtypes match the saved run. :func:`minibatch` marks a data
 argument that is subsampled (with replacement) at every step.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, optax, ppl
     >>> from inference import vi
     >>> @vi.expectation
@@ -79,7 +79,7 @@ class Minibatch:
 def minibatch(data, batch_size: int) -> Minibatch:
     """Mark ``data`` (arrays or a pytree, leading axis = data points) for minibatching in :func:`fit`.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> mb = minibatch(jnp.arange(10.0), 4)
         >>> mb.sample(jax.random.key(0)).shape
@@ -392,7 +392,7 @@ def fit(key, objective: Expectation, params, optimizer, n_steps: int, *args, chu
     ``jax.distributed.initialize``) place the full data with ``sharding.shard_batch(data, mesh,
     process_local=True)`` from each process's slice (see docs/scaling.md).
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, optax
         >>> from inference import vi
         >>> @vi.expectation

@@ -13,7 +13,7 @@ The latents are laid out as one flat unconstrained vector ``u`` of length ``dim`
 depth-first order of their addresses, each site's first visit first). :meth:`LatentLayout.constrain`
 maps ``u`` (with any leading batch axes) to a :class:`ppl.ChoiceMap` of constrained values.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> @ppl.gen
     ... def model(params):

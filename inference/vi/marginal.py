@@ -13,7 +13,7 @@
 - :func:`detached`: a context in which sites are sampled without any gradient estimator
   (stop-gradient values, no score terms) -- the building block of :func:`normalize`.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> from inference import vi
     >>> @ppl.gen
@@ -58,7 +58,7 @@ DETACH = _Detach()
 def detached():
     """Sample every site in the block without a gradient estimator (values are stop-gradient).
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import vi
         >>> @vi.expectation
@@ -95,7 +95,7 @@ def marginal(key, guide, reverse, params, z: ChoiceMap, n_particles: int, guide_
     ``log (1/(K + [include])) sum_k q(z, u_k) / r(u_k | z)`` over ``K = n_particles`` draws
     ``u_k ~ r`` plus, when given, the auxiliary choices ``include`` (the ones that produced ``z``).
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> from inference import vi
         >>> @ppl.gen
@@ -166,7 +166,7 @@ def normalize(key, model, guide, params, observations, n_particles: int, model_a
     respect to ``params`` through the densities, so wake-sleep objectives can differentiate
     ``sum_k w_k log p(x, z_k)`` and ``sum_k w_k log q(z_k)``.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import vi
         >>> @ppl.gen

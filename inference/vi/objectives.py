@@ -18,7 +18,7 @@ datum; :func:`vi.map_mean` averages it over a batch.
 - :func:`vimco`: the IWELBO with per-particle leave-one-out control variates for score-function
   (discrete) guides.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> from inference import vi
     >>> @ppl.gen
@@ -53,7 +53,7 @@ _sg = jax.lax.stop_gradient
 def elbo(model, guide) -> Expectation:
     """The evidence lower bound ``E_q[log p(x, z) - log q(z)]``.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import vi
         >>> @ppl.gen
@@ -81,7 +81,7 @@ def iwelbo(model, guide, K: int) -> Expectation:
 
     It increases with ``K`` towards ``log p(x)``.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> from inference import vi
         >>> @ppl.gen
@@ -135,7 +135,7 @@ def iwhvi(model, guide, reverse, aux, K: int) -> Expectation:
     draws plus the ``u`` that produced ``z``, so the objective is a lower bound on the ELBO of the
     marginal ``q(z)`` that tightens as ``K`` grows; ``K = 0`` is :func:`hvi`.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> from inference import vi
         >>> @ppl.gen
@@ -251,7 +251,7 @@ def rws(model, guide, K: int) -> Expectation:
     the wake-p and wake-q gradients (biased: self-normalized weights, no gradient through the
     sampling, as in Bornschein and Bengio, 2015). Add :func:`sleep_q` for the sleep phase.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> from inference import vi
         >>> @ppl.gen
@@ -287,7 +287,7 @@ def vimco(model, guide, K: int) -> Expectation:
     stop(log q(z_k)))`` turns that into ``(L - b_k) * grad log q(z_k)`` where ``b_k`` is the bound
     with ``z_k``'s weight replaced by the geometric mean of the others (independent of ``z_k``).
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> from inference import vi
         >>> @ppl.gen

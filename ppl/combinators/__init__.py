@@ -11,7 +11,7 @@ Each is a full GFI implementation and they nest inside each other and inside ``@
 they share (the stacked-copies trace, pending calls, shape checks) are in :mod:`._shared`; the
 masked choice-map algebra of branches is :mod:`ppl.masking`.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> @ppl.gen
     ... def step(x, _):

@@ -1,7 +1,7 @@
 """``ppl.mix``: a mixture of generative functions; the component index is a choice at
 ``"component"`` and the taken component's choices sit beside it (a :class:`SwitchGF` on it).
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> @ppl.gen
     ... def lo():
@@ -139,7 +139,7 @@ class _MixCall(LeadingArgCall):
 def mix(logits, *components) -> _MixCall:
     """A mixture: ``ppl.mix(logits, f, g)(*args) @ "m"`` records the index at ``("m", "component")``.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> @ppl.gen
         ... def lo():

@@ -1,7 +1,7 @@
 """``ppl.scan``: a step generative function ``(carry, x) -> (carry, y)`` iterated with
 ``lax.scan``; choices are stacked over time (leading axis ``T``).
 
-Example:
+Examples:
     >>> import jax, ppl
     >>> @ppl.gen
     ... def step(x, _):
@@ -55,7 +55,7 @@ class ScanGF(GenerativeFunction):
         """The number of steps of a call with inputs ``xs``: ``length`` when given (checked against
         the leading size of every leaf of ``xs``), else the leading size of ``xs``'s leaves.
 
-        Example:
+        Examples:
             >>> import jax.numpy as jnp, ppl
             >>> @ppl.gen
             ... def step(c, x):
@@ -190,7 +190,7 @@ def scan(step: GenerativeFunction, length: int | None = None) -> ScanGF:
 
     Returns ``(final_carry, ys)``; choices are stacked over time (leading axis ``T``).
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def rw(x, _):

@@ -5,7 +5,7 @@ the branches' choices, each ``Masked`` by whether its branch was taken (see :mod
 outside ``jit`` the taken branch's choices appear directly under the call's address.
 ``update``/``regenerate`` follow Gen's semantics at a change of branch (:meth:`SwitchGF._edit`).
 
-Example:
+Examples:
     >>> import jax, ppl
     >>> @ppl.gen
     ... def heads():
@@ -376,7 +376,7 @@ def switch(index, *branches) -> _BranchCall:
 
     The taken branch's choices appear directly under the call's address.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def a():
@@ -409,7 +409,7 @@ def switch(index, *branches) -> _BranchCall:
 def cond(pred, gf_true, gf_false) -> _BranchCall:
     """Branch on a (sampled) boolean: ``ppl.cond(c, right, left)(*args) @ "branch"``.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> @ppl.gen
         ... def right():

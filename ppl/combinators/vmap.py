@@ -1,7 +1,7 @@
 """``ppl.vmap`` and ``gf.repeat(n)``: independent copies of a generative function, vectorized
 with ``jax.vmap``; choices and return values gain a leading axis.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp, ppl
     >>> tr = ppl.vmap(ppl.normal, in_axes=(0, None)).simulate(jax.random.key(0), jnp.zeros(3), 1.0)
     >>> tr.choices[()].shape, tr.score.shape
@@ -140,7 +140,7 @@ def vmap(gf: GenerativeFunction, in_axes=0) -> VmapGF:
 
     ``in_axes`` is an int/None for every argument or a tuple with one entry per argument.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> tr = ppl.vmap(ppl.normal, in_axes=(0, None)).simulate(jax.random.key(0), jnp.zeros(3), 1.0)
         >>> tr.choices[()].shape
@@ -154,7 +154,7 @@ def vmap(gf: GenerativeFunction, in_axes=0) -> VmapGF:
 def repeat(gf: GenerativeFunction, n: int) -> VmapGF:
     """``n`` independent copies of ``gf`` called with the same arguments.
 
-    Example:
+    Examples:
         >>> import jax, ppl
         >>> ppl.repeat(ppl.normal, 3).simulate(jax.random.key(0), 0.0, 1.0).choices[()].shape
         (3,)
