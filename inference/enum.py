@@ -88,6 +88,11 @@ class MarginalTrace(Trace):
     def strip(self):
         return dataclasses.replace(self, packed_args=None, retval=None)
 
+    def batch_axes(self, axis=0):
+        """As :meth:`ppl.core.Trace.batch_axes`; the model trace inside shares the arguments too."""
+        return dataclasses.replace(self, packed_args=None, retval=axis, score=axis, rest=axis,
+                                   site_scores=axis, joint=self.joint.batch_axes(axis))
+
 
 @dataclasses.dataclass(frozen=True, eq=True)
 class MarginalGF(GenerativeFunction):
