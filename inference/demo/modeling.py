@@ -51,10 +51,10 @@ def run(out_dir: str, key) -> None:
     states = " ".join(str(int(z)) for z in np.asarray(htr.choices["z"][:12]))
     print(f"HMM via ppl.scan: 50 steps, score {float(htr.score):.3f}, first states {states} ...")
 
-    print("drawing 20 prior regression lines with jax.vmap (compile) ...", flush=True)
-    keys = jax.random.split(k4, 20)
-    prior = jax.vmap(lambda k: regression.simulate(k, xs).choices)(keys)
-    slopes, intercepts = np.asarray(prior["slope"]), np.asarray(prior["intercept"])
+    print("drawing 20 prior regression lines (the compiled simulate is reused) and plotting ...", flush=True)
+    prior = [regression.simulate(k, xs).choices for k in jax.random.split(k4, 20)]
+    slopes = np.array([float(ch["slope"]) for ch in prior])
+    intercepts = np.array([float(ch["intercept"]) for ch in prior])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for i, (s, b) in enumerate(zip(slopes, intercepts)):
         axes[0].plot(xs, s * xs + b, color="C0", alpha=0.3, label="prior lines slope*x + intercept" if i == 0 else None)

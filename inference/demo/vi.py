@@ -99,6 +99,7 @@ def run(out_dir: str, key) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    print("loading scikit-learn's digits (8x8, binarized) ...", flush=True)
     Xtr, Xte = digits_split()
     p0 = vae_init(jax.random.key(0))
     iw100 = vi.map_mean(vi.iwelbo(vae_model, vae_guide, 100), in_axes=(0, None, 0))
@@ -154,6 +155,7 @@ def run(out_dir: str, key) -> None:
     print(f"wrote {path}")
 
     # discrete-latent mixture with a user-defined objective
+    print("simulating 200 points from a two-component mixture ...", flush=True)
     k1, k2 = jax.random.split(jax.random.key(11))
     c = jax.random.bernoulli(k1, 0.5, (200,)).astype(jnp.int32)
     data = jnp.array([-2.0, 2.0])[c] + jax.random.normal(k2, (200,))
