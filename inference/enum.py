@@ -235,8 +235,10 @@ def infer_discrete(key, marginal, choices, *args, probs: bool = False):
     """The enumerated sites' posterior given the other choices (a trace or choice map of the
     marginal model ``marginal``): a :class:`ChoiceMap` of one exact posterior draw (per-copy
     sampling for plates, forward-filtering backward-sampling for scans), or with ``probs=True``
-    the posterior probabilities of each support value (per copy/step for the group's site, a
-    leading axis of joint values for sites outside any plate).
+    each enumerated site's posterior probability of each support value: shape ``(K,)`` for a site
+    outside any plate, ``(N, K)`` per copy in a plate, ``(T, K)`` per step in a scan (the
+    smoothing marginals). ``args`` are the model's arguments (taken from ``choices`` when it is a
+    trace and none are given).
 
     Example:
         >>> import jax, jax.numpy as jnp, ppl
