@@ -2,11 +2,11 @@
 every example runs at its small size, writes its plot and passes its own check against an exact
 or reference answer (each example raises AssertionError when off).
 
-The examples whose small size still compiles NUTS or PMMH programs (20-35 s of CPU each on a
+The examples whose small size still compiles NUTS, PMMH or training programs (20-35 s of CPU each on a
 loaded 2-core machine) run only with PPL_FULL_STATS=1, so that this file stays near a minute;
 the same algorithms on the same kinds of models are checked by tests/test_posteriordb.py (eight
 schools), tests/test_branch_semantics.py (outlier Gibbs), tests/test_enum.py (mixture NUTS) and
-tests/test_smc_pmmh.py.
+tests/test_smc_pmmh.py; tests/test_vi.py trains with vi.iwelbo.
 """
 
 import os
@@ -17,7 +17,7 @@ from inference import examples
 from inference.cli import main as cli_main
 
 FULL = os.environ.get("PPL_FULL_STATS") == "1"
-HEAVY = {"eight_schools", "curve_fitting", "stochastic_volatility", "gaussian_mixture"}
+HEAVY = {"eight_schools", "curve_fitting", "stochastic_volatility", "gaussian_mixture", "vae_digits"}
 
 
 @pytest.mark.parametrize("name", examples.names())
