@@ -172,6 +172,18 @@ def _pick(choices: ChoiceMap, keep, drop, where):
     return choices.filter(select(*keep))
 
 
+def _without_deterministics(model, args, chm: ChoiceMap) -> ChoiceMap:
+    """``chm`` without the model's ``ppl.deterministic`` addresses: MCMC draws store deterministic
+    values beside the choices, but they are recomputed from the choices, never given."""
+    if chm.is_empty():
+        return chm
+    det = jax.eval_shape(lambda k: deterministics(model.simulate(k, *args)), jax.random.key(0))
+    paths = [p for p, _ in det.leaves()]
+    if not paths:
+        return chm
+    return ChoiceMap.from_leaves([(p, v) for p, v in chm.leaves() if not _covered(p, paths)])
+
+
 def _predict(key, draws, particles, *, model, args, n, batch_ndims, keep, drop, latents, resampling):
     where = "Predictive"
     if particles is not None:  # weighted particles: resample n of them, keep their latents
@@ -187,7 +199,7 @@ def _predict(key, draws, particles, *, model, args, n, batch_ndims, keep, drop, 
     size = math.prod(batch_shape)
 
     def one(k, c):
-        tr, _ = model.generate(k, c, *args)
+        tr, _ = model.generate(k, _without_deterministics(model, args, c), *args)
         values = tr.get_choices()
         det = deterministics(tr)
         return _pick(values if det.is_empty() else values | det, keep, drop, where)
@@ -319,6 +331,7 @@ def _loglik(draws, observations, *, model, args, batch_ndims):
     given = [p for p, _ in draws.leaves()] + obs_paths
 
     def one(c):
+        c = _without_deterministics(model, args, c)
         rec = _PointwiseLogProb(obs_paths)
         with intercept(rec):
             tr, _ = model.generate(jax.random.key(0), c | observations, *args)

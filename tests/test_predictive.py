@@ -311,3 +311,31 @@ def test_compare_ranks_true_model_first():
         table = az.compare(idatas)
     assert list(table.index) == ["true", "wide"]
     assert float(table.loc["wide", "elpd_diff"]) > 0
+
+
+def test_mcmc_draws_with_deterministic_sites_feed_log_likelihood_predictive_and_arviz():
+    """mcmc.run stores ppl.deterministic values with the draws; they are recomputed, never given."""
+    import arviz as az
+
+    from inference import Predictive, log_likelihood, mcmc
+    from inference.diagnostics.mcmc import to_arviz
+
+    @ppl.gen
+    def m():
+        mu = ppl.normal(0.0, 1.0) @ "mu"
+        ppl.deterministic(2.0 * mu) @ "two_mu"
+        ppl.normal(jnp.full(3, mu), 1.0) @ "y"
+
+    obs = ppl.ChoiceMap({"y": jnp.array([0.5, 1.0, 1.5])})
+    tr, _ = m.generate(jax.random.key(0), obs)
+    res = mcmc.run(jax.random.key(1), mcmc.mh(ppl.select("mu")), tr, 40, n_chains=2, progress=False)
+    assert "two_mu" in res.choices.addresses()
+    ll = log_likelihood(m, res, observations=obs)
+    mu = np.asarray(res.choices["mu"])[..., None]
+    y = np.array([0.5, 1.0, 1.5])
+    np.testing.assert_allclose(ll["y"], -0.5 * (y - mu) ** 2 - 0.5 * np.log(2 * np.pi), rtol=1e-5, atol=1e-5)
+    pred = Predictive(m, res, return_sites=["two_mu", "y"])(jax.random.key(2))
+    np.testing.assert_allclose(pred["two_mu"], 2.0 * np.asarray(res.choices["mu"]), rtol=1e-6)
+    idata = to_arviz(res, model=m, observations=obs)
+    assert "y" in idata.log_likelihood and "two_mu" in idata.posterior
+    az.waic(idata)
