@@ -11,7 +11,7 @@ import pytest
 import ppl
 from ppl import ChoiceMap, select
 from ppl.core import _staged_runner
-from test_core_models import CASES, cond_logp, cond_model, regression, XS
+from _core_cases import CASES, cond_logp, cond_model, regression, XS
 
 N = 1000
 MODELS = ["regression", "cond", "hmm", "mixture"]

@@ -18,7 +18,7 @@ from scipy import stats
 import ppl
 from inference import mcmc
 from inference.diagnostics import mcmc as dg
-from test_mcmc import (K_OBS, N_BIN, POIS, YS, Z, bb_trace, check_moments, gp_trace, nn_trace,
+from _conjugate import (K_OBS, N_BIN, POIS, YS, Z, bb_trace, check_moments, gp_trace, nn_trace,
                        normal_normal_exact)
 
 FULL = os.environ.get("PPL_FULL_STATS") == "1"
