@@ -91,7 +91,8 @@ jax.tree_util.register_dataclass(PMMHChains)
 
 
 def random_walk(key, choices, step_size):
-    """Add ``step_size * N(0, 1)`` noise to every floating-point leaf of a choice map.
+    """Add ``step_size * N(0, 1)`` noise to every floating-point leaf of a choice map
+    (:func:`inference.mcmc.rw_proposal` with one scale).
 
     Example:
         >>> import jax, ppl
@@ -99,15 +100,9 @@ def random_walk(key, choices, step_size):
         >>> int(ch["n"]), bool(ch["a"] != 1.0)
         (3, True)
     """
-    leaves, treedef = jax.tree_util.tree_flatten(choices)
-    ks = jax.random.split(key, max(len(leaves), 1))
-    out = []
-    for k, v in zip(ks, leaves):
-        v = jnp.asarray(v)
-        if jnp.issubdtype(v.dtype, jnp.floating):
-            v = v + step_size * jax.random.normal(k, v.shape, v.dtype)
-        out.append(v)
-    return jax.tree_util.tree_unflatten(treedef, out)
+    from ..mcmc.rw import rw_proposal  # the library's one random-walk proposal
+
+    return rw_proposal(key, choices, step_size)
 
 
 def _pmmh(key, prior, model, args_fn, observations, n_particles, n_samples, step_size, init, resampling, burn_in,
