@@ -1,0 +1,139 @@
+"""Kill-and-resume: a run with ``checkpoint_dir`` is killed with SIGKILL at a random moment after
+its first checkpoint, resumed in a fresh process, and compared bit for bit with an uninterrupted
+run (computed in this process from the same source).
+
+Each run is a small program in a string: it is written to a script for the subprocesses and
+``exec``-ed here for the reference, so the three runs execute the same code. (The particle
+filter's SIGKILL test is in ``tests/test_smc_online.py``.)
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+
+from inference import checkpoint
+
+_MAIN = textwrap.dedent("""
+    if __name__ == "__main__":
+        import sys, time
+        import ppl.cache
+        from inference import checkpoint
+
+        # the killed run and the resumed one share compiled programs through a persistent cache
+        ppl.cache.enable_compilation_cache(sys.argv[3])
+        save = checkpoint.save
+
+        def slow_save(*a, **kw):  # storage slow enough that the kill lands mid-run (before or in a save)
+            time.sleep(0.05)
+            return save(*a, **kw)
+
+        checkpoint.save = slow_save
+        out = run(sys.argv[1])
+        np.savez(sys.argv[2], **{k: np.asarray(v) for k, v in out.items()})
+""")
+
+
+def _steps_in(d) -> list[int]:
+    """Every checkpoint step under ``d`` and its subdirectories (mcmc.run writes burn_in/ and draws/)."""
+    found = []
+    for root, dirs, _ in os.walk(d):
+        found += [int(n[5:]) for n in dirs if n.startswith("step_") and "tmp" not in n]
+    return found
+
+
+def kill_and_resume(tmp_path, src: str, seed: int, max_delay: float = 0.3, timeout: float = 120.0):
+    """Run ``src``'s ``run(checkpoint_dir)`` in a subprocess, SIGKILL it a random time (at most
+    ``max_delay`` s) after its first checkpoint appears, resume it in a fresh subprocess and return
+    ``(resumed outputs, reference outputs, checkpoint steps found after the kill)``."""
+    script = tmp_path / "run.py"
+    script.write_text(src + _MAIN)
+    d, out, cache = tmp_path / "ck", tmp_path / "out.npz", tmp_path / "jax_cache"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + sys.path))
+    p = subprocess.Popen([sys.executable, str(script), str(d), str(out), str(cache)], env=env)
+    ns = {"__name__": "reference"}
+    exec(compile(src, "<reference>", "exec"), ns)  # noqa: S102 - the test's own source
+    ref = {k: np.asarray(v) for k, v in ns["run"](None).items()}  # computed while the subprocess starts
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None and not _steps_in(d):
+        time.sleep(0.02)
+    time.sleep(np.random.default_rng(seed).uniform(0.0, max_delay))
+    killed = p.poll() is None
+    if killed:
+        p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert killed, "the run finished before it could be killed; make it longer"
+    assert p.returncode == -signal.SIGKILL and not out.exists()
+    found = _steps_in(d)
+    assert found, "no checkpoint was written before the kill"
+    subprocess.run([sys.executable, str(script), str(d), str(out), str(cache)], env=env, check=True, timeout=timeout)
+    with np.load(out) as z:
+        got = dict(z)
+    return got, ref, found
+
+
+def assert_same_bits(got: dict, ref: dict):
+    assert set(got) == set(ref)
+    for k in ref:
+        assert got[k].dtype == ref[k].dtype and np.array_equal(got[k], ref[k]), k
+
+
+# ------------------------------------------------------------------------------ mcmc.run
+MCMC_SRC = textwrap.dedent("""
+    import numpy as np, jax, jax.numpy as jnp, ppl
+    from inference import mcmc
+
+    @ppl.gen
+    def model(ys):
+        mu = ppl.normal(jnp.zeros(2), 3.0) @ "mu"
+        return ppl.normal(jnp.broadcast_to(mu, ys.shape), 1.0) @ "ys"
+
+    def run(checkpoint_dir):
+        ys = jnp.stack([jnp.linspace(-1.0, 2.0, 6), jnp.linspace(0.5, 1.5, 6)], axis=1)
+        tr = model.generate(jax.random.key(0), ppl.ChoiceMap({"ys": ys}), ys)[0]
+        # dual-averaging step-size adaptation during burn-in: its state crosses the checkpoints
+        kernel = mcmc.hmc(ppl.select("mu"), step_size=0.5, n_leapfrog=4, adapt_step_size=True)
+        res = mcmc.run(jax.random.key(3), kernel, tr, 60, n_chains=3, burn_in=60, chunk_size=10,
+                       checkpoint_dir=checkpoint_dir, progress=False)
+        return {"mu": res.choices["mu"], "step_size": res.info.step_size, "accepted": res.info.accepted,
+                "final": res.final_trace.choices["mu"], "score": res.final_trace.get_score()}
+""")
+
+
+def test_mcmc_run_sigkill_and_resume(tmp_path):
+    got, ref, found = kill_and_resume(tmp_path, MCMC_SRC, seed=1)
+    assert got["mu"].shape == (3, 60, 2)
+    assert len(np.unique(got["step_size"][:, -1])) == 3  # each chain adapted its own step size
+    assert_same_bits(got, ref)
+
+
+# ------------------------------------------------------------------------------ vi.fit
+VI_SRC = textwrap.dedent("""
+    import numpy as np, jax, jax.numpy as jnp, optax, ppl
+    from inference import vi
+
+    @vi.expectation
+    def objective(key, p):
+        z = p["m"] + jnp.exp(p["s"]) * jax.random.normal(key, p["m"].shape)
+        return -jnp.sum((z - jnp.array([3.0, -1.0])) ** 2) + jnp.sum(p["s"])
+
+    def run(checkpoint_dir):
+        params = {"m": jnp.zeros(2), "s": jnp.zeros(2)}
+        opt = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(optax.exponential_decay(0.05, 100, 0.5)))
+        res = vi.fit(jax.random.key(2), objective, params, opt, 120, chunk_size=10, checkpoint_dir=checkpoint_dir,
+                     progress=False)
+        return {"m": res.params["m"], "s": res.params["s"], "losses": res.losses,
+                "count": jax.tree_util.tree_leaves(res.opt_state)[0]}
+""")
+
+
+def test_vi_fit_sigkill_and_resume(tmp_path):
+    got, ref, found = kill_and_resume(tmp_path, VI_SRC, seed=2)
+    assert max(found) < 120
+    assert got["losses"].shape == (120,)
+    assert_same_bits(got, ref)
