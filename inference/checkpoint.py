@@ -57,7 +57,7 @@ import numpy as np
 
 from ppl.errors import ModelError
 
-__all__ = ["save", "restore", "latest_step", "chunked_loop", "run_chunk", "CheckpointError",
+__all__ = ["save", "restore", "latest_step", "chunked_loop", "run_chunk", "fingerprint", "CheckpointError",
            "CheckpointMismatchError", "CheckpointWarning"]
 
 _FORMAT = 1
@@ -182,6 +182,27 @@ def _check_state(directory, step, saved: dict, given: dict, label: str):
             raise _mismatch(directory, step, f"shape of {label}{p}", tuple(shape), tuple(gshape), _FRESH_HINT)
         if dtype != gdtype:
             raise _mismatch(directory, step, f"dtype of {label}{p}", dtype, gdtype, _FRESH_HINT)
+
+
+def fingerprint(tree) -> str:
+    """SHA-256 of a pytree's array leaves: their paths, dtypes, shapes and bytes (typed PRNG keys as
+    key data). Static, non-array parts (Python objects in the tree's structure) are not included,
+    so the value is the same in every process. Checkpointed algorithms record it among their
+    settings to refuse resuming with other data.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> fingerprint({"y": jnp.ones(3)}) == fingerprint({"y": jnp.ones(3)})
+        True
+        >>> fingerprint({"y": jnp.ones(3)}) == fingerprint({"y": jnp.zeros(3)})
+        False
+    """
+    h = hashlib.sha256()
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    for path, x in flat:
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(_checksum(np.asarray(jax.random.key_data(x)) if _is_key(x) else np.asarray(x)).encode())
+    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------ files

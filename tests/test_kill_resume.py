@@ -15,6 +15,7 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 
 from inference import checkpoint
 
@@ -46,19 +47,21 @@ def _steps_in(d) -> list[int]:
     return found
 
 
-def kill_and_resume(tmp_path, src: str, seed: int, max_delay: float = 0.3, timeout: float = 120.0):
+def kill_and_resume(tmp_path, src: str, seed: int, max_delay: float = 0.3, timeout: float = 120.0, ref=None):
     """Run ``src``'s ``run(checkpoint_dir)`` in a subprocess, SIGKILL it a random time (at most
     ``max_delay`` s) after its first checkpoint appears, resume it in a fresh subprocess and return
-    ``(resumed outputs, reference outputs, checkpoint steps found after the kill)``."""
+    ``(resumed outputs, reference outputs, checkpoint steps found after the kill)``; the reference
+    is ``src``'s ``run(None)`` in this process unless given."""
     script = tmp_path / "run.py"
     script.write_text(src + _MAIN)
     d, out, cache = tmp_path / "ck", tmp_path / "out.npz", tmp_path / "jax_cache"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + sys.path))
     p = subprocess.Popen([sys.executable, str(script), str(d), str(out), str(cache)], env=env)
-    ns = {"__name__": "reference"}
-    exec(compile(src, "<reference>", "exec"), ns)  # noqa: S102 - the test's own source
-    ref = {k: np.asarray(v) for k, v in ns["run"](None).items()}  # computed while the subprocess starts
+    if ref is None:
+        ns = {"__name__": "reference"}
+        exec(compile(src, "<reference>", "exec"), ns)  # noqa: S102 - the test's own source
+        ref = {k: np.asarray(v) for k, v in ns["run"](None).items()}  # computed while the subprocess starts
     deadline = time.time() + timeout
     while time.time() < deadline and p.poll() is None and not _steps_in(d):
         time.sleep(0.02)
@@ -136,4 +139,73 @@ def test_vi_fit_sigkill_and_resume(tmp_path):
     got, ref, found = kill_and_resume(tmp_path, VI_SRC, seed=2)
     assert max(found) < 120
     assert got["losses"].shape == (120,)
+    assert_same_bits(got, ref)
+
+
+# ------------------------------------------------------------------------------ smc.tempered
+TEMPERED_SRC = textwrap.dedent("""
+    import numpy as np, jax, jax.numpy as jnp, ppl
+    from inference import smc
+
+    @ppl.gen
+    def model(xs):
+        w = ppl.normal(jnp.zeros(2), 2.0) @ "w"
+        return ppl.normal(w[0] + w[1] * xs, 0.5) @ "ys"
+
+    XS = jnp.linspace(-1.0, 1.0, 8)
+    OBS = ppl.ChoiceMap({"ys": 0.3 + 1.2 * XS})
+
+    def run(checkpoint_dir, obs=OBS, betas=None, adapt="pilot", **kw):
+        res = smc.tempered(jax.random.key(5), model, (XS,), obs, 32, betas=betas, n_temps=8, n_mcmc=1,
+                           adapt=adapt, checkpoint_dir=checkpoint_dir, **kw)
+        ps = res.particles
+        return {"w": ps.traces.choices["w"], "score": ps.traces.get_score(), "lw": ps.log_weights,
+                "log_z": res.log_marginal_likelihood(), "ess": res.ess, "acc": res.acceptance, "betas": res.betas}
+""")
+
+
+def _arrays(out):
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def tempered_ns():
+    """TEMPERED_SRC's names, and ``ref``: its uninterrupted run (shared by the tests: one compilation)."""
+    ns = {"__name__": "tempered_src"}
+    exec(compile(TEMPERED_SRC, "<tempered>", "exec"), ns)  # noqa: S102 - the test's own source
+    ns["ref"] = _arrays(ns["run"](None))
+    return ns
+
+
+def test_tempered_resume_between_temperatures_is_bit_identical(tmp_path, tempered_ns):
+    """The pilot population (adapt="pilot": adapted proposal scales) is part of the saved state."""
+    import shutil
+
+    import jax.numpy as jnp
+
+    import ppl
+
+    ns, adapt = tempered_ns, "pilot"
+    ref = ns["ref"]
+    d = str(tmp_path / "ck")
+    whole = _arrays(ns["run"](d, adapt=adapt, block_size=3, keep_checkpoints=4))  # steps 3, 6, 8
+    assert_same_bits(whole, ref)
+    assert checkpoint.latest_step(d) == 8
+    # "interrupted" after 6 temperatures: drop the later checkpoints, the rerun resumes from step 6
+    for s in checkpoint._steps(d):
+        if s > 6:
+            shutil.rmtree(os.path.join(d, f"step_{s:010d}"))
+    assert checkpoint.latest_step(d) == 6
+    assert_same_bits(_arrays(ns["run"](d, adapt=adapt, block_size=3)), ref)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="betas"):
+        ns["run"](d, adapt=adapt, betas=jnp.linspace(0.1, 1.0, 8))
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="data_sha256"):
+        ns["run"](d, adapt=adapt, obs=ppl.ChoiceMap({"ys": 0.5 + ns["XS"]}))
+    with pytest.raises(ppl.ModelError, match="block_size"):
+        ns["run"](d, adapt=adapt, block_size=0)
+
+
+def test_tempered_sigkill_and_resume(tmp_path, tempered_ns):
+    got, ref, _ = kill_and_resume(tmp_path, TEMPERED_SRC, seed=3, ref=tempered_ns["ref"])  # checkpoint every temperature
+    assert got["w"].shape == (32, 2)
     assert_same_bits(got, ref)
