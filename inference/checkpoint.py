@@ -86,20 +86,49 @@ def _key_impl_name(k) -> str:
 
 
 def _to_storable(state):
-    return jax.tree_util.tree_map(lambda x: np.asarray(jax.random.key_data(x)) if _is_key(x) else np.asarray(x), state)
+    """NumPy leaves (typed keys as key data). Leaves spread over several processes' devices are
+    gathered: a collective, every process calls it (see :func:`inference.sharding.to_host`)."""
+    from inference.sharding import to_host
+
+    return to_host(state)
 
 
 def _from_storable(stored, like):
+    """``stored`` (NumPy leaves) as arrays like ``like``'s; a leaf of ``like`` that spans several
+    processes gets the same sharding (each process places its own shards from the full value)."""
+
     def back(s, l):
-        if _is_key(l):
-            return jax.random.wrap_key_data(jnp.asarray(s), impl=jax.random.key_impl(l))
-        return jnp.asarray(s, dtype=jnp.result_type(l))
+        dtype = np.asarray(s).dtype if _is_key(l) else jnp.result_type(l)
+        if isinstance(l, jax.Array) and not l.is_fully_addressable:
+            s = np.asarray(s, dtype=dtype)
+            v = jax.make_array_from_callback(s.shape, l.sharding, lambda idx: s[idx])
+        else:
+            v = jnp.asarray(s, dtype=dtype)
+        return jax.random.wrap_key_data(v, impl=jax.random.key_impl(l)) if _is_key(l) else v
 
     return jax.tree_util.tree_map(back, stored, like)
 
 
+def _writer() -> bool:
+    """Whether this process writes checkpoint files: process 0 (under ``jax.distributed`` every
+    process computes the same gathered values and reads the files; one writes them)."""
+    return jax.process_index() == 0
+
+
+def _checkpointer():
+    """An orbax PyTree checkpointer for this process alone (no barriers with the other processes
+    of a ``jax.distributed`` run: process 0 writes, each process reads by itself)."""
+    import orbax.checkpoint as ocp
+
+    if jax.process_count() == 1:
+        return ocp.PyTreeCheckpointer()
+    me = jax.process_index()
+    opts = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=opts), multiprocessing_options=opts)
+
+
 def _strong(x):
-    if _is_key(x):
+    if _is_key(x) or (isinstance(x, jax.Array) and not x.weak_type):
         return x
     x = jnp.asarray(x)
     return jax.lax.convert_element_type(x, x.dtype) if x.weak_type else x
@@ -234,20 +263,25 @@ def _remove(path: str):
         os.remove(path)
 
 
-def _write_history(directory: str, start: int, end: int, outs) -> list:
-    """Write the outputs of steps ``start..end-1``; returns the history entry ``[start, end, file, sha256]``."""
+def _write_history(directory: str, start: int, end: int, outs) -> tuple[list, list]:
+    """Write the outputs of steps ``start..end-1`` (process 0 writes; outputs spread over several
+    processes are gathered by all); returns the history entry ``[start, end, file, sha256]`` and
+    the outputs' leaves as NumPy arrays."""
     hdir = os.path.join(os.path.abspath(directory), "history")
     os.makedirs(hdir, exist_ok=True)
     name = f"outs_{start:010d}_{end:010d}.npz"
     buf = io.BytesIO()
-    leaves = jax.tree_util.tree_leaves(outs)
-    np.savez(buf, **{f"leaf_{i:06d}": np.asarray(x) for i, x in enumerate(leaves)})
+    leaves = jax.tree_util.tree_leaves(_to_storable(outs))
+    np.savez(buf, **{f"leaf_{i:06d}": x for i, x in enumerate(leaves)})
     data = buf.getvalue()
+    entry = [start, end, name, hashlib.sha256(data).hexdigest()]
+    if not _writer():
+        return entry, leaves
     tmp = os.path.join(hdir, f".{name}.tmp-{uuid.uuid4().hex}")
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, os.path.join(hdir, name))
-    return [start, end, name, hashlib.sha256(data).hexdigest()]
+    return entry, leaves
 
 
 def _read_history(directory: str, entries: list, out_desc: dict) -> list:
@@ -287,15 +321,15 @@ def save(directory: str, step: int, state, *, settings: dict | None = None, hist
         >>> latest_step(d)
         3
     """
-    import orbax.checkpoint as ocp
-
     directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
     final = _step_dir(directory, step)
+    leaves = jax.tree_util.tree_leaves(_to_storable(state))  # a collective under jax.distributed
+    if not _writer():
+        return final
+    os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{_step_name(step)}.tmp-{uuid.uuid4().hex}")
     os.makedirs(tmp)
-    leaves = jax.tree_util.tree_leaves(_to_storable(state))
-    with ocp.PyTreeCheckpointer() as ckpt:
+    with _checkpointer() as ckpt:
         ckpt.save(os.path.join(tmp, "state"), {f"leaf_{i:06d}": leaf for i, leaf in enumerate(leaves)})
     meta = {
         "format": _FORMAT,
@@ -337,9 +371,7 @@ def _read_meta(directory: str, step: int) -> dict:
 
 def _restore_state(directory: str, step: int, meta: dict, like):
     """The verified state of checkpoint ``step`` in the structure of ``like`` (raises on damage)."""
-    import orbax.checkpoint as ocp
-
-    with ocp.PyTreeCheckpointer() as ckpt:
+    with _checkpointer() as ckpt:
         raw = ckpt.restore(os.path.join(_step_dir(directory, step), "state"))
     like_leaves, treedef = jax.tree_util.tree_flatten(like)
     if len(like_leaves) != len(meta["checksums"]):
@@ -405,7 +437,9 @@ def restore(directory: str, like, step: int | None = None):
 
 def _prune(directory: str, keep: int, current: int):
     """Keep the ``keep`` latest checkpoints up to ``current``; drop later ones (a superseded run),
-    temporary leftovers and history files no kept checkpoint refers to."""
+    temporary leftovers and history files no kept checkpoint refers to (process 0 only)."""
+    if not _writer():
+        return
     steps = _steps(directory)
     kept = [s for s in steps if s <= current][-max(1, keep):]
     for s in steps:
@@ -555,7 +589,8 @@ def chunked_loop(
     data = data if with_data else None
     # scan carries strongly typed values; starting from them too means one program for every chunk
     state = jax.tree_util.tree_map(_strong, state)
-    settings = {"key": _describe_key(key), **_jsonify(settings or {})}
+    if directory is not None:  # (describing the key reads it back from the device: only when saving)
+        settings = {"key": _describe_key(key), **_jsonify(settings or {})}
 
     @functools.cache
     def outputs():  # per-step output shapes (traced once: after the resume checks of state and settings)
@@ -569,8 +604,11 @@ def chunked_loop(
         resumed = _resume(directory, state, lambda: outputs()[1], settings, n_steps)
         if resumed is not None:
             done, state, chunks, history = resumed
-    out_shapes, out_desc = outputs()
-    out_treedef = jax.tree_util.tree_structure(out_shapes)
+    # the outputs' structure: traced abstractly only when needed (checkpoints, an empty loop, a
+    # callback on the first chunk's outputs), else read off the first chunk (no second trace per call)
+    out_treedef = None
+    if directory is not None or n_steps <= done or validate is not None or postfix is not None:
+        out_treedef = jax.tree_util.tree_structure(outputs()[0])
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -582,7 +620,8 @@ def chunked_loop(
             size = min(chunk_size, n_steps - done)
             new_state, out = run_chunk(step, chunk_size, with_data, key, done, state, data,
                                        n_valid=np.int32(size) if n_chunks > 1 else None)
-            out = jax.tree_util.tree_leaves(out)
+            out, treedef = jax.tree_util.tree_flatten(out)
+            out_treedef = treedef if out_treedef is None else out_treedef
             if size < chunk_size:
                 out = [x[:size] for x in out]
             if not device_outputs:
@@ -592,8 +631,11 @@ def chunked_loop(
             state = new_state
             chunks.append(out)
             if directory is not None:
-                history = history + [_write_history(directory, done, done + size, out)]
-                save(directory, done + size, state, settings=settings, history=history, outs=out_desc,
+                entry, host = _write_history(directory, done, done + size, out)
+                history = history + [entry]
+                if jax.process_count() > 1:  # outputs that may span processes: keep the gathered copy
+                    chunks[-1] = host
+                save(directory, done + size, state, settings=settings, history=history, outs=outputs()[1],
                      n_steps=n_steps)
                 _prune(directory, keep, done + size)
             done += size
@@ -610,5 +652,5 @@ def chunked_loop(
     elif chunks:
         outs = [xp.concatenate(xs) for xs in zip(*chunks)]
     else:
-        outs = [xp.zeros((0, *s.shape[1:]), s.dtype) for s in jax.tree_util.tree_leaves(out_shapes)]
+        outs = [xp.zeros((0, *s.shape[1:]), s.dtype) for s in jax.tree_util.tree_leaves(outputs()[0])]
     return state, jax.tree_util.tree_unflatten(out_treedef, outs)

@@ -24,6 +24,7 @@ import jax
 
 from ppl.choicemap import ChoiceMap, Masked, Selection, normalize_addr, select
 from ppl.errors import AddressError, fmt_addr
+from ppl.lru import LRUCache
 
 from .base import map_batched
 
@@ -48,11 +49,28 @@ def _moved(kernel, trace, paths):
     return {p for p in paths if any(_related(p, q) for q in addrs)}
 
 
+#: (kernel, trace structure and leaf types, batched, observed) -> stored selection: deciding traces
+#: the model abstractly, which for a model with many sites costs more than a short compiled run
+_STORED: LRUCache = LRUCache(256)
+
+
 def stored_selection(kernel, trace, batched, observed=()):
     """The selection of the choices stored per draw, or ``None`` for all of them (``trace`` is
     one trace or, ``batched``, a batch of them; ``observed``: addresses never to store when the
-    kernel cannot say what it moves)."""
+    kernel cannot say what it moves). Cached per kernel and trace structure."""
+    leaves, treedef = jax.tree_util.tree_flatten(trace)
+    key = (kernel, treedef, tuple((getattr(x, "shape", ()), getattr(x, "dtype", type(x))) for x in leaves), bool(batched),
+           tuple(observed))
+    try:
+        hit = _STORED.get(key, _STORED)
+    except TypeError:  # an unhashable kernel or model: decide every time
+        return _stored_selection(kernel, trace, batched, observed)
+    if hit is _STORED:
+        hit = _STORED[key] = _stored_selection(kernel, trace, batched, observed)
+    return hit
 
+
+def _stored_selection(kernel, trace, batched, observed):
     single = jax.eval_shape(lambda t: map_batched(lambda x: x[0], t, t) if batched else t, trace)
     # the structure the compiled loop collects (branch choices as Masked leaves)
     leaves = jax.eval_shape(lambda t: t.choices, single).leaves()

@@ -154,6 +154,12 @@ class _Steps:
         return (_split(tr)[0], st), (collect(tr.get_choices(), self.stored) | deterministics(tr), info)
 
 
+@jax.jit
+def _chains_first(tree):
+    """``(n_samples, n_chains, ...) -> (n_chains, n_samples, ...)`` for every leaf, in one dispatch."""
+    return jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), tree)
+
+
 @jax.jit(static_argnums=(0, 1, 2, 3, 4))
 def _init(kernel, n_warmup, n_chains, mesh, batched, key, own, shared):
     """``(own, kernel_state)`` of one chain (``n_chains is None``) or of every chain (vmapped;
@@ -486,7 +492,7 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
         k_draw, _Steps(kernel, thin, stored, n_chains, mesh), state, n_samples,
         max(1, chunk // thin) if chunked else n_samples, where("draws"), desc=f"mcmc.{kernel.name}", **loop)
     # the loop stacks draws first: (n_samples, n_chains, ...) -> (n_chains, n_samples, ...)
-    choices, info = jax.tree_util.tree_map(lambda x: jnp.swapaxes(jnp.asarray(x), 0, 1), (choices, info))
+    choices, info = _chains_first((choices, info))
     tr = _merge(state[0], shared)
     fixed_paths = tuple(p for p, _ in fixed.leaves())
     res = MCMCResult(DrawMap.wrap(choices, fixed_paths), info, tr, fixed, kernel)
