@@ -294,7 +294,26 @@ class MCMCResult:
         return to_arviz(self)
 
     def summary(self, **kw):
-        """ArviZ summary table (mean, sd, HDI, MCSE, bulk/tail ESS, R-hat) as a DataFrame."""
+        """ArviZ summary table (mean, sd, HDI, MCSE, bulk/tail ESS, R-hat) as a pandas DataFrame,
+        one row per stored choice (per element of an array choice) and deterministic value.
+
+        Keyword arguments are forwarded to ``arviz.summary`` through
+        :func:`inference.diagnostics.mcmc.summary`: ``var_names`` (ArviZ names: ``"slope"``, a
+        nested address ``("group", "theta")`` as ``"group/theta"``; default: every stored value
+        that varies), ``hdi_prob`` (default 0.94), ``kind`` (``"all"``, ``"stats"`` or
+        ``"diagnostics"``), ``round_to``, ``stat_focus``, ``filter_vars``, ``coords``, ...
+
+        Examples:
+            >>> import jax, ppl
+            >>> from inference import mcmc
+            >>> @ppl.gen
+            ... def model():
+            ...     return ppl.normal(0.0, 1.0) @ "x"
+            >>> res = mcmc.run(jax.random.key(0), mcmc.mh(ppl.select("x")), model.simulate(jax.random.key(1)), 50,
+            ...                n_chains=2)
+            >>> list(res.summary(hdi_prob=0.9, kind="stats").columns)
+            ['mean', 'sd', 'hdi_5%', 'hdi_95%']
+        """
         from inference.diagnostics.mcmc import summary
 
         return summary(self, **kw)

@@ -252,6 +252,13 @@ def _change_impl(key, ps: ParticleCollection, model, args, observations=None, tr
     ``log p_new(x, obs_new) - log p_old(x, obs_old)`` when every choice carries over. Used for
     tempering / annealing (a model with a temperature argument) and for bridging models.
 
+    **A tempered model** takes the temperature as an argument and adds the scaled log likelihood
+    with ``ppl.factor(beta * log_lik) @ "lik"`` (a likelihood given as observations at
+    distribution sites cannot be scaled); pass ``beta`` as a float or array (data: every
+    temperature reuses one compiled program). Between temperatures, resample
+    (:func:`resample_if`) and rejuvenate (:func:`rejuvenate`) with an MCMC kernel; docs/smc.md
+    has the whole loop, checked against the exact evidence.
+
     Examples:
         >>> import jax, ppl
         >>> from inference import smc
@@ -261,6 +268,20 @@ def _change_impl(key, ps: ParticleCollection, model, args, observations=None, tr
         >>> ps = smc.init(jax.random.key(0), model, (2.0,), None, 1000)
         >>> ps = smc.change(jax.random.key(1), ps, model, (1.0,))
         >>> bool(abs(ps.log_marginal_likelihood()) < 0.2)   # both normalized: Z ratio is 1
+        True
+
+        A tempered model, moved from the prior (``beta = 0``) to ``beta = 0.5``:
+
+        >>> import jax.numpy as jnp
+        >>> @ppl.gen
+        ... def tempered(beta, ys):
+        ...     mu = ppl.normal(0.0, 1.0) @ "mu"
+        ...     ppl.factor(beta * jnp.sum(jax.scipy.stats.norm.logpdf(ys, mu, 1.0))) @ "lik"
+        >>> ys = jnp.array([0.5, 1.5])
+        >>> ps = smc.init(jax.random.key(2), tempered, (0.0, ys), None, 100)
+        >>> ps = smc.change(jax.random.key(3), ps, tempered, (0.5, ys))
+        >>> lik = jax.vmap(lambda mu: jnp.sum(jax.scipy.stats.norm.logpdf(ys, mu, 1.0)))(ps.traces.choices["mu"])
+        >>> bool(jnp.allclose(ps.log_weights, 0.5 * lik, atol=1e-4))   # weight: p_0.5 / p_0
         True
     """
     obs = as_choicemap(observations)
