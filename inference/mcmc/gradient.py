@@ -35,6 +35,7 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer.hmc_util import dual_averaging
 
 from ppl.choicemap import Selection
+from ppl.lru import LRUCache
 
 from .base import Kernel, accept, as_selection, selected_paths
 from .infos import HMCInfo
@@ -43,6 +44,9 @@ from .transforms import UnconstrainedView
 __all__ = ["hmc", "mala", "HMC", "MALA", "GradState", "UnconstrainedKernel", "DIVERGENCE_THRESHOLD"]
 
 _tmap = jax.tree_util.tree_map
+
+#: (selected paths, kernel, trace structure and leaf types) -> unconstrained shapes
+_UNCONSTRAINED_SHAPES: LRUCache = LRUCache(256)
 
 #: A transition diverges when its energy error ``-log(acceptance ratio)`` exceeds this (or is
 #: not finite): NumPyro's and Stan's threshold.
@@ -102,7 +106,11 @@ class UnconstrainedKernel(Kernel):
         return jax.value_and_grad(lambda v: view.log_density(trace, unravel(v)))(u)
 
     def _read(self, view, trace):
-        u, unravel = ravel_pytree(view.read(trace))
+        tree = view.read(trace)
+        key = self._shapes_key(view, trace)
+        if key is not None:  # the steps that follow need these shapes: no abstract pass of their own
+            _UNCONSTRAINED_SHAPES[key] = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+        u, unravel = ravel_pytree(tree)
         return u, unravel
 
     def init(self, key, trace, n_warmup=0):
@@ -127,10 +135,29 @@ class UnconstrainedKernel(Kernel):
         da = _tmap(lambda a, b: jnp.where(warm, a, b), da_new, state.da)
         return log_step, da
 
+    def _unravel(self, view, trace):
+        """``flat vector -> {path: unconstrained value}`` for traces shaped like ``trace`` (the
+        unconstrained shapes need one abstract pass of the model: cached per trace structure)."""
+        key = self._shapes_key(view, trace)
+        shapes = None if key is None else _UNCONSTRAINED_SHAPES.get(key)
+        if shapes is None:
+            shapes = jax.eval_shape(view.read, trace)
+            if key is not None:
+                _UNCONSTRAINED_SHAPES[key] = shapes
+        return ravel_pytree(jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))[1]
+
+    def _shapes_key(self, view, trace):
+        leaves, treedef = jax.tree_util.tree_flatten(trace)
+        key = (view.paths, self.name, treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves))
+        try:
+            hash(key)
+        except TypeError:  # an unhashable model: no caching
+            return None
+        return key
+
     def step(self, key, trace, state, synced=False):
         view = self._view(trace)
-        shapes = jax.eval_shape(view.read, trace)
-        _, unravel = ravel_pytree(jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+        unravel = self._unravel(view, trace)
         if synced:
             u, lp, g = state.u, state.logp, state.grad
         else:
