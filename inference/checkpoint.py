@@ -24,6 +24,11 @@ given. A damaged checkpoint (unreadable or truncated files, a checksum mismatch)
 :class:`CheckpointWarning` naming its step, falling back to the previous intact one; if none is
 intact, :class:`CheckpointError` says so.
 
+Several processes (``jax.distributed``): every process calls with the same directory, on a file
+system they all see. State and outputs spread over several processes' devices are gathered (a
+collective), process 0 writes the files, and on resume each process reads them and places its
+own shards (the restored state has the sharding of the state it is resumed into).
+
 Examples:
     >>> import jax, jax.numpy as jnp, tempfile
     >>> def step(key, x):

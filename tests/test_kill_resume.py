@@ -206,6 +206,91 @@ def test_tempered_resume_between_temperatures_is_bit_identical(tmp_path, tempere
 
 
 def test_tempered_sigkill_and_resume(tmp_path, tempered_ns):
-    got, ref, _ = kill_and_resume(tmp_path, TEMPERED_SRC, seed=3, ref=tempered_ns["ref"])  # checkpoint every temperature
+    got, ref, _ = kill_and_resume(tmp_path, TEMPERED_SRC, seed=3, ref=tempered_ns["ref"])  # saves every temperature
     assert got["w"].shape == (32, 2)
+    assert_same_bits(got, ref)
+
+
+# ------------------------------------------------------------------------------ several processes
+DIST_SRC = textwrap.dedent("""
+    import numpy as np, jax, jax.numpy as jnp, ppl
+    from inference import mcmc
+
+    @ppl.gen
+    def model(ys):
+        mu = ppl.normal(jnp.zeros(2), 3.0) @ "mu"
+        return ppl.normal(jnp.broadcast_to(mu, ys.shape), 1.0) @ "ys"
+
+    def run(checkpoint_dir, n_samples):
+        ys = jnp.stack([jnp.linspace(-1.0, 2.0, 6), jnp.linspace(0.5, 1.5, 6)], axis=1)
+        tr = model.generate(jax.random.key(0), ppl.ChoiceMap({"ys": ys}), ys)[0]
+        kernel = mcmc.rw("mu", 2.0)  # adapts its step size during burn-in (state crosses the checkpoints)
+        return mcmc.run(jax.random.key(3), kernel, tr, n_samples, n_chains=4, burn_in=20, chunk_size=10,
+                        checkpoint_dir=checkpoint_dir, progress=False)
+
+    def outputs(res):
+        return {"mu": res.choices["mu"], "step_size": res.info.step_size, "final": res.final_trace.choices["mu"]}
+""")
+
+DIST_WORKER = textwrap.dedent("""
+    import json, sys, jax
+    jax.distributed.initialize(coordinator_address=f"localhost:{sys.argv[2]}", num_processes=2,
+                               process_id=int(sys.argv[1]), initialization_timeout=60)
+""") + DIST_SRC + textwrap.dedent("""
+    from inference.sharding import batch_sharding, device_mesh, to_host
+
+    pid, d, out_path = int(sys.argv[1]), sys.argv[3], sys.argv[4]
+    assert jax.process_count() == 2 and len(jax.devices()) == 4
+    with batch_sharding(device_mesh()):
+        first = run(d, 20)  # stops after 20 draws: the checkpoints of burn-in and draws are on disk
+        spans = len(first.final_trace.choices["mu"].sharding.device_set)
+        res = run(d, 40)    # continues from the checkpoint at draw 20
+        out = to_host(outputs(res))  # a collective: both processes gather
+    if pid == 0:
+        np.savez(out_path, **out)
+        with open(out_path + ".json", "w") as f:
+            json.dump({"spans": spans}, f)
+    jax.distributed.shutdown()
+""")
+
+
+def test_mcmc_checkpoint_across_two_processes(tmp_path):
+    """mcmc.run(checkpoint_dir=) with 4 chains over two jax.distributed processes (two CPU devices
+    each): the chains' state is gathered, written once (process 0) and restored by each process
+    into its own shards; a run continued from the checkpoint equals one uninterrupted
+    single-process run bit for bit."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    script, d, out = tmp_path / "worker.py", tmp_path / "ck", tmp_path / "mp.npz"
+    script.write_text(DIST_WORKER)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([root] + sys.path))
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(d), str(out)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = []
+    try:
+        ns = {"__name__": "dist_src"}
+        exec(compile(DIST_SRC, "<dist>", "exec"), ns)  # noqa: S102 - the test's own source
+        ref = {k: np.asarray(v) for k, v in ns["outputs"](ns["run"](None, 40)).items()}
+        deadline = time.monotonic() + 240
+        for p in procs:
+            logs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for i, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 0, f"process {i} failed:\n{log[-4000:]}"
+    import json
+
+    with open(str(out) + ".json") as f:
+        assert json.load(f)["spans"] == 4  # the chains really were spread over both processes
+    assert checkpoint.latest_step(str(d / "draws")) == 40 and checkpoint.latest_step(str(d / "burn_in")) == 20
+    with np.load(out) as z:
+        got = dict(z)
+    assert got["mu"].shape == (4, 40, 2)
     assert_same_bits(got, ref)
