@@ -16,7 +16,7 @@ from ppl import ChoiceMap, gen
 def regression(xs):
     slope = ppl.normal(0.0, 1.0) @ "slope"
     intercept = ppl.normal(0.0, 2.0) @ "intercept"
-    noise = ppl.gamma(2.0, 2.0) @ "noise"
+    noise = ppl.half_normal(1.0) @ "noise"
     return ppl.normal(slope * xs + intercept, noise) @ "ys"
 
 
@@ -34,7 +34,7 @@ def run(out_dir: str, key) -> None:
     import matplotlib.pyplot as plt
 
     xs = jnp.linspace(-2.0, 2.0, 30)
-    k1, k2, k3, k4 = jax.random.split(key, 4)
+    k1, k2, k3, k4 = (jax.random.fold_in(key, i) for i in range(4))  # fold_in: one compiled program
     print("simulating the regression model (first call: trace + compile) ...", flush=True)
     tr = regression.simulate(k1, xs)
     print(tr)
@@ -48,11 +48,11 @@ def run(out_dir: str, key) -> None:
     print("simulating a 50-step HMM written with ppl.scan (compile) ...", flush=True)
     hmm = ppl.scan(hmm_step, length=50)
     htr = hmm.simulate(k3, jnp.asarray(0), None)
-    states = " ".join(str(int(z)) for z in np.asarray(htr.choices["z"][:12]))
+    states = " ".join(str(int(z)) for z in np.asarray(htr.choices["z"])[:12])
     print(f"HMM via ppl.scan: 50 steps, score {float(htr.score):.3f}, first states {states} ...")
 
     print("drawing 20 prior regression lines (the compiled simulate is reused) and plotting ...", flush=True)
-    prior = [regression.simulate(k, xs).choices for k in jax.random.split(k4, 20)]
+    prior = [regression.simulate(jax.random.fold_in(k4, i), xs).choices for i in range(20)]
     slopes = np.array([float(ch["slope"]) for ch in prior])
     intercepts = np.array([float(ch["intercept"]) for ch in prior])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
