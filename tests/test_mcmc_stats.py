@@ -118,6 +118,11 @@ def test_every_kernel_on_every_conjugate_model(kernel, model):
     res = mcmc.run(jax.random.key(seed), KERNELS[kernel](addr), tr, N_DRAWS,
                    n_chains=2, burn_in=300)
     check_moments(res.choices[addr], m, v)
+    x = np.asarray(res.choices[addr])
+    if model == "beta_binomial":  # draws stay in the support (constrained sites move unconstrained)
+        assert np.all((x > 0) & (x < 1))
+    elif model == "gamma_poisson":
+        assert np.all(x > 0)
 
 
 # ------------------------------------------------------------------------------ NUTS vs NumPyro
