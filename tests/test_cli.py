@@ -107,3 +107,42 @@ def test_console_script_version():
     out = subprocess.run([sys.executable, "-c", "import sys; from inference.cli import main; sys.exit(main())",
                           "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and ppl.__version__ in out.stdout
+
+
+def test_demo_mcmc_exact_references_match_brute_force_quadrature():
+    """The exact posteriors the MCMC section compares with (a noise grid for the regression,
+    enumeration over tau for the changepoint) agree with plain quadrature over every latent."""
+    import numpy as np
+    from scipy import stats
+
+    from inference.demo import mcmc as demo
+
+    counts = np.array([3, 4, 1, 0, 1])
+    means, dens = demo.exact_changepoint(counts)
+    g = np.linspace(1e-4, 15.0, 601)
+    prior = stats.gamma.logpdf(g, demo.GAMMA_A, scale=1 / demo.GAMMA_B)
+    joint = []
+    for tau in range(len(counts)):
+        ll_e = stats.poisson.logpmf(counts[:tau, None], g[None]).sum(0)
+        ll_l = stats.poisson.logpmf(counts[tau:, None], g[None]).sum(0)
+        joint.append((prior + ll_e)[:, None] + (prior + ll_l)[None, :])
+    joint = np.exp(np.array(joint) - np.max(joint))
+    joint /= joint.sum()
+    assert abs(means["tau"] - (joint.sum((1, 2)) * np.arange(len(counts))).sum()) < 1e-3
+    assert abs(means["early"] - (joint.sum((0, 2)) * g).sum()) < 1e-3
+    assert abs(means["late"] - (joint.sum((0, 1)) * g).sum()) < 1e-3
+    assert abs(dens["tau"].sum() - 1) < 1e-9
+
+    xs, ys = np.linspace(-1, 1, 6), np.array([-1.2, -0.9, -0.1, 0.2, 0.9, 1.4])
+    means, dens = demo.exact_regression(xs, ys)
+    b = np.linspace(-2.0, 4.0, 121)
+    s = np.linspace(1e-3, 2.0, 120)
+    S, A, N = np.meshgrid(b, b, s, indexing="ij", sparse=True)  # slope, intercept, noise
+    resid2 = sum((y - S * x - A) ** 2 for x, y in zip(xs, ys))
+    logp = (-0.5 * (S**2 + A**2) / demo.PRIOR_SD**2 - 0.5 * (N / demo.NOISE_SCALE) ** 2
+            - len(xs) * np.log(N) - 0.5 * resid2 / N**2)
+    w = np.exp(logp - logp.max())
+    w /= w.sum()
+    for name, grid in (("slope", S), ("intercept", A), ("noise", N)):
+        assert abs(means[name] - (w * grid).sum()) < 5e-3, (name, means[name], (w * grid).sum())
+    assert abs(np.trapezoid(dens["slope"](b), b) - 1) < 1e-3

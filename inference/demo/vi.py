@@ -165,7 +165,7 @@ def run(out_dir: str, key) -> None:
     ax.set_yticks([3.5, 12.5], ["held out", "reconstructed"])
     ax.set_xlabel("held-out digit")
     ax.set_ylabel("image (8x8 pixels)")
-    ax.set_title("held-out digits and VAE (elbo) reconstructions: decoder mean at the encoder mean")
+    ax.set_title("held-out digits and their VAE (elbo) reconstructions")
     fig.tight_layout()
     path = os.path.join(out_dir, "vi_vae_reconstructions.png")
     fig.savefig(path, dpi=100)
