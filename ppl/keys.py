@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpyro.distributions as nd
 from jax.custom_batching import custom_vmap
 from numpyro.distributions.batch_util import promote_batch_shape
 
-__all__ = ["LaneKey", "KeyTable", "lanes", "LANE_AXES", "fold_in", "split", "is_key", "draw", "vmap_lanes", "raw"]
+__all__ = ["LaneKey", "KeyTable", "Noise", "lanes", "LANE_AXES", "fold_in", "split", "is_key", "draw", "vmap_lanes",
+           "raw"]
 
 
 @jax.tree_util.register_pytree_node_class
@@ -94,9 +96,52 @@ class KeyTable:
         return f"KeyTable({sorted(self.table)})"
 
 
+@jax.tree_util.register_pytree_node_class
+class Noise:
+    """A site's key together with the standard normal draw ``jax.random.normal(key, shape)`` made
+    for it ahead of time, in one vectorized call with the other sites of its ``@gen`` execution.
+
+    A normal site sampled with it computes ``loc + noise * scale`` (numpyro's own formula), the
+    same value it would draw from ``key``; every other use sees ``key`` (:func:`raw`). Drawing all
+    sites' noise at once is one random-number program instead of one per site, which is what makes
+    models with hundreds of scalar sites compile in seconds.
+
+    Examples:
+        >>> import jax, numpyro.distributions as nd
+        >>> k = jax.random.key(0)
+        >>> n = Noise(k, jax.random.normal(k, ()))
+        >>> bool(draw(nd.Normal(1.0, 2.0), n) == nd.Normal(1.0, 2.0).sample(k))
+        True
+    """
+
+    __slots__ = ("key", "z")
+
+    def __init__(self, key, z):
+        self.key = key
+        self.z = z
+
+    def tree_flatten(self):
+        return (self.key, self.z), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        obj.key, obj.z = children
+        return obj
+
+    def __repr__(self):
+        return f"Noise(shape={jnp.shape(self.z)})"
+
+
 def raw(key):
-    """The underlying key of a :class:`KeyTable` (other keys are returned unchanged)."""
-    return key.raw if isinstance(key, KeyTable) else key
+    """The underlying key of a :class:`KeyTable` or :class:`Noise` (other keys are returned unchanged)."""
+    if isinstance(key, KeyTable):
+        return key.raw
+    return key.key if isinstance(key, Noise) else key
+
+
+def _noise_applies(d, z) -> bool:
+    return type(d) is nd.Normal and tuple(jnp.shape(z)) == tuple(d.batch_shape) + tuple(d.event_shape)
 
 
 #: ``in_axes`` entry for a batch of lane keys made by :func:`lanes`: base shared, lane mapped.
@@ -159,7 +204,11 @@ def _raw_draw(base, lane, leaves, treedef):
 
 
 def draw(d, key):
-    """Sample numpyro distribution ``d`` with a plain key or a lane key."""
+    """Sample numpyro distribution ``d`` with a plain key, a lane key or a :class:`Noise` key."""
+    if isinstance(key, Noise):
+        if _noise_applies(d, key.z):
+            return d.loc + key.z * d.scale
+        key = key.key
     key = raw(key)
     if not isinstance(key, LaneKey):
         return d.sample(key)

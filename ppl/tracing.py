@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .choicemap import ChoiceMap
 from .core import (
@@ -41,6 +42,7 @@ from .core import (
     check_constraints_visited,
     current_path,
     pack_args,
+    unpack_args,
     push_path,
     site_key,
     trace_dataclass,
@@ -128,6 +130,8 @@ class _Handler:
                 return retval
             key = site_key(self.key, addr)
             if mode == "simulate":
+                if _DISCOVERING.depth:
+                    _note_normal_site(addr, gf, args)
                 tr = gf.simulate(key, *args)
             elif mode == "generate":
                 tr, w = gf.generate(key, self.constraints.get_submap(addr), *args)
@@ -170,32 +174,68 @@ _ADDRESS_CACHE = LRUCache(4096)
 class _Discovering(threading.local):
     def __init__(self):
         self.depth = 0  # > 0 while this thread runs an abstract discovery trace
+        self.normals: dict = {}  # the direct normal sites found by the running discovery trace
+        self.handler_depth = 0  # the handler depth of the function being discovered
 
 
 _DISCOVERING = _Discovering()
 
 
-def _site_keys(gf, key, args):
+def _site_keys(gf, key, args, constraints=None, fresh=False):
+    """The site keys of one execution of ``gf``: a :class:`ppl.keys.KeyTable` of all its direct sites'
+    keys (one vectorized hash). With ``fresh`` (simulate, generate), the normal sites that will be
+    sampled (not in ``constraints``) also get their standard normal noise drawn ahead, grouped by
+    shape, one vectorized draw per group (:class:`ppl.keys.Noise`): the same values as drawing each
+    from its own key, in one random-number program instead of one per site."""
     from . import keys as _keys
     from .core import address_hash, is_data
 
     if isinstance(key, _keys.KeyTable) or _DISCOVERING.depth or STATE.interceptors:
         return key
-    addrs = _discover(gf, args, is_data)
-    if addrs is None or len(addrs) < 2:
+    found = _discover(gf, args, is_data)
+    if found is None or len(found[0]) < 2:
         return key
+    addrs, normals = found
     hashes = jnp.asarray([address_hash(a) for a in addrs], dtype=jnp.uint32)
     base = key.base if isinstance(key, _keys.LaneKey) else key
     derived = jax.vmap(lambda h: jax.random.fold_in(base, h))(hashes)
     if isinstance(key, _keys.LaneKey):
-        table = {a: _keys.LaneKey(derived[i], key.lane) for i, a in enumerate(addrs)}
-    else:
-        table = {a: derived[i] for i, a in enumerate(addrs)}
+        return _keys.KeyTable(key, {a: _keys.LaneKey(derived[i], key.lane) for i, a in enumerate(addrs)})
+    table = {a: derived[i] for i, a in enumerate(addrs)}
+    if fresh:
+        groups: dict = {}
+        for i, a in enumerate(addrs):
+            if a in normals and (constraints is None or constraints.get_submap(a).is_empty()):
+                groups.setdefault(normals[a], []).append(i)
+        for shape, idx in groups.items():
+            if len(idx) < 2:
+                continue
+            z = jax.vmap(lambda k, shape=shape: jax.random.normal(k, shape))(derived[np.asarray(idx)])
+            for j, i in enumerate(idx):
+                table[addrs[i]] = _keys.Noise(derived[i], z[j])
     return _keys.KeyTable(key, table)
 
 
+def _note_normal_site(addr, gf, args):
+    """During a discovery trace, record ``addr``'s shape if it is a direct ``normal`` site of the
+    function being discovered (so that its noise can be drawn ahead, see :func:`_site_keys`)."""
+    import numpyro.distributions as nd
+
+    from .distributions import DistributionGF
+
+    if len(STATE.handlers) != _DISCOVERING.handler_depth or not isinstance(gf, DistributionGF):
+        return
+    try:
+        d = gf.make(args)
+    except Exception:  # noqa: BLE001 - not drawn ahead then; the real trace reports the error
+        return
+    if type(d) is nd.Normal:
+        _DISCOVERING.normals[addr] = tuple(d.batch_shape) + tuple(d.event_shape)
+
+
 def _discover(gf, args, is_data):
-    """The top-level addresses ``gf`` visits for arguments like ``args`` (None if unknown)."""
+    """``(addresses, normal sites)``: the top-level addresses ``gf`` visits for arguments like
+    ``args`` and the shapes of its direct normal sites (None if unknown)."""
     leaves, treedef = jax.tree_util.tree_flatten(args)
     dyn = [i for i, leaf in enumerate(leaves) if is_data(leaf)]
     static = tuple(leaf for i, leaf in enumerate(leaves) if i not in set(dyn))
@@ -214,9 +254,10 @@ def _discover(gf, args, is_data):
         for i, v in zip(dyn, dyn_vals):
             ls[i] = v
         tr = gf.simulate(k, *jax.tree_util.tree_unflatten(treedef, ls))
-        found.append(tuple(tr.subtraces))
+        found.append((tuple(tr.subtraces), dict(_DISCOVERING.normals)))
 
     _DISCOVERING.depth += 1
+    _DISCOVERING.normals, _DISCOVERING.handler_depth = {}, len(STATE.handlers) + 1
     try:
         structs = [jax.ShapeDtypeStruct(jnp.shape(leaves[i]), jnp.result_type(leaves[i])) for i in dyn]
         jax.eval_shape(run, jax.random.key(0), structs)
@@ -308,7 +349,7 @@ class GenFn(GenerativeFunction):
                         handler.subtraces)
 
     def _simulate(self, key, *args):
-        h = _Handler(self, "simulate", key=_site_keys(self, key, args))
+        h = _Handler(self, "simulate", key=_site_keys(self, key, args, fresh=True))
         retval = self._execute(h, args)
         return self._make_trace(args, retval, h)
 
@@ -319,7 +360,8 @@ class GenFn(GenerativeFunction):
         return (h.score if h.subtraces else jnp.zeros(())), retval
 
     def _generate(self, key, constraints, *args):
-        h = _Handler(self, "generate", key=_site_keys(self, key, args), constraints=constraints)
+        h = _Handler(self, "generate", key=_site_keys(self, key, args, constraints, fresh=True),
+                     constraints=constraints)
         retval = self._execute(h, args)
         self._finish_check(h, constraints, "generate")
         w = h.weight if not isinstance(h.weight, float) else jnp.zeros(())
