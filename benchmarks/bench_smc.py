@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import ppl
 from benchmarks.harness import time_first_call, time_interleaved, time_rounds, write_results
 from inference import smc
-from inference.smc.filters import _filter
 from inference.smc.resampling import resample_indices
 
 A, Q, R = 0.9, 1.0, 0.5
@@ -85,8 +84,8 @@ def split_key_filter(T, N):
         orig = F.propagate
         F.propagate = propagate_split
         try:
-            return _filter(key, ppl.scan(step, length=T), (0.0, None), ppl.ChoiceMap({"y": ys}), N, None,
-                           "systematic", 1.0, False).log_z
+            return smc.particle_filter(key, ppl.scan(step, length=T), (0.0, None), ppl.ChoiceMap({"y": ys}), N,
+                                       resampling="systematic", ess_threshold=1.0, history=False).log_z
         finally:
             F.propagate = orig
 

@@ -64,6 +64,8 @@ BENCHMARKS = {
                     about="ELBO gradients and VAE steps vs hand-written JAX and NumPyro SVI"),
     "amortized": Benchmark("benchmarks.bench_amortized", "none",
                            about="trained amortized proposal vs the prior in importance sampling"),
+    "scaling": Benchmark("benchmarks.bench_scaling", "argv", (), ("--quick",),
+                         about="particle-filter cost vs N and T (log-log slopes); chains/particles vs devices"),
     "cache": Benchmark("benchmarks.bench_cache", "none",
                        about="first call of a fresh process with and without the compilation cache"),
     "genjax": Benchmark("benchmarks.bench_genjax", "none", requires="genjax",
