@@ -555,6 +555,8 @@ def chunked_loop(
     validate: Callable[[int, int, Any, Any], None] | None = None,
     postfix: Callable[[Any], dict] | None = None,
     device_outputs: bool = False,
+    masked: bool = False,
+    discard_outputs: bool = False,
 ):
     """Run ``state, out = step(fold_in(key, i), state)`` for ``i < n_steps`` in jitted chunks.
 
@@ -564,7 +566,10 @@ def chunked_loop(
     traced. With ``data``, the step is called as ``step(key, state, data)`` (data such as
     observations or hyperparameters: new values do not recompile). ``validate(start, size, state,
     outs)`` may raise to reject a chunk before it is accepted (and saved); ``postfix(outs)`` returns
-    the progress bar's postfix. The outputs are NumPy arrays, or with ``device_outputs=True`` JAX
+    the progress bar's postfix. ``masked=True`` runs every chunk through the masked program (as the
+    last chunk of a loop of several), so loops of different lengths with the same ``chunk_size``
+    share one compiled program; ``discard_outputs=True`` returns ``None`` for the outputs and keeps
+    none in memory (a loop run for its final state). The outputs are NumPy arrays, or with ``device_outputs=True`` JAX
     arrays left where the computation put them (on the accelerator, sharded as the step made them;
     chunks restored from a checkpoint are copied back), for callers that keep computing on them.
 
@@ -624,7 +629,7 @@ def chunked_loop(
         while done < n_steps:
             size = min(chunk_size, n_steps - done)
             new_state, out = run_chunk(step, chunk_size, with_data, key, done, state, data,
-                                       n_valid=np.int32(size) if n_chunks > 1 else None)
+                                       n_valid=np.int32(size) if n_chunks > 1 or masked else None)
             out, treedef = jax.tree_util.tree_flatten(out)
             out_treedef = treedef if out_treedef is None else out_treedef
             if size < chunk_size:
@@ -634,11 +639,12 @@ def chunked_loop(
             if validate is not None:
                 validate(done, size, new_state, jax.tree_util.tree_unflatten(out_treedef, out))
             state = new_state
-            chunks.append(out)
+            if not discard_outputs:
+                chunks.append(out)
             if directory is not None:
                 entry, host = _write_history(directory, done, done + size, out)
                 history = history + [entry]
-                if jax.process_count() > 1:  # outputs that may span processes: keep the gathered copy
+                if jax.process_count() > 1 and not discard_outputs:  # outputs spanning processes: the gathered copy
                     chunks[-1] = host
                 save(directory, done + size, state, settings=settings, history=history, outs=outputs()[1],
                      n_steps=n_steps)
@@ -652,6 +658,8 @@ def chunked_loop(
         if bar is not None:
             bar.close()
     xp = jnp if device_outputs else np
+    if discard_outputs:
+        return state, None
     if len(chunks) == 1 and device_outputs:
         outs = chunks[0]
     elif chunks:

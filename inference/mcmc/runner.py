@@ -154,6 +154,14 @@ class _Steps:
         return (_split(tr)[0], st), (collect(tr.get_choices(), self.stored) | deterministics(tr), info)
 
 
+def _shared_chunk(n_burn, n_samples, max_chunks=32):
+    """The chunk length with which ``n_burn`` and ``n_samples`` draw steps both run in whole
+    chunks (their greatest common divisor), or ``None`` if either would need more than
+    ``max_chunks`` chunks."""
+    c = math.gcd(n_burn, n_samples)
+    return c if max(n_burn, n_samples) // c <= max_chunks else None
+
+
 @jax.jit
 def _chains_first(tree):
     """``(n_samples, n_chains, ...) -> (n_chains, n_samples, ...)`` for every leaf, in one dispatch."""
@@ -503,13 +511,26 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     def where(phase):
         return None if checkpoint_dir is None else os.path.join(checkpoint_dir, phase)
 
-    if burn_in:
+    draws = _Steps(kernel, thin, stored, n_chains, mesh)
+    # burn-in made of whole draw steps runs through the draws' compiled program (its outputs
+    # dropped): one compile instead of two; chunk lengths chosen so that both loops share it
+    whole = bool(burn_in) and burn_in % thin == 0
+    if chunked:
+        burn_chunk = draw_chunk = max(1, chunk // thin)
+    else:
+        common = _shared_chunk(burn_in // thin, n_samples) if whole else None
+        burn_chunk, draw_chunk = (common, common) if common else (burn_in // thin, n_samples)
+    if whole:
+        state, _ = chunked_loop(k_burn, draws, state, burn_in // thin, burn_chunk,
+                                where("burn_in"), desc=f"mcmc.{kernel.name} burn-in", masked=True,
+                                discard_outputs=True, **loop)
+    elif burn_in:
         state, _ = chunked_loop(k_burn, _Steps(kernel, 0, None, n_chains, mesh), state, burn_in,
                                 chunk if chunked else burn_in, where("burn_in"), desc=f"mcmc.{kernel.name} burn-in",
                                 **loop)
     state, (choices, info) = chunked_loop(
-        k_draw, _Steps(kernel, thin, stored, n_chains, mesh), state, n_samples,
-        max(1, chunk // thin) if chunked else n_samples, where("draws"), desc=f"mcmc.{kernel.name}", **loop)
+        k_draw, draws, state, n_samples, draw_chunk, where("draws"), desc=f"mcmc.{kernel.name}", masked=whole,
+        **loop)
     # the loop stacks draws first: (n_samples, n_chains, ...) -> (n_chains, n_samples, ...)
     choices, info = _chains_first((choices, info))
     tr = _merge(state[0], shared)
