@@ -468,6 +468,13 @@ def _prune(directory: str, keep: int, current: int):
 
 
 # ------------------------------------------------------------------------------ the loop
+@jax.jit
+def _concat_chunks(chunks):
+    """Join the chunks' output leaves along the step axis, all in one compiled program (eager
+    ``jnp.concatenate`` would compile one small program per leaf shape)."""
+    return [jnp.concatenate(xs) for xs in zip(*chunks)]
+
+
 @functools.partial(jax.jit, static_argnames=("step", "size", "with_data"))
 def run_chunk(step, size, with_data, key, start, state, data, n_valid=None):
     """One compiled chunk of :func:`chunked_loop`: ``size`` steps ``i = start .. start+size-1`` of
@@ -662,8 +669,10 @@ def chunked_loop(
         return state, None
     if len(chunks) == 1 and device_outputs:
         outs = chunks[0]
+    elif chunks and device_outputs:
+        outs = _concat_chunks(chunks)
     elif chunks:
-        outs = [xp.concatenate(xs) for xs in zip(*chunks)]
+        outs = [np.concatenate(xs) for xs in zip(*chunks)]
     else:
         outs = [xp.zeros((0, *s.shape[1:]), s.dtype) for s in jax.tree_util.tree_leaves(outputs()[0])]
     return state, jax.tree_util.tree_unflatten(out_treedef, outs)
