@@ -10,6 +10,8 @@ Each model is compiled once (all checks run inside one ``jax.jit``).
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,7 +113,12 @@ def same_choices(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-SETTINGS = settings(max_examples=8, deadline=None, derandomize=True, database=None, report_multiple_bugs=False,
+FULL = os.environ.get("PPL_FULL_STATS") == "1"
+# each example compiles its own program (~5-25 s for one with a cond): 5 by default (the derandomized
+# first five: a site, a scan over cond and repeat, a categorical, cond/scan/repeat nested in sub and
+# repeat, a site again), 40 under PPL_FULL_STATS=1 (cond inside cond, scan in sub without branching...)
+SETTINGS = settings(max_examples=40 if FULL else 5, deadline=None, derandomize=True, database=None,
+                    report_multiple_bugs=False,
                     phases=[Phase.explicit, Phase.generate],  # no shrinking: each example compiles
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
