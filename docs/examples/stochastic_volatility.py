@@ -16,12 +16,12 @@ the mean of Z-hat / Z is 1 within 4 standard errors (Z-hat is unbiased for Z); (
 (4 chains, 100 particles per likelihood estimate) gives the exact posterior mean of ``phi`` within
 4 Monte Carlo standard errors (ESS-based) and its sd within 25%.
 
-Expected output (Monte Carlo error aside)::
+Expected output (small=True; Monte Carlo error aside)::
 
     stochastic volatility: T = 40, true phi = 0.9
     exact log p(y | phi=0.9) = -37.591;  particle filter log Z-hat: mean -37.566, sd 0.195 (40 runs x 200 particles)
     mean Z-hat/Z = 1.044 (se 0.032)
-    PMMH phi: mean 0.661 (mcse 0.010), sd 0.149; exact posterior mean 0.638, sd 0.161; acceptance 0.66
+    PMMH phi: mean 0.638 (mcse 0.011), sd 0.159; exact posterior mean 0.638, sd 0.161; acceptance 0.68
     plot: stochastic_volatility.png (filtered log-volatility vs the exact filter; posterior of phi)
 
 Run: ``python docs/examples/stochastic_volatility.py`` or ``ppl examples stochastic_volatility``.
