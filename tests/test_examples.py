@@ -1,12 +1,9 @@
 """The examples gallery (docs/examples, registry inference.examples, command `ppl examples`):
 every example runs at its small size, writes its plot and passes its own check against an exact
-or reference answer (each example raises AssertionError when off).
-
-Except eight schools, the examples whose small size still compiles NUTS, PMMH or training programs (20-35 s of CPU each on a
-loaded 2-core machine) run only with PPL_FULL_STATS=1, so that this file stays near a minute;
-the same algorithms on the same kinds of models are checked by tests/test_posteriordb.py (eight
-schools), tests/test_branch_semantics.py (outlier Gibbs), tests/test_enum.py (mixture NUTS) and
-tests/test_smc_pmmh.py; tests/test_vi.py trains with vi.iwelbo.
+or reference answer (each example raises AssertionError when off). All of them run by default
+(issue 15): at the small size each compiles as few programs as it can (one NUTS/HMC/PMMH or
+training program, chains vmapped in it, evaluations jitted together), so each costs ~10-20 s of CPU,
+most of it compiling.
 """
 
 import os
@@ -16,16 +13,12 @@ import pytest
 from inference import examples
 from inference.cli import main as cli_main
 
-FULL = os.environ.get("PPL_FULL_STATS") == "1"
-# eight schools (half_cauchy + deterministic + NUTS + az.loo) always runs: it is the acceptance
-# check of the NumPyro-style modeling tools
+# the examples whose small size compiles NUTS, PMMH or training programs (the slowest ones)
 HEAVY = {"curve_fitting", "stochastic_volatility", "gaussian_mixture", "vae_digits"}
 
 
 @pytest.mark.parametrize("name", examples.names())
 def test_example_runs_and_matches_its_reference(name, tmp_path):
-    if name in HEAVY and not FULL:
-        pytest.skip(f"example {name} compiles NUTS/PMMH programs: run with PPL_FULL_STATS=1")
     out = examples.run(name, small=True, out_dir=str(tmp_path))
     pngs = [f for f in os.listdir(tmp_path) if f.endswith(".png")]
     assert len(pngs) == 1 and os.path.getsize(tmp_path / pngs[0]) > 1000
