@@ -20,7 +20,7 @@ prod_outliers N(y_i; 0, 5). The example checks the posterior means of slope and 
 every point's outlier probability within 4 Monte Carlo standard errors (ESS-based; for a flag,
 at least the i.i.d. binomial standard error).
 
-Expected output (Monte Carlo error aside)::
+Expected output (full size; Monte Carlo error aside; small=True runs 4 chains x 500 draws)::
 
     curve fitting with outliers: 8 points, 4 chains x 1000 draws
     slope      MCMC  1.482 (mcse 0.001)   exact  1.481
