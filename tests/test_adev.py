@@ -78,10 +78,24 @@ GAUSS_STRATEGIES = {
 }
 
 
+_SHARED = {}
+
+
+def shared_estimates(kind: str, name: str):
+    """``estimates`` (N draws, seed 0) of the Gaussian (``kind="gauss"``) or Bernoulli ELBO's
+    gradient with strategy ``name``, computed once per process: the unbiasedness tests and
+    test_variance_ordering use the same draws (one compiled program per strategy)."""
+    if (kind, name) not in _SHARED:
+        if kind == "gauss":
+            _SHARED[kind, name] = estimates(gauss_elbo(GAUSS_STRATEGIES[name]), GP)
+        else:
+            _SHARED[kind, name] = estimates(bern_elbo(BERN_STRATEGIES[name]), THETA)
+    return _SHARED[kind, name]
+
+
 @pytest.mark.parametrize("name", list(GAUSS_STRATEGIES))
 def test_gaussian_unbiased(name):
-    obj = gauss_elbo(GAUSS_STRATEGIES[name])
-    assert_unbiased(estimates(obj, GP), gauss_exact(GP), name)
+    assert_unbiased(shared_estimates("gauss", name), gauss_exact(GP), name)
 
 
 def test_gaussian_estimate_unbiased():
@@ -132,13 +146,15 @@ def bern_exact_elbo(theta):
 THETA = jnp.array(0.3)
 
 
-@pytest.mark.parametrize("name", ["default", "enum", "reinforce", "reinforce-mean", "mvd"])
+BERN_STRATEGIES = {"default": None, "enum": vi.enum, "reinforce": vi.reinforce,
+                   "reinforce-mean": vi.reinforce(baseline="mean"), "mvd": vi.mvd}
+
+
+@pytest.mark.parametrize("name", list(BERN_STRATEGIES))
 def test_bernoulli_unbiased(name):
-    strategy = {"default": None, "enum": vi.enum, "reinforce": vi.reinforce,
-                "reinforce-mean": vi.reinforce(baseline="mean"), "mvd": vi.mvd}[name]
-    obj = bern_elbo(strategy)
+    obj = bern_elbo(BERN_STRATEGIES[name])
     exact = {"t": float(jax.grad(bern_exact_elbo)(THETA))}
-    g = estimates(obj, THETA)
+    g = shared_estimates("bern", name)
     assert_unbiased({"t": g}, exact, name)
     if name == "enum":  # exact sum: no variance at all
         assert float(jnp.std(g)) < 1e-5
@@ -255,8 +271,7 @@ def test_strategies_mix_and_nest():
         k1, k2 = jax.random.split(key)
         return inner.estimate(k2, p, g1.simulate(k1, p).retval)
 
-    a = outer.grad_estimate(jax.random.key(1), CP)
-    b = outer2.grad_estimate(jax.random.key(1), CP)
+    a, b = jax.jit(lambda k: (outer.grad_estimate(k, CP), outer2.grad_estimate(k, CP)))(jax.random.key(1))
     assert all(float(a[k]) == float(b[k]) for k in a)
 
 
@@ -304,18 +319,15 @@ def test_batched_site_enum_and_mvd():
 # ------------------------------------------------------------------------ variance ordering
 @pytest.mark.statistical
 def test_variance_ordering():
+    """On the unbiasedness tests' own draws (``shared_estimates``, N per strategy)."""
     var = lambda g: {k: float(jnp.var(v)) for k, v in g.items()}
-    rep = var(estimates(gauss_elbo(vi.reparam), GP, n=4000))
-    rf = var(estimates(gauss_elbo(vi.reinforce), GP, n=4000))
-    rf_mean = var(estimates(gauss_elbo(vi.reinforce(baseline="mean")), GP, n=4000))
-    rf_const = var(estimates(gauss_elbo(vi.reinforce(baseline=-2.5)), GP, n=4000))
+    rep, rf, rf_mean, rf_const = (var(shared_estimates("gauss", n))
+                                  for n in ("reparam", "reinforce", "reinforce-mean", "reinforce-const"))
     for k in rep:
         assert rep[k] < rf[k]
         assert rf_mean[k] < rf[k]
         assert rf_const[k] < rf[k]
-    en = float(jnp.var(estimates(bern_elbo(vi.enum), THETA, n=4000)))
-    brf = float(jnp.var(estimates(bern_elbo(vi.reinforce), THETA, n=4000)))
-    brf_mean = float(jnp.var(estimates(bern_elbo(vi.reinforce(baseline="mean")), THETA, n=4000)))
+    en, brf, brf_mean = (float(jnp.var(shared_estimates("bern", n))) for n in ("enum", "reinforce", "reinforce-mean"))
     assert en < brf and brf_mean < brf
 
 
@@ -495,7 +507,7 @@ def test_with_estimators_prefix_and_precedence():
 
     # both sites enumerated: the estimate is exact, E = 1.5 (sigmoid(t) + sigmoid(-t)) = 1.5
     ks = jax.random.split(jax.random.key(0), 5)
-    vals = jax.vmap(lambda k: f.value_and_grad_estimate(k, 0.4))(ks)
+    vals = jax.jit(jax.vmap(lambda k: f.value_and_grad_estimate(k, 0.4)))(ks)  # one compiled program
     assert np.allclose(np.asarray(vals[0]), 1.5, atol=1e-5) and np.allclose(np.asarray(vals[1]), 0.0, atol=1e-5)
     # outside an expectation program the wrapper behaves as the guide
     assert g.simulate(jax.random.key(1), 0.4).choices["sub", "a"].shape == ()
