@@ -127,11 +127,15 @@ class _Steps:
     stored: Any = None
     n_chains: int | None = None
     mesh: Any = None
+    squeezed: bool = False
 
     def __call__(self, key, state, shared):
         own, st = state
         if self.n_chains is None:
             return self._chain(key, own, st, shared)
+        if self.n_chains == 1 and self.squeezed:
+            # one chain held without its chain axis (see run): chain 0's key, no vmap of size one
+            return self._chain(jax.random.fold_in(key, 0), own, st, shared)
         axes = own.batch_axes(0)
         keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(self.n_chains, dtype=jnp.uint32))
         (own, st), out = jax.vmap(lambda k, o, s: self._chain(k, o, s, shared), in_axes=(0, axes, 0),
@@ -163,6 +167,24 @@ def _shared_chunk(n_burn, n_samples, max_chunks=32):
 
 
 @jax.jit
+def _phase_keys(key):
+    """``split(key, 3)`` unpacked, in one small program (not one for the split and one for unpacking)."""
+    return tuple(jax.random.split(key, 3))
+
+
+@jax.jit
+def _add_chain_axis(choices, info, own):
+    """The outputs and final per-chain trace part of a one-chain run held without its chain axis,
+    given one: ``(n_samples, ...) -> (1, n_samples, ...)``, trace leaves ``(...) -> (1, ...)``."""
+    choices, info = jax.tree_util.tree_map(lambda x: x[None], (choices, info))
+    def add(a, part):
+        return part if a is None else jax.tree_util.tree_map(lambda leaf: jnp.expand_dims(leaf, a), part)
+
+    own = jax.tree_util.tree_map(add, own.batch_axes(0), own, is_leaf=_is_none)
+    return choices, info, own
+
+
+@jax.jit
 def _chains_first(tree):
     """``(n_samples, n_chains, ...) -> (n_chains, n_samples, ...)`` for every leaf, in one dispatch."""
     return jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), tree)
@@ -179,6 +201,8 @@ def _init(kernel, n_warmup, n_chains, mesh, batched, key, own, shared):
 
     if n_chains is None:
         return one(key, own)
+    if n_chains == 1 and not batched:  # one chain, held without a chain axis (chain 0's key)
+        return one(jax.random.split(key, 1)[0], own)
     axes = own.batch_axes(0)
     out = jax.vmap(one, in_axes=(0, axes if batched else None), out_axes=(axes, 0))(
         jax.random.split(key, n_chains), own)
@@ -502,7 +526,7 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     chunked = progress or checkpoint_dir is not None
     chunk = int(chunk_size) if chunk_size else max(1, math.ceil(total / 20))
     mesh = active_mesh()
-    k_init, k_burn, k_draw = jax.random.split(key, 3)
+    k_init, k_burn, k_draw = _phase_keys(key)
     own, shared = _split(trace)
     state = _init(kernel, burn_in, n_chains, mesh, batched, k_init, own, shared)
     loop = dict(progress=bool(progress), data=shared, device_outputs=True, keep=keep_checkpoints,
@@ -511,7 +535,8 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     def where(phase):
         return None if checkpoint_dir is None else os.path.join(checkpoint_dir, phase)
 
-    draws = _Steps(kernel, thin, stored, n_chains, mesh)
+    squeezed = n_chains == 1 and not batched  # no vmap of size one: a smaller, faster program
+    draws = _Steps(kernel, thin, stored, n_chains, mesh, squeezed)
     # burn-in made of whole draw steps runs through the draws' compiled program (its outputs
     # dropped): one compile instead of two; chunk lengths chosen so that both loops share it
     whole = bool(burn_in) and burn_in % thin == 0
@@ -525,15 +550,19 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
                                 where("burn_in"), desc=f"mcmc.{kernel.name} burn-in", masked=True,
                                 discard_outputs=True, **loop)
     elif burn_in:
-        state, _ = chunked_loop(k_burn, _Steps(kernel, 0, None, n_chains, mesh), state, burn_in,
+        state, _ = chunked_loop(k_burn, _Steps(kernel, 0, None, n_chains, mesh, squeezed), state, burn_in,
                                 chunk if chunked else burn_in, where("burn_in"), desc=f"mcmc.{kernel.name} burn-in",
                                 **loop)
     state, (choices, info) = chunked_loop(
         k_draw, draws, state, n_samples, draw_chunk, where("draws"), desc=f"mcmc.{kernel.name}", masked=whole,
         **loop)
     # the loop stacks draws first: (n_samples, n_chains, ...) -> (n_chains, n_samples, ...)
-    choices, info = _chains_first((choices, info))
-    tr = _merge(state[0], shared)
+    if squeezed:
+        choices, info, own = _add_chain_axis(choices, info, state[0])
+    else:
+        choices, info = _chains_first((choices, info))
+        own = state[0]
+    tr = _merge(own, shared)
     fixed_paths = tuple(p for p, _ in fixed.leaves())
     res = MCMCResult(DrawMap.wrap(choices, fixed_paths), info, tr, fixed, kernel)
     if trace in OBSERVED:  # a run continued from res.final_trace knows the observations too
