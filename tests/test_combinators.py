@@ -346,3 +346,42 @@ def test_switch_under_jit_and_vmap_masks():
         np.testing.assert_array_equal(flag, i == b)
     lps, _ = jax.vmap(lambda ch: three.assess(ch, 0.3))(trs.choices)
     np.testing.assert_allclose(np.asarray(lps), np.asarray(trs.score), rtol=1e-5, atol=1e-4)
+
+
+def test_assess_under_jit_with_repeat_and_scan_inside_an_untaken_branch():
+    """A traced cond whose branch holds a repeat or a scan: the untaken branch's choices are masked by
+    one scalar flag, which each copy/step must see (regression: assess raised a ShapeError)."""
+
+    @ppl.gen
+    def leaf(x):
+        return ppl.normal(x, 1.0) @ "a"
+
+    @ppl.gen
+    def step(c, _):
+        return ppl.normal(c, 1.0) @ "s", None
+
+    @ppl.gen
+    def t_branch(x):
+        return ppl.normal(x, 1.0) @ "b"
+
+    @ppl.gen
+    def f_branch(x):
+        r = leaf.repeat(2)(x) @ "r"
+        c, _ = ppl.scan(step, length=3)(x, None) @ "q"
+        return jnp.mean(r) + c
+
+    @ppl.gen
+    def model(x):
+        c = ppl.flip(0.4) @ "c"
+        return ppl.cond(c, t_branch, f_branch)(x) @ "v"
+
+    def both(k):
+        tr = model.simulate(k, 0.3)
+        return tr.get_score(), model.assess(tr.choices, 0.3)[0], tr.choices["c"]
+
+    seen = set()
+    for i in range(6):
+        score, lp, c = jax.jit(both)(jax.random.key(i))
+        np.testing.assert_allclose(float(lp), float(score), rtol=1e-6)
+        seen.add(int(c))
+    assert seen == {0, 1}

@@ -13,9 +13,16 @@ from ..core import GenerativeFunction, Invocation, Trace, current_path, trace_da
 from ..errors import ShapeError, fmt_addr
 
 
-def leading_check(chm: ChoiceMap, n: int, what: str):
-    """Raise a :class:`ppl.ShapeError` unless every value (and mask) in ``chm`` has leading axis ``n``."""
+def leading_check(chm: ChoiceMap, n: int, what: str) -> ChoiceMap:
+    """``chm`` ready to be mapped over ``n`` copies/steps: raise a :class:`ppl.ShapeError` unless every
+    value (and mask) has leading axis ``n``. A masked value whose one flag covers the whole value
+    (a scalar flag, e.g. the choices of a branch not known to be taken) gets that flag repeated
+    along the leading axis, so each copy/step sees it."""
+    leaves, changed = [], False
     for path, v in chm.leaves():
+        if isinstance(v, Masked) and jnp.ndim(v.flag) == 0 and jnp.ndim(v.value) > 0 and jnp.shape(v.value)[0] == n:
+            v, changed = Masked(v.value, jnp.broadcast_to(v.flag, (n,))), True
+        leaves.append((path, v))
         vals = [v.value, v.flag] if isinstance(v, Masked) else [v]
         for arr in vals:
             shape = jnp.shape(arr)
@@ -25,6 +32,7 @@ def leading_check(chm: ChoiceMap, n: int, what: str):
                     f"but this combinator has {n} copies/steps: every value under it needs a leading "
                     f"axis of size {n} (stack the per-copy values)."
                 )
+    return ChoiceMap.from_leaves(leaves) if changed else chm
 
 
 def zeros_like_struct(tree):

@@ -131,7 +131,7 @@ class ScanGF(GenerativeFunction):
 
     def _assess(self, choices, carry, xs):
         T = self.n_steps(xs)
-        leading_check(choices, T, f"{self.name}.assess")
+        choices = leading_check(choices, T, f"{self.name}.assess")
 
         def body(c, cx):
             ch, x = cx
@@ -144,7 +144,7 @@ class ScanGF(GenerativeFunction):
 
     def _generate(self, key, constraints, carry, xs):
         T = self.n_steps(xs)
-        leading_check(constraints, T, f"{self.name}.generate")
+        constraints = leading_check(constraints, T, f"{self.name}.generate")
 
         def body(c, kx):
             (k, ch), x = kx
@@ -166,7 +166,7 @@ class ScanGF(GenerativeFunction):
             )
         is_chm = isinstance(arg, ChoiceMap)
         if is_chm:
-            leading_check(arg, T, f"{self.name}.update")
+            arg = leading_check(arg, T, f"{self.name}.update")
 
         def body(c, kx):
             (k, t, a), x = kx

@@ -97,13 +97,13 @@ class VmapGF(GenerativeFunction):
 
     def _assess(self, choices, *args):
         axes, n, _, _ = self._prep(args)
-        leading_check(choices, n, f"{self.name}.assess")
+        choices = leading_check(choices, n, f"{self.name}.assess")
         lp, rv = jax.vmap(self.gf.assess, in_axes=(0, *axes))(choices, *args)
         return total(lp), rv
 
     def _generate(self, key, constraints, *args):
         axes, n, ks, kax = self._prep(args, key)
-        leading_check(constraints, n, f"{self.name}.generate")
+        constraints = leading_check(constraints, n, f"{self.name}.generate")
 
         def one(k, c, *a):
             tr, w = self.gf.generate(k, c, *a)
@@ -124,7 +124,7 @@ class VmapGF(GenerativeFunction):
         return VmapTrace(self, pack_args(args), rv, total(tr.score), tr), total(w), d
 
     def _update(self, key, trace, constraints, *args):
-        leading_check(constraints, self._prep(args)[1], f"{self.name}.update")
+        constraints = leading_check(constraints, self._prep(args)[1], f"{self.name}.update")
         return self._edit(self.gf.update, key, trace, constraints, args)
 
     def _regenerate(self, key, trace, selection, *args):
