@@ -225,12 +225,12 @@ def _note_normal_site(addr, gf, args):
 
     if len(STATE.handlers) != _DISCOVERING.handler_depth or not isinstance(gf, DistributionGF):
         return
-    try:
-        d = gf.make(args)
-    except Exception:  # noqa: BLE001 - not drawn ahead then; the real trace reports the error
+    if gf.builder is not nd.Normal:
         return
-    if type(d) is nd.Normal:
-        _DISCOVERING.normals[addr] = tuple(d.batch_shape) + tuple(d.event_shape)
+    try:  # a normal's sample shape is its parameters' broadcast shape (no need to build it)
+        _DISCOVERING.normals[addr] = tuple(jnp.broadcast_shapes(*(jnp.shape(a) for a in args)))
+    except (ValueError, TypeError):  # not drawn ahead then; the real trace reports the error
+        return
 
 
 def _discover(gf, args, is_data):
