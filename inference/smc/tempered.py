@@ -394,12 +394,14 @@ def resample_move(key, model, args_seq, observations_seq, n_particles: int, kern
                   ess_threshold: float = 0.5, resampling: str = DEFAULT_RESAMPLING, proposal=None):
     """Resample-move SMC over a sequence of targets ``model(*args_seq[k])`` given ``observations_seq[k]``.
 
-    Step 0 is importance sampling; each later step extends the particles with ``update`` to the
-    new arguments and observations (``observations_seq[k]`` holds only the *new* observations),
-    resampling adaptively (by the scheme ``resampling`` when the ESS is below ``ess_threshold * N``;
-    ``ess_fraction=`` and ``scheme=`` are deprecated aliases) and then applying ``n_moves`` sweeps of
-    ``kernel(key, trace) -> (trace, info)`` (any MCMC kernel for the current target). Each step is
-    compiled once per shape; a Python loop drives the steps. Returns ``(particles, ess_history)``.
+    Step 0 is importance sampling. Each later step first moves the particles on the target they
+    already have: resampling adaptively (by the scheme ``resampling`` when the ESS is below
+    ``ess_threshold * N``; ``ess_fraction=`` and ``scheme=`` are deprecated aliases), then ``n_moves``
+    sweeps of ``kernel(key, trace) -> (trace, info)`` (any MCMC kernel for that target); then it
+    extends them with ``update`` to the new arguments and observations (``observations_seq[k]``
+    holds only the *new* observations), which reweights them. The last target's particles are
+    therefore weighted, not moved. Each step is compiled once per shape; a Python loop drives the
+    steps. Returns ``(particles, ess_history)`` (the ESS after each step's extension).
 
     Examples:
         >>> import jax, ppl
