@@ -22,7 +22,7 @@ Example:
     >>> build_parser().parse_args(["demo", "--only", "modeling"]).only
     ['modeling']
     >>> sorted(name for name, b in BENCHMARKS.items() if b.quick is not None)
-    ['core', 'smc', 'vi']
+    ['core', 'scaling', 'smc', 'vi']
     >>> main(["--no-compilation-cache", "demo", "--only", "nosuchsection"])  # message on stderr
     2
 """
