@@ -53,8 +53,10 @@ from ppl import keys as pkeys
 from ppl.choicemap import ChoiceMap, Selection, normalize_addr
 from ppl.core import as_args_tuple, pack_args, unpack_args
 from ppl.errors import ModelError
+from ppl.lru import LRUCache
 
 from . import vi
+from ._fnkey import split_fn
 
 __all__ = ["simulate_pairs", "sleep_objective", "train", "deep_sets_proposal", "NeuralProposal"]
 
@@ -407,6 +409,11 @@ def deep_sets_proposal(features: Callable, global_latents: dict | None = None, l
     conditional structure. Inputs and outputs are standardized with statistics estimated from
     simulations in :meth:`NeuralProposal.init_params`.
 
+    Building a proposal again with equal arguments (``features`` with the same code and Python
+    constants, e.g. the same ``lambda`` written anew, and no closed-over arrays) returns the same
+    object, so programs compiled for it (by :func:`train`, importance sampling) are reused rather
+    than compiled again.
+
     Examples:
         >>> import jax, jax.numpy as jnp, ppl
         >>> @ppl.gen
@@ -420,6 +427,9 @@ def deep_sets_proposal(features: Callable, global_latents: dict | None = None, l
         >>> tr = q.proposal.simulate(jax.random.key(1), params, obs)
         >>> tr.choices["mu"].shape, tr.choices["theta"].shape
         ((), (3,))
+        >>> build = lambda: deep_sets_proposal(lambda obs: obs["y"][..., None], {"mu": "real"}, hidden=8)
+        >>> build() is build()   # the same lambda code written anew: the same proposal
+        True
     """
     global_latents = dict(global_latents or {})
     local_latents = dict(local_latents or {})
@@ -433,6 +443,29 @@ def deep_sets_proposal(features: Callable, global_latents: dict | None = None, l
             if kind == "global_latents" and "{}" in addr:
                 raise ModelError(f"deep_sets_proposal: global latent {addr!r} has a '{{}}' element pattern; "
                                  "per-element latents go in local_latents")
+    spec, lifted = split_fn(features)
+    cache_key = None
+    if not lifted and spec.key[0] == "fn":  # features keyed on its code and constants (no arrays)
+        cache_key = (spec, tuple(global_latents.items()), tuple(local_latents.items()), int(hidden))
+        try:
+            known = _PROPOSALS.get(cache_key)
+        except TypeError:  # an unhashable address
+            known = cache_key = None
+        if known is not None:
+            return known
+    q = _build_proposal(features, global_latents, local_latents, hidden)
+    if cache_key is not None:
+        _PROPOSALS[cache_key] = q
+    return q
+
+
+#: proposals built by deep_sets_proposal, by their arguments' compile keys: building one again the
+#: same way returns the same object, so its generative functions (and the programs compiled for
+#: them, e.g. by train) are reused
+_PROPOSALS = LRUCache(64)
+
+
+def _build_proposal(features, global_latents, local_latents, hidden):
     q = NeuralProposal(features, tuple(global_latents.items()), tuple(local_latents.items()), int(hidden))
 
     def sample_globals(params, pooled):

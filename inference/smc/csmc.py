@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 import ppl
 
+from .._fnkey import call_with_fns
 from ._util import check_n_particles, staged
 from .filters import broadcast_carry, latent_part, propagate, run_filter, step_slices, trace_back
 from .particles import gather
@@ -215,10 +216,11 @@ def csmc(key, model, args, observations, n_particles: int, reference, ancestor_s
 
 
 def _pg(key, model, args, observations, n_particles, n_iter, init_reference, ancestor_sampling, prior=None,
-        args_fn=None, param_kernel=None, init_params=None):
+        args_fn=None, param_kernel=None, init_params=None, args_fn_data=()):
     if param_kernel is not None:
+        # args_fn is a FnSpec (inference._fnkey): the arrays it closes over are data of the program
         return _pg_params(key, model, observations, n_particles, n_iter, init_reference, ancestor_sampling, prior,
-                          args_fn, param_kernel, init_params)
+                          args_fn.rebuild(args_fn_data), param_kernel, init_params, bool(args_fn_data))
     step, carry0, xs, T, obs = step_slices(model, args, observations, "smc.particle_gibbs")
     n = int(n_particles)
     k0, k_chain = jax.random.split(key)
@@ -274,10 +276,11 @@ def param_model(prior, model, args_fn):
 
 
 def _pg_params(key, model, observations, n_particles, n_iter, init_reference, ancestor_sampling, prior, args_fn,
-               kernel, init_params):
+               kernel, init_params, fresh=False):
     from ppl.choicemap import ChoiceMap
 
-    joint = param_model(prior, model, args_fn)
+    # a rebuilt args_fn holds traced values: keep it out of param_model's cache
+    joint = (param_model.__wrapped__ if fresh else param_model)(prior, model, args_fn)
     n = int(n_particles)
     k0, k1, k2, k_chain = jax.random.split(key, 4)
     theta0 = prior.simulate(k0) if init_params is None else None
@@ -333,7 +336,9 @@ def particle_gibbs(key, model, args, observations, n_particles: int, n_iter: int
     optional ChoiceMap of the prior's choices to start from (default: a prior draw). The
     result's ``params`` holds the prior's choices per iteration and ``info`` the kernel's infos
     (e.g. ``info.acceptance_rate``). Kernels that adapt during ``mcmc.run``'s burn-in do not
-    adapt here (they start with no warm-up): give their step size.
+    adapt here (they start with no warm-up): give their step size. The program is compiled once
+    per ``args_fn`` *code* (as for :func:`~inference.smc.pmmh`): a ``lambda`` written anew at
+    every call, or one closing over new arrays of the same shapes, reuses it.
 
     Example:
         >>> import jax, jax.numpy as jnp, ppl
@@ -382,13 +387,17 @@ def particle_gibbs(key, model, args, observations, n_particles: int, n_iter: int
         args = ()
     else:
         args = as_args_tuple(args, "smc.particle_gibbs")
-    return _pg_staged(
-        key, model=model, args=args, observations=as_choicemap(observations),
+    options = dict(
+        model=model, args=args, observations=as_choicemap(observations),
         n_particles=check_n_particles(n_particles, "smc.particle_gibbs"),
         n_iter=check_n_particles(n_iter, "smc.particle_gibbs", "n_iter"), init_reference=None if init_reference is None else as_choicemap(init_reference),
-        ancestor_sampling=bool(ancestor_sampling), prior=prior, args_fn=args_fn, param_kernel=param_kernel,
+        ancestor_sampling=bool(ancestor_sampling), prior=prior, param_kernel=param_kernel,
         init_params=None if init_params is None else as_choicemap(init_params),
     )
+    # args_fn is keyed on its code and constants, its closed-over arrays passed as data
+    # (inference._fnkey): a new lambda with the same code, or new data of the same shapes, reuses the program
+    return call_with_fns(lambda args_fn: _pg_staged(key, args_fn=args_fn[0], args_fn_data=args_fn[1], **options),
+                         args_fn=args_fn)
 
 
 def backward_paths(key, model, args, observations, result, n_samples):

@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .._fnkey import call_with_fns
 from ._util import as_choicemap, staged
 from .csmc import backward_paths, csmc_sweep
 from .filters import genealogy, run_filter, step_slices
@@ -58,7 +59,12 @@ def _fisher(key, model, args_fn, params, observations, n_particles, smoother, n_
     return res.log_z, _path_logp_grad(model, args_fn, params, paths, obs, w)
 
 
-_fisher_staged = staged(("model", "args_fn", "n_particles", "smoother", "n_paths", "resampling"))(_fisher)
+def _fisher_run(key, model, args_fn, args_fn_data, params, observations, n_particles, smoother, n_paths, resampling):
+    return _fisher(key, model, args_fn.rebuild(args_fn_data), params, observations, n_particles, smoother, n_paths,
+                   resampling)
+
+
+_fisher_staged = staged(("model", "args_fn", "n_particles", "smoother", "n_paths", "resampling"))(_fisher_run)
 
 
 def fisher_gradient(key, model, args_fn, params, observations, n_particles: int, smoother: str = "genealogy",
@@ -85,9 +91,10 @@ def fisher_gradient(key, model, args_fn, params, observations, n_particles: int,
         >>> g["a"].shape, bool(jnp.isfinite(lz))
         ((), True)
     """
-    return _fisher_staged(key, model=model, args_fn=args_fn, params=params, observations=as_choicemap(observations),
-                          n_particles=int(n_particles), smoother=smoother, n_paths=int(n_paths),
-                          resampling=check_resampling(resampling, "smc.fisher_gradient"))
+    options = dict(model=model, params=params, observations=as_choicemap(observations), n_particles=int(n_particles),
+                   smoother=smoother, n_paths=int(n_paths), resampling=check_resampling(resampling, "smc.fisher_gradient"))
+    return call_with_fns(lambda args_fn: _fisher_staged(key, args_fn=args_fn[0], args_fn_data=args_fn[1], **options),
+                         args_fn=args_fn)
 
 
 def _msc(key, model, args_fn, params, observations, n_particles, reference):
@@ -99,7 +106,11 @@ def _msc(key, model, args_fn, params, observations, n_particles, reference):
     return out.reference, out.log_z, g
 
 
-_msc_staged = staged(("model", "args_fn", "n_particles"))(_msc)
+def _msc_run(key, model, args_fn, args_fn_data, params, observations, n_particles, reference):
+    return _msc(key, model, args_fn.rebuild(args_fn_data), params, observations, n_particles, reference)
+
+
+_msc_staged = staged(("model", "args_fn", "n_particles"))(_msc_run)
 
 
 def score_climbing_step(key, model, args_fn, params, observations, n_particles: int, reference):
@@ -107,8 +118,10 @@ def score_climbing_step(key, model, args_fn, params, observations, n_particles: 
 
     ``reference`` is the current conditional-SMC state (latent choices stacked over time).
     """
-    return _msc_staged(key, model=model, args_fn=args_fn, params=params, observations=as_choicemap(observations),
-                       n_particles=int(n_particles), reference=as_choicemap(reference))
+    options = dict(model=model, params=params, observations=as_choicemap(observations), n_particles=int(n_particles),
+                   reference=as_choicemap(reference))
+    return call_with_fns(lambda args_fn: _msc_staged(key, args_fn=args_fn[0], args_fn_data=args_fn[1], **options),
+                         args_fn=args_fn)
 
 
 @dataclasses.dataclass(eq=False)
@@ -154,9 +167,14 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _fit(key, model, args_fn, params, observations, optimizer, n_steps, n_particles, method, smoother, n_paths):
+def _fit(key, model, args_fn, args_fn_data, params, observations, optimizer, n_steps, n_particles, method,
+         smoother, n_paths):
     import optax
 
+    # args_fn is a FnSpec (inference._fnkey; its closed-over arrays are data of the program) and
+    # optimizer a structural optimizer key (_optimizer_key)
+    args_fn = args_fn.rebuild(args_fn_data)
+    optimizer = optimizer.template
     k0, k_loop = jax.random.split(key)
     opt_state = optimizer.init(params)
     if method == "msc":
@@ -189,6 +207,21 @@ _fit_staged = staged(("model", "args_fn", "optimizer", "n_steps", "n_particles",
 )
 
 
+def _optimizer_key(optimizer):
+    """The optimizer keyed on its structure and hyperparameter values (the fingerprint of
+    :func:`inference.vi.fit`, hyperparameters kept as compile-time constants so that results stay
+    bit-identical): a fresh ``optax.adam(0.05)`` per call reuses the program; an optimizer that
+    cannot be fingerprinted is keyed on its identity."""
+    from ..vi.fit import _fingerprint, _OptSpec, _Unsupported
+
+    try:
+        skeleton = _fingerprint(optimizer, False, [], {}, "", set())
+        hash(skeleton)
+    except (_Unsupported, TypeError, RecursionError):
+        return _OptSpec(optimizer, ("identity", id(optimizer), optimizer), False, (), {})
+    return _OptSpec(optimizer, ("static", skeleton), False, (), {})
+
+
 def fit_parameters(key, model, args_fn, params, observations, optimizer, n_steps: int, n_particles: int,
                    method: str = "fisher", smoother: str = "genealogy", n_paths: int = 100) -> ParameterFitResult:
     """Maximum-likelihood parameter learning with an optax ``optimizer``; returns a :class:`ParameterFitResult`.
@@ -196,7 +229,10 @@ def fit_parameters(key, model, args_fn, params, observations, optimizer, n_steps
     ``method="fisher"``: a fresh particle filter per step and Fisher's-identity gradients over its
     smoothed paths (``smoother`` as in :func:`fisher_gradient`). ``method="msc"``: Markov score
     climbing driven by conditional SMC with ancestor sampling (cheap per step; use a decaying
-    learning rate). One ``lax.scan`` under ``jit``.
+    learning rate). One ``lax.scan`` under ``jit``, compiled once per ``args_fn`` *code* and
+    optimizer *structure*: a ``lambda`` written anew at every call (or closing over new arrays of
+    the same shapes, passed to the program as data) and a fresh ``optax.adam(lr)`` with the same
+    hyperparameters reuse the program (another ``lr`` compiles another one).
 
     Examples:
         >>> import jax, jax.numpy as jnp, optax, ppl
@@ -216,6 +252,8 @@ def fit_parameters(key, model, args_fn, params, observations, optimizer, n_steps
     """
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32) if isinstance(x, (int, float)) else x,
                                     params)
-    return _fit_staged(key, model=model, args_fn=args_fn, params=params, observations=as_choicemap(observations),
-                       optimizer=optimizer, n_steps=int(n_steps), n_particles=int(n_particles), method=method,
-                       smoother=smoother, n_paths=int(n_paths))
+    options = dict(model=model, params=params, observations=as_choicemap(observations),
+                   optimizer=_optimizer_key(optimizer), n_steps=int(n_steps), n_particles=int(n_particles), method=method,
+                   smoother=smoother, n_paths=int(n_paths))
+    return call_with_fns(lambda args_fn: _fit_staged(key, args_fn=args_fn[0], args_fn_data=args_fn[1], **options),
+                         args_fn=args_fn)

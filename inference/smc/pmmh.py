@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from ppl.choicemap import ChoiceMap
 
+from .._fnkey import call_with_fns
 from ..mcmc import MCMCResult
 from ..mcmc.base import accept
 from ..mcmc.infos import MHInfo
@@ -134,8 +135,9 @@ def _pmmh(key, prior, model, args_fn, observations, n_particles, n_samples, step
     return jax.tree_util.tree_map(keep, chs), jax.tree_util.tree_map(keep, info), keep(lzs), last
 
 
-def _pmmh_run(key, prior, model, args_fn, observations, n_particles, n_samples, step_size, init, resampling, burn_in,
-              thin, n_chains):
+def _pmmh_run(key, prior, model, args_fn, args_fn_data, observations, n_particles, n_samples, step_size, init,
+              resampling, burn_in, thin, n_chains):
+    args_fn = args_fn.rebuild(args_fn_data)  # a FnSpec: the arrays args_fn closes over are data
     args = (prior, model, args_fn, observations, n_particles, n_samples, step_size, init, resampling, burn_in, thin)
     if n_chains is None:
         chs, info, lzs, _ = _pmmh(key, *args)
@@ -158,7 +160,11 @@ def pmmh(key, prior, model, args_fn, observations, n_particles: int, n_samples: 
     random-walk scale (a float; it is data, so changing it does not recompile). ``init`` is an
     optional starting ChoiceMap of the prior's choices. ``resampling`` is the particle filter's
     scheme (default ``"systematic"``). ``burn_in`` MH steps are discarded, then every ``thin``-th
-    of ``n_samples * thin`` steps is kept. One ``lax.scan`` under ``jit``.
+    of ``n_samples * thin`` steps is kept. One ``lax.scan`` under ``jit``, compiled once per
+    ``args_fn`` *code*: an inline ``lambda`` written anew at every call, or one closing over new
+    arrays of the same shapes (they are passed to the program as data), reuses the compiled
+    program; Python constants it holds (``0.0`` in ``lambda a: ((0.0, a), None)``) are part of
+    the program.
 
     Without ``n_chains`` returns a :class:`PMMHResult` (one chain: ``samples`` leaves
     ``(n_samples, ...)``; ``out.acceptance_rate()`` the fraction of accepted moves). With
@@ -189,13 +195,17 @@ def pmmh(key, prior, model, args_fn, observations, n_particles: int, n_samples: 
         >>> res.choices["a"].shape, res.acceptance_rate().shape, res.log_z.shape
         ((2, 30), (2,), (2, 30))
     """
-    return _pmmh_staged(
-        key, prior=prior, model=model, args_fn=args_fn, observations=as_choicemap(observations),
+    options = dict(
+        prior=prior, model=model, observations=as_choicemap(observations),
         n_particles=int(n_particles), n_samples=int(n_samples), step_size=jnp.asarray(step_size, jnp.float32),
         init=None if init is None else as_choicemap(init), resampling=check_resampling(resampling, "smc.pmmh"),
         burn_in=int(burn_in),
         thin=int(thin), n_chains=None if n_chains is None else _positive(n_chains, "n_chains"),
     )
+    # args_fn is keyed on its code and constants, its closed-over arrays passed as data
+    # (inference._fnkey): a new lambda with the same code, or new data of the same shapes, reuses the program
+    return call_with_fns(lambda args_fn: _pmmh_staged(key, args_fn=args_fn[0], args_fn_data=args_fn[1], **options),
+                         args_fn=args_fn)
 
 
 def _positive(v, name):
