@@ -9,16 +9,17 @@ what determines its behavior:
   code reads (snapshotted now), its defaults and closure cells;
 - Python constants (``None``, bools, ints, floats, strings) in those places by value (floats by
   their exact bits, so ``0.0`` and ``-0.0`` differ), nested local functions and lambdas
-  recursively, tuples/lists/dicts element-wise, ``functools.partial`` by its parts, and other
-  hashable objects (modules, generative functions, module-level functions) by their own equality;
+  recursively, tuples/lists/dicts element-wise, ``functools.partial`` by its parts, and
+  persistent objects (modules, classes, generative functions, module-level functions, frozen
+  dataclasses) by their own equality;
 - arrays (``jax.Array``, numeric ``numpy.ndarray``) by shape and dtype only: their values are
   *lifted* out (returned as data) and :meth:`FnSpec.rebuild` makes a copy of the function that
   reads the traced values instead, so a new lambda closing over new data of the same shape reuses
   the compiled program.
 
 Two functions with different code or different constants never get equal keys. A function that
-cannot be described this way (an unhashable object in a closure, a callable object) is keyed on
-its identity, as before. Module-level helper functions that the function calls are keyed on
+cannot be described this way (any other object in its closure or globals, e.g. an instance that
+could be mutated between calls; a callable object) is keyed on its identity, as before. Module-level helper functions that the function calls are keyed on
 their identity: a module global that such a helper reads is not part of the key (as with
 ``jax.jit``).
 
@@ -38,6 +39,8 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import functools
 import sys
 import types
@@ -136,10 +139,25 @@ def _skeleton(obj, lifted: list, depth: int, active: frozenset, top: bool = Fals
         keys = tuple(obj)
         hash(keys)
         return ("dict", keys, tuple(_skeleton(obj[k], lifted, depth + 1, active) for k in keys))
-    if isinstance(obj, (np.ndarray, np.generic)):
-        raise _Unsupported("a non-numeric numpy value")
-    hash(obj)  # TypeError for unhashable objects: the caller falls back to the function's identity
-    return ("h", obj)
+    if _persistent(obj):
+        hash(obj)
+        return ("h", obj)
+    # anything else (an instance that may be mutated between calls, a non-numeric NumPy value):
+    # the caller falls back to the function's identity
+    raise _Unsupported(f"a {type(obj).__name__} object")
+
+
+def _persistent(obj) -> bool:
+    """Objects keyed by their own equality: modules, classes, generative functions, dtypes, enums,
+    frozen dataclasses and module-level callables (functions, jitted functions, ufuncs)."""
+    from ppl.core import GenerativeFunction
+
+    if isinstance(obj, (types.ModuleType, type, GenerativeFunction, np.dtype, enum.Enum, np.ufunc,
+                        types.BuiltinFunctionType)):
+        return True
+    if dataclasses.is_dataclass(obj) and obj.__dataclass_params__.frozen and obj.__dataclass_params__.eq:
+        return True
+    return callable(obj) and _is_module_function(obj)
 
 
 def _filled(cell) -> bool:
