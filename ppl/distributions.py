@@ -53,6 +53,7 @@ from .dist_checks import (
     show_value,
 )
 from .errors import AddressError, ParameterError, ShapeError, fmt_addr
+from .scores import take_sink
 from .sites import deterministic_view
 
 # machinery here; the named families (normal, gamma, ...) live in ppl.families, re-exported below
@@ -218,6 +219,11 @@ class DistributionGF(GenerativeFunction):
         return lp
 
     def _log_prob(self, d, v, constrained=False):
+        sink = take_sink()  # a site of a @gen execution: maybe computed with its other sites
+        if sink is not None:
+            lp = sink.defer(d, v)
+            if lp is not None:
+                return lp
         return jnp.sum(self._log_prob_elems(d, v, constrained))
 
     def _coerce(self, d, value):

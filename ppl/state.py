@@ -81,6 +81,11 @@ class Interceptor:
     #: unconstrained vector of another shape) and the value it returns is checked instead.
     raw_values = False
 
+    #: If True, the normal sites it handles may still have their log densities computed together,
+    #: one vectorized call per ``@gen`` execution (:mod:`ppl.scores`); set it when the
+    #: interceptor neither reads nor replaces site log densities.
+    scores_deferrable = False
+
     def handles(self, path: tuple) -> bool:
         return True
 

@@ -21,6 +21,7 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import linecache
 import re
@@ -31,6 +32,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as _nd
 
 from .choicemap import ChoiceMap
 from .core import (
@@ -55,6 +57,9 @@ from .errors import (
     fmt_addr,
 )
 from .lru import LRUCache
+from .scores import Deferred, ScoreSink, active_sink
+
+_NORMAL = _nd.Normal
 
 __all__ = ["gen", "GenFn", "GenTrace"]
 
@@ -103,6 +108,39 @@ class _Handler:
         self.weight = 0.0
         self.discard: dict = {}
         self.last_addr = None
+        self.sink = None  # this execution's pending normal-site log densities (ppl.scores)
+
+    def _sink_for(self, gf):
+        """The sink a direct ``normal`` site may defer its log density to (see :mod:`ppl.scores`)."""
+        if getattr(gf, "builder", None) is not _NORMAL or STATE.debug:
+            return None
+        if STATE.interceptors and not all(getattr(i, "scores_deferrable", False) for i in STATE.interceptors):
+            return None
+        if self.sink is None:
+            self.sink = ScoreSink()
+        return self.sink
+
+    def _site_key(self, addr, gf):
+        """The site's key; a distribution site that keeps its value (update, or regenerate when not
+        selected) draws nothing, so it gets the execution's key without a derivation of its own."""
+        if self.old is not None and getattr(gf, "builder", None) is not None and addr in self.old.subtraces:
+            from . import keys as _keys
+
+            if self.mode == "update" or not self.selection.child(addr).has_root():
+                return _keys.raw(self.key)
+        return site_key(self.key, addr)
+
+    def resolve_scores(self):
+        """Compute the deferred site log densities (one call per shape) and fill them in."""
+        sink = self.sink
+        if sink is None:
+            return
+        for addr, tr in self.subtraces.items():
+            if isinstance(getattr(tr, "score", None), Deferred):
+                self.subtraces[addr] = dataclasses.replace(tr, score=sink.resolve(tr.score))
+        self.score = sink.resolve(self.score)
+        self.weight = sink.resolve(self.weight)
+        self.sink = None
 
     def visit(self, addr, gf, args):
         if not isinstance(addr, str):
@@ -122,13 +160,13 @@ class _Handler:
             )
         self.last_addr = addr
         mode = self.mode
-        with push_path(addr):
+        with push_path(addr), active_sink(self._sink_for(gf)):
             if mode == "assess":
                 lp, retval = gf.assess(self.constraints.get_submap(addr), *args)
                 self.subtraces[addr] = None
                 self.score = add(self.score, lp)
                 return retval
-            key = site_key(self.key, addr)
+            key = self._site_key(addr, gf)
             if mode == "simulate":
                 if _DISCOVERING.depth:
                     _note_normal_site(addr, gf, args)
@@ -309,7 +347,9 @@ class GenFn(GenerativeFunction):
     def _execute(self, handler: _Handler, args):
         STATE.handlers.append(handler)
         try:
-            return self.fn(*args)
+            retval = self.fn(*args)
+            handler.resolve_scores()
+            return retval
         except ModelError:
             raise
         except (jax.errors.TracerBoolConversionError, jax.errors.ConcretizationTypeError,

@@ -43,6 +43,7 @@ def _const_key():
 
 class _Unconstrain(Interceptor):
     raw_values = True
+    scores_deferrable = True  # only values and log-Jacobians change: site densities stay batched
 
     def __init__(self, paths, read: bool, who: str):
         self.paths = frozenset(paths)
