@@ -177,25 +177,28 @@ class ScoreSink:
             s, c, o = x.terms[0]
             if c == 1.0 and _is_zero(o):  # one site's score
                 return self.values[s]
-        by_slot = {}
+        by_slot = {}  # slot -> (sum of coefficients, sum of coefficient * offset)
         for s, c, o in x.terms:
+            co = o if (c == 1.0 or _is_zero(o)) else c * o
             prev = by_slot.get(s)
-            by_slot[s] = (c, o) if prev is None else (prev[0] + c, _plus(prev[1], o))
+            by_slot[s] = (c, co) if prev is None else (prev[0] + c, _plus(prev[1], co))
         total = x.const
         for slots, per, single in self.per_group.values():
             picked = [(j, by_slot[s]) for j, s in enumerate(slots) if s in by_slot]
             if not picked:
                 continue
             if per is None:  # one site in its group
-                c, o = picked[0][1]
-                total = _plus(total, c * (single - o) if not _is_zero(o) else (single if c == 1.0 else c * single))
+                c, co = picked[0][1]
+                term = single if c == 1.0 else c * single
+                total = _plus(total, term if _is_zero(co) else term - co)
                 continue
             idx = [j for j, _ in picked]
             sel = per if len(idx) == len(slots) else per[np.asarray(idx)]
-            coefs = np.asarray([co[0] for _, co in picked], dtype=np.float32)
-            offs = [co[1] for _, co in picked]
-            if any(not _is_zero(o) for o in offs):
+            coefs = np.asarray([v[0] for _, v in picked], dtype=np.float32)
+            if not np.all(coefs == 1.0):
+                sel = jnp.asarray(coefs, sel.dtype) * sel
+            offs = [v[1] for _, v in picked]
+            if any(not _is_zero(o) for o in offs):  # new minus old score, site by site
                 sel = sel - jnp.stack([jnp.broadcast_to(jnp.asarray(o, sel.dtype), ()) for o in offs])
-            term = jnp.sum(sel) if np.all(coefs == 1.0) else jnp.sum(jnp.asarray(coefs, sel.dtype) * sel)
-            total = _plus(total, term)
+            total = _plus(total, jnp.sum(sel))
         return total

@@ -1,0 +1,138 @@
+"""Normal sites' log densities computed together (ppl.scores): same values as site by site."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as nd
+import pytest
+
+import ppl
+from ppl.scores import Deferred, ScoreSink
+
+
+@ppl.gen
+def many(s):
+    a = ppl.normal(0.0, 1.0) @ "a"
+    b = ppl.normal(a, s) @ "b"
+    c = ppl.normal(b, 2.0) @ "c"
+    v = ppl.normal(jnp.zeros(3), s) @ "v"
+    w = ppl.normal(v, 1.0) @ "w"
+    g = ppl.gamma(2.0, 1.0) @ "g"
+    return ppl.normal(a + c + jnp.sum(w), g) @ "y"
+
+
+def _site_logps(ch, s):
+    """Every site's log density, computed one site at a time with numpyro."""
+    return {
+        "a": nd.Normal(0.0, 1.0).log_prob(ch["a"]),
+        "b": nd.Normal(ch["a"], s).log_prob(ch["b"]),
+        "c": nd.Normal(ch["b"], 2.0).log_prob(ch["c"]),
+        "v": jnp.sum(nd.Normal(jnp.zeros(3), s).log_prob(ch["v"])),
+        "w": jnp.sum(nd.Normal(ch["v"], 1.0).log_prob(ch["w"])),
+        "g": nd.Gamma(2.0, 1.0).log_prob(ch["g"]),
+        "y": nd.Normal(ch["a"] + ch["c"] + jnp.sum(ch["w"]), ch["g"]).log_prob(ch["y"]),
+    }
+
+
+def test_scores_match_site_by_site_in_every_method():
+    s = 0.7
+    tr = many.simulate(jax.random.key(0), s)
+    ref = _site_logps(tr.choices, s)
+    scores = tr.get_scores()
+    for a, lp in ref.items():
+        np.testing.assert_allclose(scores[a], lp, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(tr.score, sum(ref.values()), rtol=1e-6)
+    lp, _ = many.assess(tr.choices, s)
+    np.testing.assert_allclose(lp, tr.score, rtol=1e-6)
+    # generate: the weight is the constrained sites' density only
+    obs = ppl.ChoiceMap({"b": tr.choices["b"], "w": tr.choices["w"], "y": tr.choices["y"]})
+    tr2, w = many.generate(jax.random.key(1), obs, s)
+    ref2 = _site_logps(tr2.choices, s)
+    np.testing.assert_allclose(w, ref2["b"] + ref2["w"] + ref2["y"], rtol=1e-6)
+    np.testing.assert_allclose(tr2.score, sum(ref2.values()), rtol=1e-6)
+    # update: new argument and one new value; the weight is new score minus old
+    tr3, w3, disc = many.update(jax.random.key(2), tr, ppl.ChoiceMap({"c": 0.25}), 1.3)
+    ref3 = _site_logps(tr3.choices, 1.3)
+    np.testing.assert_allclose(tr3.score, sum(ref3.values()), rtol=1e-6)
+    np.testing.assert_allclose(w3, tr3.score - tr.score, rtol=1e-5, atol=1e-5)
+    assert float(disc["c"]) == float(tr.choices["c"])
+    # regenerate of one site
+    tr4, w4, _ = many.regenerate(jax.random.key(3), tr, ppl.select("v"), s)
+    ref4 = _site_logps(tr4.choices, s)
+    np.testing.assert_allclose(tr4.score, sum(ref4.values()), rtol=1e-6)
+    # MH-style weight: p(new)/p(old) over the unselected sites' changes only
+    expect = sum(ref4[a] - ref[a] for a in ref if a != "v")
+    np.testing.assert_allclose(w4, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_unchanged_update_weight_is_exactly_zero():
+    tr = many.simulate(jax.random.key(4), 0.5)
+    _, w, _ = many.update(jax.random.key(5), tr, ppl.ChoiceMap.empty(), 0.5)
+    assert float(w) == 0.0
+    _, w, _ = many.update(jax.random.key(5), tr, ppl.ChoiceMap({"a": tr.choices["a"]}), 0.5)
+    assert float(w) == 0.0
+
+
+def test_value_outside_support_and_gradients():
+    @ppl.gen
+    def m():
+        xs = [ppl.normal(0.0, 1.0) @ f"x{i}" for i in range(4)]
+        return xs
+
+    ch = ppl.ChoiceMap({f"x{i}": float(i) for i in range(4)})
+    lp, _ = m.assess(ch)
+    np.testing.assert_allclose(lp, jnp.sum(nd.Normal(0.0, 1.0).log_prob(jnp.arange(4.0))), rtol=1e-6)
+    bad = ppl.ChoiceMap({f"x{i}": (jnp.inf if i == 2 else 0.0) for i in range(4)})
+    assert float(m.assess(bad)[0]) == -np.inf
+
+    def f(x):
+        return m.assess(ppl.ChoiceMap({f"x{i}": x[i] for i in range(4)}))[0]
+
+    x = jnp.array([0.3, -1.0, 2.0, 0.5])
+    np.testing.assert_allclose(jax.grad(f)(x), -x, rtol=1e-6)
+
+
+def test_sites_are_scored_in_one_call():
+    @ppl.gen
+    def m(s):
+        return [ppl.normal(0.0, s) @ f"x{i}" for i in range(20)]
+
+    ch = ppl.ChoiceMap({f"x{i}": 0.1 * i for i in range(20)})
+    jaxpr = jax.make_jaxpr(lambda s: m.assess(ch, s)[0])(1.5)
+    logs = sum(1 for e in jaxpr.jaxpr.eqns if e.primitive.name == "log")
+    assert logs <= 2, logs  # one normalizer for the 20 sites, not 20
+    np.testing.assert_allclose(jax.jit(lambda s: m.assess(ch, s)[0])(1.5),
+                               jnp.sum(nd.Normal(0.0, 1.5).log_prob(0.1 * jnp.arange(20.0))), rtol=1e-6)
+
+
+def test_under_the_repeat_combinator():
+    rep = many.repeat(3)
+    tr = rep.simulate(jax.random.key(6), 0.9)
+    ch = tr.choices
+    total = 0.0
+    for i in range(3):
+        sub = ppl.ChoiceMap({a: ch[a][i] for a in ["a", "b", "c", "v", "w", "g", "y"]})
+        total += sum(_site_logps(sub, 0.9).values())
+    np.testing.assert_allclose(tr.score, total, rtol=1e-5)
+
+
+def test_debug_mode_still_names_the_site():
+    @ppl.gen
+    def m():
+        a = ppl.normal(0.0, 1.0) @ "a"
+        return ppl.normal(a, 1.0) @ "b"
+
+    with pytest.raises(ppl.ModelError, match="b"):
+        with ppl.debug():
+            m.assess(ppl.ChoiceMap({"a": 0.0, "b": jnp.nan}))
+
+
+def test_deferred_arithmetic():
+    sink = ScoreSink()
+    x = sink.defer(nd.Normal(0.0, 1.0), jnp.float32(0.5))
+    y = sink.defer(nd.Normal(1.0, 2.0), jnp.float32(0.0))
+    assert isinstance(x, Deferred)
+    expr = (x + 1.0) - jnp.float32(0.25) + (3.0 - y) - (-x)
+    want = (2 * nd.Normal(0.0, 1.0).log_prob(0.5) + 1.0 - 0.25 + 3.0 - nd.Normal(1.0, 2.0).log_prob(0.0))
+    np.testing.assert_allclose(sink.resolve(expr), want, rtol=1e-6)
+    assert sink.defer(nd.Gamma(1.0, 1.0), jnp.float32(1.0)) is None
