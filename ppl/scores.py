@@ -4,9 +4,10 @@ A model with many ``normal`` sites of one shape (``w0 ... w29 ~ normal(0, 1)``) 
 compute each site's log density on its own: dozens of tiny kernels, each a separate fusion for
 XLA to compile, and on CPU a separate loop to run. Instead, while a ``@gen`` body runs, each direct
 ``normal`` site hands ``(value, loc, scale)`` to its execution's :class:`ScoreSink` and receives a
-:class:`Deferred` log density. When the body returns, the sink stacks the sites of each shape and
-computes their log densities in one call (numpyro's ``Normal.log_prob``, the same formula and
-support check), and every site score, the execution's score and its weight are filled in.
+:class:`Deferred` log density. When the body returns, the sink stacks the sites of each shape
+(from :data:`MIN_GROUP` sites on) and computes their log densities in one call (numpyro's
+``Normal.log_prob``: the same formula and support check), and every site score, the execution's
+score and its weight are filled in.
 
 ``Deferred`` values are linear expressions ``const + sum_k coef_k * (s_k - off_k)`` over the
 pending site scores ``s_k``; they support exactly the arithmetic the GFI methods do with scores
@@ -36,7 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as nd
 
-__all__ = ["Deferred", "ScoreSink", "take_sink", "active_sink"]
+__all__ = ["Deferred", "ScoreSink", "take_sink", "active_sink", "MIN_GROUP"]
+
+#: Sites of one shape computed together only from this many on; fewer keep one call each (a
+#: small model's program is unchanged).
+MIN_GROUP = 4
 
 
 class _Active(threading.local):
@@ -129,7 +134,7 @@ class ScoreSink:
         self.groups: dict = {}  # (shape, dtype) -> [(slot, value, loc, scale, dist)]
         self.n = 0
         self.values: dict | None = None  # slot -> site score, once resolved
-        self.per_group: dict = {}  # (shape, dtype) -> (slots, per-site scores)
+        self.per_group: list = []  # (slots, per-site scores, or one site's score)
 
     def defer(self, d, v):
         """A :class:`Deferred` log density of ``d`` at ``v`` if it can be computed with the
@@ -150,12 +155,13 @@ class ScoreSink:
 
     def _resolve_groups(self):
         self.values = {}
+        self.per_group = []
         for (shape, dtype), entries in self.groups.items():
-            if len(entries) == 1:
-                slot, v, _, _, d = entries[0]
-                s = jnp.sum(d.log_prob(v))
-                self.values[slot] = s
-                self.per_group[(shape, dtype)] = ((slot,), None, s)
+            if len(entries) < MIN_GROUP:  # a few sites: each on its own, as numpyro computes it
+                for slot, v, _, _, d in entries:
+                    s = jnp.sum(d.log_prob(v))
+                    self.values[slot] = s
+                    self.per_group.append(((slot,), None, s))
                 continue
             vs = jnp.stack([jnp.asarray(e[1], dtype) for e in entries])
             locs = jnp.stack([jnp.broadcast_to(jnp.asarray(e[2], dtype), shape) for e in entries])
@@ -163,7 +169,7 @@ class ScoreSink:
             lp = nd.Normal(locs, scales).log_prob(vs)
             per = jnp.sum(lp.reshape(len(entries), -1), axis=1) if shape else lp
             slots = tuple(e[0] for e in entries)
-            self.per_group[(shape, dtype)] = (slots, per, None)
+            self.per_group.append((slots, per, None))
             for j, slot in enumerate(slots):
                 self.values[slot] = per[j]
 
@@ -183,7 +189,7 @@ class ScoreSink:
             prev = by_slot.get(s)
             by_slot[s] = (c, co) if prev is None else (prev[0] + c, _plus(prev[1], co))
         total = x.const
-        for slots, per, single in self.per_group.values():
+        for slots, per, single in self.per_group:
             picked = [(j, by_slot[s]) for j, s in enumerate(slots) if s in by_slot]
             if not picked:
                 continue

@@ -7,6 +7,7 @@ import numpyro.distributions as nd
 import pytest
 
 import ppl
+import ppl.scores
 from ppl.scores import Deferred, ScoreSink
 
 
@@ -127,7 +128,9 @@ def test_debug_mode_still_names_the_site():
             m.assess(ppl.ChoiceMap({"a": 0.0, "b": jnp.nan}))
 
 
-def test_deferred_arithmetic():
+@pytest.mark.parametrize("min_group", [1, 4])
+def test_deferred_arithmetic(monkeypatch, min_group):
+    monkeypatch.setattr(ppl.scores, "MIN_GROUP", min_group)  # stacked, and one call per site
     sink = ScoreSink()
     x = sink.defer(nd.Normal(0.0, 1.0), jnp.float32(0.5))
     y = sink.defer(nd.Normal(1.0, 2.0), jnp.float32(0.0))
