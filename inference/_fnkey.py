@@ -19,9 +19,9 @@ what determines its behavior:
 
 Two functions with different code or different constants never get equal keys. A function that
 cannot be described this way (any other object in its closure or globals, e.g. an instance that
-could be mutated between calls; a callable object) is keyed on its identity, as before. Module-level helper functions that the function calls are keyed on
-their identity: a module global that such a helper reads is not part of the key (as with
-``jax.jit``).
+could be mutated between calls; a callable object) is keyed on its identity, as before.
+Module-level helper functions that the function calls are keyed on their identity: a module
+global that such a helper reads is not part of the key (as with ``jax.jit``).
 
 Examples:
     >>> import jax.numpy as jnp

@@ -253,3 +253,15 @@ def test_split_fn_lifts_closure_default_and_global_arrays():
     assert data == () and spec == split_fn(f)[0] and spec != split_fn(lambda a: a + len(box))[0]
     out = call_with_fns(lambda g: run(g[1], g[0]), g=lambda a: a + XS_GLOBAL)
     np.testing.assert_array_equal(out, 1.0 + jnp.arange(3.0))
+
+
+@pytest.mark.parametrize("name", ["pmmh", "fisher_gradient", "score_climbing_step"])
+def test_errors_still_name_the_public_function(name):
+    from inference.smc import ParticleCountError
+
+    fn = getattr(smc, name)
+    args = {"pmmh": (a_prior, AR, _pmmh_args_fn(0.0), _obs(), 0, 3),
+            "fisher_gradient": (AR, _fisher_args_fn(0.0), {"a": 0.5}, _obs(), 0),
+            "score_climbing_step": (AR, _fisher_args_fn(0.0), {"a": 0.5}, _obs(), 0, {})}[name]
+    with pytest.raises(ParticleCountError, match=f"smc.{name}: n_particles"):
+        fn(jax.random.key(0), *args)

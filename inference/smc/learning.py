@@ -43,7 +43,7 @@ def _path_logp_grad(model, args_fn, params, paths, obs, weights):
     return jax.tree_util.tree_map(lambda g: jnp.tensordot(weights, g, axes=1), grads)
 
 
-def _fisher(key, model, args_fn, params, observations, n_particles, smoother, n_paths, resampling):
+def _fisher_body(key, model, args_fn, params, observations, n_particles, smoother, n_paths, resampling):
     args = tuple(args_fn(params))
     _, _, _, _, obs = step_slices(model, args, observations, "smc.fisher_gradient")
     k1, k2 = jax.random.split(key)
@@ -59,12 +59,12 @@ def _fisher(key, model, args_fn, params, observations, n_particles, smoother, n_
     return res.log_z, _path_logp_grad(model, args_fn, params, paths, obs, w)
 
 
-def _fisher_run(key, model, args_fn, args_fn_data, params, observations, n_particles, smoother, n_paths, resampling):
-    return _fisher(key, model, args_fn.rebuild(args_fn_data), params, observations, n_particles, smoother, n_paths,
+def _fisher(key, model, args_fn, args_fn_data, params, observations, n_particles, smoother, n_paths, resampling):
+    return _fisher_body(key, model, args_fn.rebuild(args_fn_data), params, observations, n_particles, smoother, n_paths,
                    resampling)
 
 
-_fisher_staged = staged(("model", "args_fn", "n_particles", "smoother", "n_paths", "resampling"))(_fisher_run)
+_fisher_staged = staged(("model", "args_fn", "n_particles", "smoother", "n_paths", "resampling"))(_fisher)
 
 
 def fisher_gradient(key, model, args_fn, params, observations, n_particles: int, smoother: str = "genealogy",
@@ -92,12 +92,13 @@ def fisher_gradient(key, model, args_fn, params, observations, n_particles: int,
         ((), True)
     """
     options = dict(model=model, params=params, observations=as_choicemap(observations), n_particles=int(n_particles),
-                   smoother=smoother, n_paths=int(n_paths), resampling=check_resampling(resampling, "smc.fisher_gradient"))
+                   smoother=smoother, n_paths=int(n_paths),
+                   resampling=check_resampling(resampling, "smc.fisher_gradient"))
     return call_with_fns(lambda args_fn: _fisher_staged(key, args_fn=args_fn[0], args_fn_data=args_fn[1], **options),
                          args_fn=args_fn)
 
 
-def _msc(key, model, args_fn, params, observations, n_particles, reference):
+def _msc_body(key, model, args_fn, params, observations, n_particles, reference):
     args = tuple(args_fn(params))
     step, carry0, xs, T, obs = step_slices(model, args, observations, "smc.score_climbing_step")
     out = csmc_sweep(key, step, carry0, xs, T, obs, reference, n_particles, True)
@@ -106,11 +107,11 @@ def _msc(key, model, args_fn, params, observations, n_particles, reference):
     return out.reference, out.log_z, g
 
 
-def _msc_run(key, model, args_fn, args_fn_data, params, observations, n_particles, reference):
-    return _msc(key, model, args_fn.rebuild(args_fn_data), params, observations, n_particles, reference)
+def _msc(key, model, args_fn, args_fn_data, params, observations, n_particles, reference):
+    return _msc_body(key, model, args_fn.rebuild(args_fn_data), params, observations, n_particles, reference)
 
 
-_msc_staged = staged(("model", "args_fn", "n_particles"))(_msc_run)
+_msc_staged = staged(("model", "args_fn", "n_particles"))(_msc)
 
 
 def score_climbing_step(key, model, args_fn, params, observations, n_particles: int, reference):
@@ -189,9 +190,9 @@ def _fit(key, model, args_fn, args_fn_data, params, observations, optimizer, n_s
     def body(state, k):
         params, opt_state, ref = state
         if method == "msc":
-            ref, lz, g = _msc(k, model, args_fn, params, observations, n_particles, ref)
+            ref, lz, g = _msc_body(k, model, args_fn, params, observations, n_particles, ref)
         else:
-            lz, g = _fisher(k, model, args_fn, params, observations, n_particles, smoother, n_paths,
+            lz, g = _fisher_body(k, model, args_fn, params, observations, n_particles, smoother, n_paths,
                             DEFAULT_RESAMPLING)
         neg = jax.tree_util.tree_map(lambda x: -x, g)  # optax minimizes: ascend the log likelihood
         updates, opt_state = optimizer.update(neg, opt_state, params)
@@ -253,7 +254,7 @@ def fit_parameters(key, model, args_fn, params, observations, optimizer, n_steps
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32) if isinstance(x, (int, float)) else x,
                                     params)
     options = dict(model=model, params=params, observations=as_choicemap(observations),
-                   optimizer=_optimizer_key(optimizer), n_steps=int(n_steps), n_particles=int(n_particles), method=method,
-                   smoother=smoother, n_paths=int(n_paths))
+                   optimizer=_optimizer_key(optimizer), n_steps=int(n_steps), n_particles=int(n_particles),
+                   method=method, smoother=smoother, n_paths=int(n_paths))
     return call_with_fns(lambda args_fn: _fit_staged(key, args_fn=args_fn[0], args_fn_data=args_fn[1], **options),
                          args_fn=args_fn)

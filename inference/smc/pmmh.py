@@ -106,7 +106,7 @@ def random_walk(key, choices, step_size):
     return rw_proposal(key, choices, step_size)
 
 
-def _pmmh(key, prior, model, args_fn, observations, n_particles, n_samples, step_size, init, resampling, burn_in,
+def _pmmh_chain(key, prior, model, args_fn, observations, n_particles, n_samples, step_size, init, resampling, burn_in,
           thin):
     check_ssm(model, "smc.pmmh")
     k0, k1, k_chain = jax.random.split(key, 3)
@@ -135,19 +135,19 @@ def _pmmh(key, prior, model, args_fn, observations, n_particles, n_samples, step
     return jax.tree_util.tree_map(keep, chs), jax.tree_util.tree_map(keep, info), keep(lzs), last
 
 
-def _pmmh_run(key, prior, model, args_fn, args_fn_data, observations, n_particles, n_samples, step_size, init,
-              resampling, burn_in, thin, n_chains):
+def _pmmh(key, prior, model, args_fn, args_fn_data, observations, n_particles, n_samples, step_size, init,
+          resampling, burn_in, thin, n_chains):
     args_fn = args_fn.rebuild(args_fn_data)  # a FnSpec: the arrays args_fn closes over are data
     args = (prior, model, args_fn, observations, n_particles, n_samples, step_size, init, resampling, burn_in, thin)
     if n_chains is None:
-        chs, info, lzs, _ = _pmmh(key, *args)
+        chs, info, lzs, _ = _pmmh_chain(key, *args)
         return PMMHResult(chs, info.accepted, lzs)
-    chs, info, lzs, last = jax.vmap(lambda k: _pmmh(k, *args))(jax.random.split(key, n_chains))
+    chs, info, lzs, last = jax.vmap(lambda k: _pmmh_chain(k, *args))(jax.random.split(key, n_chains))
     return PMMHChains(DrawMap.wrap(chs), info, last, ChoiceMap.empty(), None, lzs)
 
 
 _pmmh_staged = staged(("prior", "model", "args_fn", "n_particles", "n_samples", "resampling", "burn_in", "thin",
-                       "n_chains"))(_pmmh_run)
+                       "n_chains"))(_pmmh)
 
 
 def pmmh(key, prior, model, args_fn, observations, n_particles: int, n_samples: int, step_size=0.1, init=None,
