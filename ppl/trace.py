@@ -295,9 +295,18 @@ def _prefix_bcast(a, like):
 def tree_select(pred, on_true, on_false):
     """Elementwise ``where`` over two pytrees of identical structure (pred broadcast on the left)."""
 
+    pred_shape = jnp.shape(pred)
+    is_bool = jnp.result_type(pred) == jnp.bool_
+
     def sel(a, b):
+        if a is b:  # the same value on both sides (e.g. an observed choice): nothing to select
+            return a
         a, b = jnp.asarray(a), jnp.asarray(b)
-        p = jnp.reshape(pred, jnp.shape(pred) + (1,) * (a.ndim - jnp.ndim(pred)))
+        if is_bool and a.shape == b.shape and a.dtype == b.dtype and a.shape[: len(pred_shape)] == pred_shape:
+            # one select op (jnp.where would add a nested call, a reshape and casts per leaf)
+            p = pred if a.shape == pred_shape else jax.lax.broadcast_in_dim(pred, a.shape, range(len(pred_shape)))
+            return jax.lax.select(p, a, b)
+        p = jnp.reshape(pred, pred_shape + (1,) * (a.ndim - len(pred_shape)))
         return jnp.where(p, a, b)
 
     return jax.tree_util.tree_map(sel, on_true, on_false)

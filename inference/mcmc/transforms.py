@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from numpyro.distributions.transforms import biject_to
+from numpyro.distributions.transforms import IdentityTransform, biject_to
 
 from ppl.choicemap import ChoiceMap
 from ppl.core import Interceptor, intercept
@@ -62,6 +62,8 @@ class _Unconstrain(Interceptor):
         t = biject_to(d.support)
         if self.read:
             return old_value, 0.0, t.inv(old_value)
+        if isinstance(t, IdentityTransform):  # a real site: no transform, no log-Jacobian ops
+            return value, 0.0, old_value
         x = t(value)
         ldj = jnp.sum(t.log_abs_det_jacobian(value, x))
         return x, ldj, old_value
