@@ -75,6 +75,9 @@ class UnconstrainedKernel(Kernel):
     ``target_accept`` (``hmc``, ``mala``, ``rw``). A subclass defines ``_propose(key, vg, u, lp,
     g, eps) -> (u2, lp2, g2, log_q)`` (``vg(u) -> (log density, gradient)``, ``log_q`` the proposal's
     log ratio ``log q(u | u2) - log q(u2 | u)``) and may override ``_value_and_grad`` and ``_info``.
+    A subclass that sets ``_carries_trace = True`` (``hmc``, ``mala``) gets ``lp`` and ``vg``'s
+    first output as pairs ``(log density, trace at that position)`` that it only passes along,
+    so that the accepted trace needs no extra run of the model.
 
     Examples:
         >>> import ppl
@@ -100,10 +103,26 @@ class UnconstrainedKernel(Kernel):
     def _info(mh, eps, diverging):
         return HMCInfo(mh.acceptance_rate, mh.accepted, eps, diverging)
 
+    #: whether ``_propose`` carries the trace at each position along with its log density (see
+    #: ``step``): the proposal's trace then comes out of its last gradient evaluation, which ran the
+    #: model there, instead of from one more run of the model (a smaller program)
+    _carries_trace = False
+
     @staticmethod
     def _value_and_grad(view, trace, u, unravel):
         # one flat vector for all selected sites: the integrator's arithmetic is a few vector ops
         return jax.value_and_grad(lambda v: view.log_density(trace, unravel(v)))(u)
+
+    @staticmethod
+    def _value_and_grad_trace(view, trace, u, unravel):
+        """``((log density, trace at u), gradient)``: :meth:`_value_and_grad` with the trace the
+        model's update wrote at ``u`` (its leaves cast to ``trace``'s types)."""
+        def f(v):
+            new, lp = view.write(trace, unravel(v))
+            return lp, new
+
+        (lp, new), g = jax.value_and_grad(f, has_aux=True)(u)
+        return (lp, _tmap(lambda a, b: jax.lax.convert_element_type(a, jnp.result_type(b)), new, trace)), g
 
     def _read(self, view, trace):
         tree = view.read(trace)
@@ -165,11 +184,17 @@ class UnconstrainedKernel(Kernel):
             lp, g = self._value_and_grad(view, trace, u, unravel)
         eps = jnp.exp(state.log_step)
         k1, k2 = jax.random.split(key)
-        vg = lambda v: self._value_and_grad(view, trace, v, unravel)  # noqa: E731
-        u2, lp2, g2, log_q = self._propose(k1, vg, u, lp, g, eps)
+        if self._carries_trace:
+            # "log density" = (log density, trace at the position): the proposal's trace is the one
+            # its last gradient evaluation wrote
+            vg = lambda v: self._value_and_grad_trace(view, trace, v, unravel)  # noqa: E731
+            u2, (lp2, new_trace), g2, log_q = self._propose(k1, vg, u, (lp, trace), g, eps)
+        else:
+            vg = lambda v: self._value_and_grad(view, trace, v, unravel)  # noqa: E731
+            u2, lp2, g2, log_q = self._propose(k1, vg, u, lp, g, eps)
+            new_trace, _ = view.write(trace, unravel(u2))
         log_alpha = lp2 - lp + log_q
         diverging = jnp.logical_not(jnp.isfinite(log_alpha)) | (-log_alpha > DIVERGENCE_THRESHOLD)
-        new_trace, _ = view.write(trace, unravel(u2))
         out, mh = accept(k2, log_alpha, new_trace, trace)
         acc = mh.accepted
         pick = lambda a, b: _tmap(lambda x, y: jnp.where(acc, x, y), a, b)  # noqa: E731
@@ -189,6 +214,7 @@ class HMC(UnconstrainedKernel):
     n_leapfrog: int = 10
     adapt_step_size: bool = False
     name = "hmc"
+    _carries_trace = True
 
     def _propose(self, key, vg, u, lp, g, eps):
         p0 = jax.random.normal(key, u.shape, u.dtype)
@@ -213,6 +239,7 @@ class MALA(UnconstrainedKernel):
     adapt_step_size: bool = False
     name = "mala"
     target_accept = 0.574
+    _carries_trace = True
 
     def _propose(self, key, vg, u, lp, g, eps):
         xi = jax.random.normal(key, u.shape, u.dtype)

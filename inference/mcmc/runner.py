@@ -153,8 +153,11 @@ class _Steps:
         if not self.thin:
             (tr, st), _ = one((tr, st), key)
             return (_split(tr)[0], st), None
-        (tr, st), infos = jax.lax.scan(one, (tr, st), jax.random.split(key, self.thin))
-        info = jax.tree_util.tree_map(lambda x: x[-1], infos)
+        if self.thin == 1:  # the scan's one step, without a loop of length one in the program
+            (tr, st), info = one((tr, st), jax.random.split(key, 1)[0])
+        else:
+            (tr, st), infos = jax.lax.scan(one, (tr, st), jax.random.split(key, self.thin))
+            info = jax.tree_util.tree_map(lambda x: x[-1], infos)
         return (_split(tr)[0], st), (collect(tr.get_choices(), self.stored) | deterministics(tr), info)
 
 
@@ -164,12 +167,6 @@ def _shared_chunk(n_burn, n_samples, max_chunks=32):
     ``max_chunks`` chunks."""
     c = math.gcd(n_burn, n_samples)
     return c if max(n_burn, n_samples) // c <= max_chunks else None
-
-
-@jax.jit
-def _phase_keys(key):
-    """``split(key, 3)`` unpacked, in one small program (not one for the split and one for unpacking)."""
-    return tuple(jax.random.split(key, 3))
 
 
 @jax.jit
@@ -207,6 +204,32 @@ def _init(kernel, n_warmup, n_chains, mesh, batched, key, own, shared):
     out = jax.vmap(one, in_axes=(0, axes if batched else None), out_axes=(axes, 0))(
         jax.random.split(key, n_chains), own)
     return constrain_batch(out, mesh)
+
+
+@jax.jit(static_argnums=tuple(range(8)))
+def _whole_run(kernel, stored, n_chains, mesh, batched, squeezed, n_samples, thin, key, own, shared):
+    """A run without burn-in, progress bar or checkpoints as one compiled program: the phase
+    keys, :func:`_init`, the draws' loop (:func:`run_chunk`, traced inline: the keys and states
+    of :func:`chunked_loop`'s chunks, so the result is the one a chunked run gives, bit for bit)
+    and, for a squeezed chain, the chain axis added to the outputs. One program instead of four:
+    the first call of a short run is mostly compile time. Returns ``(choices, info, own)``,
+    chains first."""
+    k_init, _, k_draw = jax.random.split(key, 3)
+    state = _init(kernel, 0, n_chains, mesh, batched, k_init, own, shared)
+    draws = _Steps(kernel, thin, stored, n_chains, mesh, squeezed)
+    state, (choices, info) = run_chunk(draws, n_samples, True, k_draw, 0, state, shared)
+    if squeezed:
+        return _add_chain_axis(choices, info, state[0])
+    choices, info = _chains_first((choices, info))
+    return choices, info, state[0]
+
+
+@jax.jit(static_argnums=(0, 1, 2, 3, 4))
+def _start(kernel, n_warmup, n_chains, mesh, batched, key, own, shared):
+    """The phase keys ``(k_burn, k_draw)`` and the chains' initial state (:func:`_init` with
+    ``k_init``), from ``key``, in one program."""
+    k_init, k_burn, k_draw = jax.random.split(key, 3)
+    return k_burn, k_draw, _init(kernel, n_warmup, n_chains, mesh, batched, k_init, own, shared)
 
 
 def sample(key, kernel: Kernel, trace, n_samples: int, burn_in: int = 0, thin: int = 1):
@@ -526,16 +549,21 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     chunked = progress or checkpoint_dir is not None
     chunk = int(chunk_size) if chunk_size else max(1, math.ceil(total / 20))
     mesh = active_mesh()
-    k_init, k_burn, k_draw = _phase_keys(key)
     own, shared = _split(trace)
-    state = _init(kernel, burn_in, n_chains, mesh, batched, k_init, own, shared)
+    squeezed = n_chains == 1 and not batched  # no vmap of size one: a smaller, faster program
+    if not chunked and not burn_in:  # one compiled program for the whole run
+        choices, info, own = _whole_run(kernel, stored, n_chains, mesh, batched, squeezed, n_samples, thin,
+                                        key, own, shared)
+        res = _result(kernel, trace, choices, info, own, shared, fixed)
+        _warn_health(kernel, info)
+        return res
+    k_burn, k_draw, state = _start(kernel, burn_in, n_chains, mesh, batched, key, own, shared)
     loop = dict(progress=bool(progress), data=shared, device_outputs=True, keep=keep_checkpoints,
                 settings={"kernel": kernel.name, "n_chains": n_chains, "burn_in": burn_in, "thin": thin})
 
     def where(phase):
         return None if checkpoint_dir is None else os.path.join(checkpoint_dir, phase)
 
-    squeezed = n_chains == 1 and not batched  # no vmap of size one: a smaller, faster program
     draws = _Steps(kernel, thin, stored, n_chains, mesh, squeezed)
     # burn-in made of whole draw steps runs through the draws' compiled program (its outputs
     # dropped): one compile instead of two; chunk lengths chosen so that both loops share it
@@ -562,10 +590,15 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     else:
         choices, info = _chains_first((choices, info))
         own = state[0]
+    res = _result(kernel, trace, choices, info, own, shared, fixed)
+    _warn_health(kernel, info)
+    return res
+
+
+def _result(kernel, trace, choices, info, own, shared, fixed):
     tr = _merge(own, shared)
     fixed_paths = tuple(p for p, _ in fixed.leaves())
     res = MCMCResult(DrawMap.wrap(choices, fixed_paths), info, tr, fixed, kernel)
     if trace in OBSERVED:  # a run continued from res.final_trace knows the observations too
         OBSERVED[tr] = OBSERVED[trace]
-    _warn_health(kernel, info)
     return res
