@@ -131,7 +131,14 @@ class DistributionGF(GenerativeFunction):
         kw = dict(zip(self.kw_names, args[len(args) - n_kw :])) if n_kw else {}
         path = current_path()
         try:
-            d = self.builder(*pos, **kw)
+            if self.builder is nd.Normal and "validate_args" not in kw:
+                # no constructor checks (dead ops per site when the parameters are traced): the
+                # parameters are checked below with the address; log_prob keeps numpyro's default
+                # support check
+                d = nd.Normal(*pos, **kw, validate_args=False)
+                del d._validate_args
+            else:
+                d = self.builder(*pos, **kw)
         except (ValueError, TypeError) as e:
             raise ParameterError(
                 f"{self.name} at address {fmt_addr(path)}: cannot build the distribution from "
