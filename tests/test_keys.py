@@ -112,3 +112,25 @@ def test_lane_key_outside_vmap_is_a_plain_draw():
     v = ppl.normal.simulate(k, 0.0, 1.0).retval
     ref = jax.random.normal(jax.random.fold_in(jax.random.key(0), 3))
     assert float(v) == float(ref)
+
+
+def test_multidimensional_normal_draws_are_numpyros_bits():
+    """Normal sites of two or more dimensions draw their noise flat (faster); the bits are numpyro's."""
+    import numpyro.distributions as nd
+
+    from ppl.keys import draw
+
+    @jax.jit
+    def both(k):
+        d = nd.Normal(jnp.linspace(-1.0, 1.0, 8), jnp.full((5, 8), 0.5))
+        # a plain key; lane keys with batched parameters
+        ours, ref = [draw(d, k)], [d.sample(k)]
+        locs = jnp.arange(12.0).reshape(4, 3)
+        ours.append(jax.vmap(lambda kk, m: draw(nd.Normal(m + jnp.zeros((2, 3)), 1.0), kk),
+                             in_axes=(LANE_AXES, 0))(lanes(k, 4), locs))
+        ref.append(nd.Normal(locs[:, None, :] + jnp.zeros((4, 2, 3)), 1.0).sample(k))
+        return ours, ref
+
+    ours, ref = both(jax.random.key(7))
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape and bool(jnp.all(a == b))

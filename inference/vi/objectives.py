@@ -99,8 +99,10 @@ def iwelbo(model, guide, K: int) -> Expectation:
     def iwelbo(key, params, observations, model_args=(), guide_args=()):
         # K particles as one call of guide.repeat(K): works for reparameterized and score-function
         # sites alike (vi.enum / vi.mvd sites need separate top-level calls, as in vimco)
-        particles = guide.repeat(K).simulate(key, params, *guide_args).choices
-        log_q = jax.vmap(lambda ch: guide.assess(ch, params, *guide_args)[0])(particles)
+        # log q(z_k) is each particle's own score in the repeated trace (not a second guide.assess:
+        # a second pass would run the guide's backward pass twice in the gradient)
+        q = guide.repeat(K).simulate(key, params, *guide_args)
+        particles, log_q = q.choices, q.inner.score
         log_p = jax.vmap(lambda ch: model.assess(ch | observations, params, *model_args)[0])(particles)
         return _log_mean_exp(log_p - log_q)
 
