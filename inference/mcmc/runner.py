@@ -206,22 +206,23 @@ def _init(kernel, n_warmup, n_chains, mesh, batched, key, own, shared):
     return constrain_batch(out, mesh)
 
 
-@jax.jit(static_argnums=tuple(range(8)))
-def _whole_run(kernel, stored, n_chains, mesh, batched, squeezed, n_samples, thin, key, own, shared):
-    """A run without burn-in, progress bar or checkpoints as one compiled program: the phase
-    keys, :func:`_init`, the draws' loop (:func:`run_chunk`, traced inline: the keys and states
-    of :func:`chunked_loop`'s chunks, so the result is the one a chunked run gives, bit for bit)
-    and, for a squeezed chain, the chain axis added to the outputs. One program instead of four:
-    the first call of a short run is mostly compile time. Returns ``(choices, info, own)``,
-    chains first."""
+@jax.jit(static_argnums=(0, 1, 2, 3))
+def _whole_run(kernel, stored, n_samples, thin, key, own, shared):
+    """A one-chain run (held without its chain axis) without burn-in, progress bar or
+    checkpoints as one compiled program: the phase keys, :func:`_init`, the draws' loop
+    (:func:`run_chunk`, traced inline: the keys and states of :func:`chunked_loop`'s chunks) and
+    the chain axis added to the outputs; one program instead of four (the first call of a short
+    run is mostly compile time). Returns ``(choices, info, own)`` with a chain axis.
+
+    The optimization barriers keep the compiler from folding the initial state's constants (a
+    fixed step size, ...) into the loop, so that the loop computes as a chunked run's programs
+    do, bit for bit. (Several chains are not run this way: their vmapped loop compiled with
+    the initialization differed from the chunked run's in the last bits.)"""
     k_init, _, k_draw = jax.random.split(key, 3)
-    state = _init(kernel, 0, n_chains, mesh, batched, k_init, own, shared)
-    draws = _Steps(kernel, thin, stored, n_chains, mesh, squeezed)
-    state, (choices, info) = run_chunk(draws, n_samples, True, k_draw, 0, state, shared)
-    if squeezed:
-        return _add_chain_axis(choices, info, state[0])
-    choices, info = _chains_first((choices, info))
-    return choices, info, state[0]
+    state = jax.lax.optimization_barrier(_init(kernel, 0, 1, None, False, k_init, own, shared))
+    draws = _Steps(kernel, thin, stored, 1, None, True)
+    state, (choices, info) = jax.lax.optimization_barrier(run_chunk(draws, n_samples, True, k_draw, 0, state, shared))
+    return _add_chain_axis(choices, info, state[0])
 
 
 @jax.jit(static_argnums=(0, 1, 2, 3, 4))
@@ -551,9 +552,8 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     mesh = active_mesh()
     own, shared = _split(trace)
     squeezed = n_chains == 1 and not batched  # no vmap of size one: a smaller, faster program
-    if not chunked and not burn_in:  # one compiled program for the whole run
-        choices, info, own = _whole_run(kernel, stored, n_chains, mesh, batched, squeezed, n_samples, thin,
-                                        key, own, shared)
+    if squeezed and not chunked and not burn_in:  # one compiled program for the whole run
+        choices, info, own = _whole_run(kernel, stored, n_samples, thin, key, own, shared)
         res = _result(kernel, trace, choices, info, own, shared, fixed)
         _warn_health(kernel, info)
         return res
