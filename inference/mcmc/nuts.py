@@ -160,8 +160,11 @@ def nuts(selection, step_size: float = 1.0, adapt_step_size: bool = True, adapt_
 
     Step size and a diagonal (or, with ``dense_mass=True``, dense) mass matrix adapt during
     ``mcmc.run``'s burn-in, as in NumPyro's ``NUTS``; without burn-in (or when called directly as
-    ``kernel(key, trace)``) the given ``step_size`` and a unit mass matrix are used. Discrete or
-    branch-local selected choices raise a :class:`ppl.ModelError` naming the site.
+    ``kernel(key, trace)``) the given ``step_size`` and a unit mass matrix are used. NumPyro's
+    integrator moves one flat vector (the selected sites' unconstrained values, raveled; the
+    mass matrix is over its coordinates), so the cost per leapfrog step barely grows with the
+    number of selected sites. Discrete or branch-local selected choices raise a
+    :class:`ppl.ModelError` naming the site.
 
     Examples:
         >>> import jax, ppl
