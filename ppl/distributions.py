@@ -53,6 +53,7 @@ from .dist_checks import (
     show_value,
 )
 from .errors import AddressError, ParameterError, ShapeError, fmt_addr
+from .lru import LRUCache
 from .scores import take_sink
 from .sites import deterministic_view
 
@@ -94,6 +95,10 @@ def _sample_dtype(d):
         _SAMPLE_DTYPES[key] = jax.eval_shape(d.sample, jax.random.key(0)).dtype
     return _SAMPLE_DTYPES[key]
 
+
+
+#: (constraint, type, Python constant) known to satisfy the constraint
+_KNOWN_OK = LRUCache(4096)
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -165,10 +170,10 @@ class DistributionGF(GenerativeFunction):
                 continue
             if pname == "logits":  # -inf logits are a common way to rule categories out
                 constraint = LOGITS
-            msg = (
-                f"invalid parameter {pname} for {self.name} at address {fmt_addr(path)}: it must "
-                f"satisfy {describe_constraint(constraint)}"
-            )
+            def msg(pname=pname, constraint=constraint):
+                return (f"invalid parameter {pname} for {self.name} at address {fmt_addr(path)}: it "
+                        f"must satisfy {describe_constraint(constraint)}")
+
             self._check(constraint, v, msg)
 
     @staticmethod
@@ -178,6 +183,15 @@ class DistributionGF(GenerativeFunction):
         known = known_value(v)
         if known is None and not STATE.debug:
             return  # traced values are checked at run time only in debug mode
+        memo = None
+        if type(known) in (float, int, bool):  # a Python constant (e.g. scale 1.0): checked once
+            memo = (constraint, type(known), known)
+            try:
+                if memo in _KNOWN_OK:
+                    return
+            except TypeError:
+                memo = None
+        msg = msg() if callable(msg) else msg
         try:
             if known is not None:
                 with jax.ensure_compile_time_eval():
@@ -191,6 +205,8 @@ class DistributionGF(GenerativeFunction):
             raise ParameterError(f"{msg}, got {show_value(known)}. Fix the value or the computation producing it.")
         if present is None and STATE.debug:
             debug_check(_raise_in_callback, ok, v, msg)
+        elif present is True and memo is not None:
+            _KNOWN_OK[memo] = True
 
     def draw(self, d, key):
         """Draw a value from numpyro distribution ``d`` (no interception; plain or lane key)."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import threading
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as nd
@@ -72,6 +73,27 @@ def take_sink():
     sink = _ACTIVE.sink
     _ACTIVE.sink = None
     return sink
+
+
+def _SUPPORT_CHECK() -> bool:
+    """Whether numpyro's log_prob masks values outside the support (its default validation)."""
+    return bool(nd.Distribution._validate_args)
+
+
+def _finite(x):
+    # numpyro's constraints.real check, in one op: a non-finite value has log density -inf
+    return jnp.isfinite(x)
+
+
+def _stack(xs, shape, dtype):
+    """``xs`` broadcast to ``shape`` and stacked: host constants stay constants (no traced ops)."""
+    if not any(isinstance(x, jax.core.Tracer) for x in xs):
+        return jnp.asarray(np.stack([np.broadcast_to(np.asarray(x, dtype), shape) for x in xs]))
+    out = []
+    for x in xs:
+        x = x if isinstance(x, jax.core.Tracer) and x.dtype == dtype else jnp.asarray(x, dtype)
+        out.append(x if x.shape == shape else jnp.broadcast_to(x, shape))
+    return jnp.stack(out)
 
 
 def _is_zero(x) -> bool:
@@ -163,15 +185,15 @@ class ScoreSink:
                     self.values[slot] = s
                     self.per_group.append(((slot,), None, s))
                 continue
-            vs = jnp.stack([jnp.asarray(e[1], dtype) for e in entries])
-            locs = jnp.stack([jnp.broadcast_to(jnp.asarray(e[2], dtype), shape) for e in entries])
-            scales = jnp.stack([jnp.broadcast_to(jnp.asarray(e[3], dtype), shape) for e in entries])
-            lp = nd.Normal(locs, scales).log_prob(vs)
+            vs = _stack([e[1] for e in entries], shape, dtype)
+            locs = _stack([e[2] for e in entries], shape, dtype)
+            scales = _stack([e[3] for e in entries], shape, dtype)
+            lp = nd.Normal(locs, scales, validate_args=False).log_prob(vs)
+            lp = jnp.where(_finite(vs), lp, -jnp.inf) if _SUPPORT_CHECK() else lp
             per = jnp.sum(lp.reshape(len(entries), -1), axis=1) if shape else lp
             slots = tuple(e[0] for e in entries)
             self.per_group.append((slots, per, None))
-            for j, slot in enumerate(slots):
-                self.values[slot] = per[j]
+            self.values.update(zip(slots, jnp.unstack(per)))  # one op, not one slice per site
 
     def resolve(self, x):
         """``x`` with its deferred parts computed (other values are returned unchanged)."""
