@@ -213,14 +213,9 @@ def _optimizer_key(optimizer):
     :func:`inference.vi.fit`, hyperparameters kept as compile-time constants so that results stay
     bit-identical): a fresh ``optax.adam(0.05)`` per call reuses the program; an optimizer that
     cannot be fingerprinted is keyed on its identity."""
-    from ..vi.fit import _fingerprint, _OptSpec, _Unsupported
+    from ..vi.fit import optimizer_key
 
-    try:
-        skeleton = _fingerprint(optimizer, False, [], {}, "", set())
-        hash(skeleton)
-    except (_Unsupported, TypeError, RecursionError):
-        return _OptSpec(optimizer, ("identity", id(optimizer), optimizer), False, (), {})
-    return _OptSpec(optimizer, ("static", skeleton), False, (), {})
+    return optimizer_key(optimizer)
 
 
 def fit_parameters(key, model, args_fn, params, observations, optimizer, n_steps: int, n_particles: int,

@@ -46,7 +46,7 @@ from ppl.errors import NonFiniteError
 
 from .adev import Expectation
 
-__all__ = ["fit", "FitResult", "minibatch", "Minibatch"]
+__all__ = ["fit", "FitResult", "minibatch", "Minibatch", "optimizer_key"]
 
 # the compiled chunk program shared by every fit (inspect with ``_chunk._cache_size()``)
 _chunk = _run_chunk
@@ -323,6 +323,28 @@ def _optimizer_spec(optimizer, params, opt_state) -> _OptSpec:
         return spec
     static = _fingerprint(optimizer, False, [], {}, "", set())
     return _OptSpec(optimizer, ("static", static), False, (), desc)
+
+
+def optimizer_key(optimizer):
+    """A hashable stand-in for an optax ``optimizer`` in a compile key, equal for optimizers with
+    the same structure and hyperparameter values (a fresh ``optax.adam(0.05)`` per call matches
+    the last one); the hyperparameters stay compile-time constants. ``.template`` is the
+    optimizer. One that cannot be fingerprinted (e.g. a closure over a mutable object) is keyed on
+    its identity.
+
+    Examples:
+        >>> import optax
+        >>> optimizer_key(optax.adam(0.05)) == optimizer_key(optax.adam(0.05))
+        True
+        >>> optimizer_key(optax.adam(0.05)) == optimizer_key(optax.adam(0.1))
+        False
+    """
+    try:
+        skeleton = _fingerprint(optimizer, False, [], {}, "", set())
+        hash(skeleton)
+    except (_Unsupported, TypeError, RecursionError):
+        return _OptSpec(optimizer, ("identity", id(optimizer), optimizer), False, (), {})
+    return _OptSpec(optimizer, ("static", skeleton), False, (), {})
 
 
 def _objective_key(objective):
