@@ -301,12 +301,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer rounds and sizes (smoke run)")
     p.add_argument("--skip-first-call", action="store_true", help="only the steady-state table")
+    p.add_argument("--only-first-call", action="store_true", help="only the first-call table")
     p.add_argument("--max-compile", type=int, default=1000,
                    help="largest model whose first call (with XLA compile) is timed; larger ones: trace only")
     args = p.parse_args(argv)
     n_rounds, n_inner = (5, 5) if args.quick else (40, 20)
     sizes = (10, 100) if args.quick else (10, 100, 1000)
-    rows = steady_state(n_rounds, n_inner)
+    rows = None if args.only_first_call else steady_state(n_rounds, n_inner)
     notes = (
         "Steady state: microseconds per call (minimum over interleaved rounds) of jitted functions, ppl vs hand-written JAX with "
         f"numpyro densities, timed interleaved ({n_rounds} rounds x {n_inner} calls). Regression: {N_OBS} "
@@ -318,7 +319,8 @@ def main(argv=None):
         "the arguments and return value (e.g. +1000 floats each for the regression). Timings were taken on a shared "
         "2-core machine under heavy load from other processes; differences below ~15% are within noise."
     )
-    write_results("bench_core", rows, notes)
+    if rows is not None:
+        write_results("bench_core", rows, notes)
     if args.skip_first_call:
         return
     fc = first_call(sizes, args.max_compile)
