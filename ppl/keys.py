@@ -245,7 +245,18 @@ def draw(d, key):
         if not any(leaves_b):  # shared parameters: draw the whole batch at once
             return _sample(treedef.unflatten(leaves), base, (axis_size,)), True
         axes = [0 if b else None for b in leaves_b]
-        batched = jax.vmap(lambda xs: treedef.unflatten(xs), in_axes=(axes,), axis_size=axis_size)(leaves)
-        return _sample(promote_batch_shape(batched), base), True
+
+        def per_lane():  # one draw per lane from fold_in(base, lane): right for every family
+            return jax.vmap(lambda xs, ln: _raw_draw(base, ln, xs, treedef), in_axes=(axes, 0))(leaves, lane)
+
+        want = jax.eval_shape(per_lane).shape
+        try:
+            batched = jax.vmap(lambda xs: treedef.unflatten(xs), in_axes=(axes,), axis_size=axis_size)(leaves)
+            out = _sample(promote_batch_shape(batched), base)
+        except (ValueError, TypeError):
+            out = None
+        if out is None or out.shape != want:  # e.g. expanded families: promote_batch_shape misplaces the axis
+            return per_lane(), True
+        return out, True
 
     return f(key.base, key.lane, list(leaves))

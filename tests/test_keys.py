@@ -134,3 +134,24 @@ def test_multidimensional_normal_draws_are_numpyros_bits():
     ours, ref = both(jax.random.key(7))
     for a, b in zip(ours, ref):
         assert a.shape == b.shape and bool(jnp.all(a == b))
+
+
+def test_lane_draw_of_an_expanded_family_with_batched_parameters():
+    import numpyro.distributions as nd
+
+    import ppl
+    from ppl import keys
+
+    m = jnp.arange(4.0)
+    out = jax.vmap(lambda k, mi: keys.draw(nd.Normal(mi, 1.0).expand((2, 3)), k),
+                   in_axes=(keys.LANE_AXES, 0))(keys.lanes(jax.random.key(0), 4), m)
+    assert out.shape == (4, 2, 3)
+    # each lane's draw is centred on its own parameter
+    assert jnp.all(jnp.abs(out.mean(axis=(1, 2)) - m) < 1.7)  # about 4 standard errors
+
+    @ppl.gen
+    def model(mu):
+        return ppl.dist(nd.Normal(mu, 1.0).expand((2, 3))) @ "x"
+
+    tr = jax.vmap(model.simulate, in_axes=(keys.LANE_AXES, 0))(keys.lanes(jax.random.key(1), 4), m)
+    assert tr.choices["x"].shape == (4, 2, 3)
