@@ -60,29 +60,26 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppl.choicemap import ChoiceMap, Masked
+from ppl.choicemap import ChoiceMap
 from ppl.core import Trace, as_args_tuple, pack_args, unpack_args
-from ppl.errors import NonFiniteError, fmt_addr
 from ppl.sites import deterministics
 
 from ..checkpoint import chunked_loop, run_chunk
-from ..sharding import active_mesh, constrain_batch, to_host
+from ..sharding import active_mesh, constrain_batch
 from .base import Kernel
-from .combinators import Cycle, Mixture, Repeat
 from .draws import OBSERVED, DrawMap, collect, fixed_choices, stored_selection
+from .health import check_finite, warn_health
 from .infos import MixtureInfo, is_info
 
 __all__ = ["run", "sample", "init_chains", "MCMCResult", "DrawMap"]
 
 # acceptance rate below which mcmc.run warns that a chain is stuck
-_STUCK = 0.01
 
 
 def _strong(tree):
@@ -375,89 +372,6 @@ class MCMCResult:
         return summary(self, **kw)
 
 
-# ------------------------------------------------------------------------------ warnings
-def _health(kernel, info, label, mask=None):
-    """``(label, kernel, per-chain acceptance rate or None, per-chain divergences or None)``
-    for every basic kernel inside ``kernel``."""
-    if isinstance(kernel, Cycle):
-        return [r for i, (k, sub) in enumerate(zip(kernel.kernels, info))
-                for r in _health(k, sub, f"{label} component {i}", mask)]
-    if isinstance(kernel, Mixture):
-        j = np.asarray(info.chosen)
-        return [r for i, (k, sub) in enumerate(zip(kernel.kernels, info.infos))
-                for r in _health(k, sub, f"{label} component {i}", (j == i) if mask is None else mask & (j == i))]
-    if isinstance(kernel, Repeat):
-        return _health(kernel.kernel, info, label, mask)
-    if not is_info(info):
-        return []
-    ap = np.asarray(info.acceptance_rate, dtype=float)
-    ap = ap.reshape(ap.shape[:2] + (-1,)).mean(axis=2)
-    m = np.ones(ap.shape, bool) if mask is None else mask
-    with np.errstate(invalid="ignore"):
-        rate = np.where(m.sum(axis=1) > 0, (np.nan_to_num(ap) * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1), np.nan)
-    div = None
-    if "diverging" in info:
-        d = np.asarray(info.diverging).astype(bool)
-        div = (d.reshape(d.shape[:2] + (-1,)).any(axis=2) & m).sum(axis=1)
-    return [(label, kernel, rate, div)]
-
-
-def _advice(kernel):
-    if hasattr(kernel, "step_size"):
-        return (f"use a smaller step size than {getattr(kernel, 'step_size')}, or let it adapt "
-                "(adapt_step_size=True for hmc/mala, adapt=True for rw, or mcmc.nuts) with burn_in > 0")
-    return "use a proposal closer to the posterior (e.g. a smaller random-walk scale) or a gradient kernel"
-
-
-def _warn_health(kernel, info):
-    info = to_host(info)  # chains sharded over several processes' devices are gathered first
-    for label, k, rate, div in _health(kernel, info, f"kernel {kernel.name}"):
-        name = label if k is kernel else f"{label} ({k.name})"
-        stuck = [c for c, r in enumerate(rate) if np.isfinite(r) and r < _STUCK]
-        if stuck:
-            rates = ", ".join(f"{rate[c]:.2%}" for c in stuck[:8])
-            warnings.warn(
-                f"mcmc.run: {name}: chain(s) {stuck[:8]}{' ...' if len(stuck) > 8 else ''} accepted less than "
-                f"{_STUCK:.0%} of proposals during sampling (acceptance rate {rates}), so they barely move; "
-                f"{_advice(k)}.",
-                UserWarning, stacklevel=3)
-        if div is not None and np.any(div > 0):
-            bad = [c for c in range(len(div)) if div[c] > 0]
-            counts = ", ".join(str(int(div[c])) for c in bad[:8])
-            warnings.warn(
-                f"mcmc.run: {name}: {int(np.sum(div))} divergent transitions (energy error above 1000 or "
-                f"not finite) in chain(s) {bad[:8]}{' ...' if len(bad) > 8 else ''} (counts {counts}, see "
-                f"res.divergences()); the draws may be biased. {_advice(k)[0].upper() + _advice(k)[1:]}, "
-                "or reparameterize the model.",
-                UserWarning, stacklevel=3)
-
-
-def _check_finite(trace):
-    score = np.asarray(trace.get_score())
-    if np.all(np.isfinite(score)):
-        return
-    bad = _find_nonfinite(trace)
-    where = f" at address {fmt_addr(bad)}" if bad else ""
-    raise NonFiniteError(
-        f"mcmc.run: the initial trace has a non-finite log density{where} (score {score.ravel()[:4]}); "
-        "start from a trace with positive density, e.g. model.generate(key, observations, *args), "
-        "and check that observations lie in their distributions' support."
-    )
-
-
-def _find_nonfinite(trace):
-    """The first site whose (present) log density is not finite, or ``None``."""
-    for path, v in trace.get_scores().leaves():
-        if isinstance(v, Masked):
-            val, flag = np.asarray(v.value, dtype=float), np.asarray(v.flag)
-            val = np.where(flag.reshape(flag.shape + (1,) * (val.ndim - flag.ndim)), val, 0.0)
-        else:
-            val = np.asarray(v, dtype=float)
-        if not np.all(np.isfinite(val)):
-            return path or None
-    return None
-
-
 @jax.jit(static_argnums=0)
 def _generate_batch(model, keys, obs, packed):
     args = unpack_args(packed)
@@ -538,7 +452,7 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     elif np.ndim(trace.get_score()) != 0:
         raise ValueError("mcmc.run: the trace must be one trace or a batch with one leading chain axis")
     n_chains = int(n_chains)
-    _check_finite(trace)
+    check_finite(trace)
     stored = stored_selection(kernel, trace, batched, OBSERVED.get(trace, ()))
     fixed = fixed_choices(trace, stored)
 
@@ -555,7 +469,7 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     if squeezed and not chunked and not burn_in:  # one compiled program for the whole run
         choices, info, own = _whole_run(kernel, stored, n_samples, thin, key, own, shared)
         res = _result(kernel, trace, choices, info, own, shared, fixed)
-        _warn_health(kernel, info)
+        warn_health(kernel, info)
         return res
     k_burn, k_draw, state = _start(kernel, burn_in, n_chains, mesh, batched, key, own, shared)
     loop = dict(progress=bool(progress), data=shared, device_outputs=True, keep=keep_checkpoints,
@@ -591,7 +505,7 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
         choices, info = _chains_first((choices, info))
         own = state[0]
     res = _result(kernel, trace, choices, info, own, shared, fixed)
-    _warn_health(kernel, info)
+    warn_health(kernel, info)
     return res
 
 
