@@ -57,7 +57,7 @@ from .errors import (
     fmt_addr,
 )
 from .lru import LRUCache
-from .scores import Deferred, ScoreSink, active_sink
+from .scores import Deferred, ScoreSink, active_sink, batching
 
 _NORMAL = _nd.Normal
 
@@ -112,7 +112,7 @@ class _Handler:
 
     def _sink_for(self, gf):
         """The sink a direct ``normal`` site may defer its log density to (see :mod:`ppl.scores`)."""
-        if getattr(gf, "builder", None) is not _NORMAL or STATE.debug:
+        if not batching() or getattr(gf, "builder", None) is not _NORMAL or STATE.debug:
             return None
         if STATE.interceptors and not all(getattr(i, "scores_deferrable", False) for i in STATE.interceptors):
             return None

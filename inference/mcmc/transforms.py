@@ -34,6 +34,7 @@ from numpyro.distributions.transforms import IdentityTransform, biject_to
 from ppl.choicemap import ChoiceMap
 from ppl.core import Interceptor, intercept
 from ppl.errors import ModelError, fmt_addr
+from ppl.scores import batched
 
 __all__ = ["UnconstrainedView"]
 
@@ -96,8 +97,10 @@ class UnconstrainedView:
         return new, w + trace.get_score()
 
     def log_density(self, trace, u):
-        """Log density of ``u`` given the other choices of ``trace`` (differentiable in ``u``)."""
-        return self.write(trace, u)[1]
+        """Log density of ``u`` given the other choices of ``trace`` (differentiable in ``u``).
+        Only the total is needed, so normal sites are scored together (:class:`ppl.scores.batched`)."""
+        with batched():
+            return self.write(trace, u)[1]
 
     def potential(self, trace):
         """``u -> -log density`` (NumPyro's potential-energy convention)."""
