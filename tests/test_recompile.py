@@ -18,28 +18,16 @@ import pytest
 import ppl
 from inference import amortized, mcmc, smc
 from inference._fnkey import call_with_fns, split_fn
+from inference.diagnostics.checks import CompileCounter
 from inference.smc.learning import _optimizer_key
-
-
-class _CompileCounter:
-    def __init__(self):
-        self.n = 0
-        jax.monitoring.register_event_duration_secs_listener(self._on)
-
-    def _on(self, name, duration, **kw):
-        if name == "/jax/core/compile/backend_compile_duration":
-            self.n += 1
-
-
-COUNTER = _CompileCounter()
 
 
 def _compiles(fn):
     """(result with its arrays ready, number of XLA compiles it took)."""
-    n0 = COUNTER.n
-    out = fn()
-    jax.block_until_ready(jax.tree_util.tree_leaves(out))
-    return out, COUNTER.n - n0
+    with CompileCounter() as cc:
+        out = fn()
+        jax.block_until_ready(jax.tree_util.tree_leaves(out))
+    return out, cc.count
 
 
 T = 6
@@ -241,9 +229,9 @@ def test_split_fn_lifts_closure_default_and_global_arrays():
     s2, d2 = split_fn(make(2.0, jnp.full(3, 5.0, jnp.float32)))
     assert s1 == s2 and len(d1) == 3  # closure xs, default d, global XS_GLOBAL
     np.testing.assert_array_equal(run(d1, s1), 3.0 + jnp.arange(3.0))
-    n0 = COUNTER.n
-    np.testing.assert_array_equal(run(d2, s2), 8.0 + jnp.arange(3.0))
-    assert COUNTER.n == n0
+    with CompileCounter() as cc:
+        np.testing.assert_array_equal(run(d2, s2), 8.0 + jnp.arange(3.0))
+    assert cc.count == 0
     assert split_fn(make(3.0, jnp.zeros(3)))[0] != s1
     assert split_fn(make(2.0, jnp.zeros(4)))[0] != s1  # other shapes: another program
     # an unhashable object in the closure: keyed by the function's identity

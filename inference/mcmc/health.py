@@ -5,9 +5,10 @@ Examples:
     >>> import jax, ppl
     >>> @ppl.gen
     ... def m():
-    ...     return ppl.normal(0.0, 1.0) @ "x"
-    >>> find_nonfinite(m.simulate(jax.random.key(0))) is None
-    True
+    ...     return ppl.half_normal(1.0) @ "s"
+    >>> tr, _ = m.generate(jax.random.key(0), ppl.ChoiceMap({"s": -1.0}))
+    >>> find_nonfinite(tr)
+    ('s',)
 """
 
 from __future__ import annotations
