@@ -66,3 +66,55 @@ def test_one_program_run_matches_chunked_run(kernel, thin):
     assert whole.choices["mu"].shape == (1, 20)
     # the draws move (the test compares runs, not two copies of the starting point)
     assert float(np.std(np.asarray(whole.choices["mu"]))) > 0
+
+
+# ------------------------------------------------------------------ the position protocol
+_KERNELS = {
+    "hmc": mcmc.hmc(ppl.select("mu", "s"), 0.3, 3),
+    "mala": mcmc.mala(ppl.select("mu", "s"), 0.2),
+    "rw": mcmc.rw(ppl.select("mu", "s"), 0.5, adapt=False),
+    "nuts": mcmc.nuts(ppl.select("mu", "s"), step_size=0.3, adapt_step_size=False, adapt_mass_matrix=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_KERNELS))
+def test_positional_run_matches_trace_steps(name):
+    """mcmc.run moves only the kernel state's position (the trace is written for the stored
+    choices and once at the end); the draws equal a loop of ``kernel.step`` over traces with
+    the runner's keys (step i: fold_in(k_draw, i)): exactly for the real site, to rounding for
+    the positive one (a rejected draw is exp(log s)). The final trace is the last draw, with
+    the model's score there."""
+    kernel, tr, key = _KERNELS[name], _trace(), jax.random.key(3)
+    assert kernel.positional
+    n = 12
+    res = mcmc.run(key, kernel, tr, n)
+    k_init, _, k_draw = jax.random.split(key, 3)
+    state = kernel.init(k_init, tr, 0)
+    step = jax.jit(lambda k, t, s: kernel.step(k, t, s, True))
+    mus, ss, t = [], [], tr
+    for i in range(n):
+        t, state, _ = step(jax.random.fold_in(k_draw, i), t, state)
+        mus.append(t.choices["mu"])
+        ss.append(t.choices["s"])
+    np.testing.assert_array_equal(np.asarray(res.choices["mu"][0]), np.asarray(mus))
+    np.testing.assert_allclose(np.asarray(res.choices["s"][0]), np.asarray(ss), rtol=1e-6)
+    assert len(set(np.asarray(mus).tolist())) > 1  # the chain moved
+    final = res.final_trace  # (with a chain axis of size one)
+    assert float(final.choices["mu"][0]) == float(res.choices["mu"][0, -1])
+    score, _ = _model.assess(ppl.ChoiceMap({"mu": final.choices["mu"][0], "s": final.choices["s"][0], "ys": _YS}), _YS)
+    np.testing.assert_allclose(float(final.get_score()[0]), float(score), rtol=1e-5)
+
+
+def test_positional_runs_agree_across_chunking_chains_and_sample():
+    """Several chains (vmapped), a chunked run with burn-in, and mcmc.sample (traceable) keep
+    the position protocol's results consistent: each chain's final trace is its last draw."""
+    kernel, tr, key = _KERNELS["hmc"], _trace(), jax.random.key(4)
+    a = mcmc.run(key, kernel, tr, 9, n_chains=3, burn_in=6)
+    b = mcmc.run(key, kernel, tr, 9, n_chains=3, burn_in=6, progress=True, chunk_size=4)
+    for addr in ("mu", "s"):
+        np.testing.assert_array_equal(np.asarray(a.choices[addr]), np.asarray(b.choices[addr]))
+        np.testing.assert_array_equal(np.asarray(a.final_trace.choices[addr]), np.asarray(a.choices[addr][:, -1]))
+    ch, _, last = jax.jit(lambda k: mcmc.sample(k, kernel, tr, 9, burn_in=6))(key)
+    assert float(last.choices["mu"]) == float(ch["mu"][-1])
+    score, _ = _model.assess(last.choices, _YS)
+    np.testing.assert_allclose(float(last.get_score()), float(score), rtol=1e-5)

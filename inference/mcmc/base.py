@@ -16,6 +16,18 @@ with two pure functions over pytrees:
   combinators all know theirs, a custom kernel that does not override ``moves`` has every choice
   stored except the observations given to ``mcmc.init_chains``.
 
+- optional, the position protocol (``positional = True``): a kernel whose state holds the
+  position it moves (``hmc``, ``mala``, ``rw``, ``nuts``: the selected sites' unconstrained values
+  as one flat vector, with their log density and gradient) also defines
+  ``position_step(key, template, state) -> (state, info)``, the same transition as ``step(key,
+  trace, state, synced=True)`` without writing a trace (``template`` supplies the other choices
+  and the arguments), and ``realize(template, state) -> trace``, the trace at the state's
+  position. ``mcmc.run`` then keeps the starting trace fixed in its loops, writes only the
+  stored choices of each draw, and realizes the final trace once: a smaller compiled program
+  (the trace's leaves are not carried, selected and stored step by step). A rejected proposal's
+  draw is the realized position, ``T(T^{-1}(x))``, equal to the previous value up to rounding for
+  constrained sites (exactly, for real-valued sites).
+
 Calling a kernel, ``kernel(key, trace) -> (trace, info)``, runs one transition from a fresh state
 (no adaptation): that is the composable interface (``smc.rejuvenate`` takes any such function).
 

@@ -36,10 +36,11 @@ from numpyro.infer.hmc_util import dual_averaging
 
 from ppl.choicemap import Selection
 from ppl.lru import LRUCache
+from ppl.scores import batched
 
 from .base import Kernel, accept, as_selection, selected_paths
 from .infos import HMCInfo
-from .transforms import UnconstrainedView
+from .transforms import UnconstrainedView, unravel_like
 
 __all__ = ["hmc", "mala", "HMC", "MALA", "GradState", "UnconstrainedKernel", "DIVERGENCE_THRESHOLD"]
 
@@ -129,8 +130,7 @@ class UnconstrainedKernel(Kernel):
         key = self._shapes_key(view, trace)
         if key is not None:  # the steps that follow need these shapes: no abstract pass of their own
             _UNCONSTRAINED_SHAPES[key] = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-        u, unravel = ravel_pytree(tree)
-        return u, unravel
+        return ravel_pytree(tree)[0], unravel_like(tree)
 
     def init(self, key, trace, n_warmup=0):
         view = self._view(trace)
@@ -163,7 +163,7 @@ class UnconstrainedKernel(Kernel):
             shapes = jax.eval_shape(view.read, trace)
             if key is not None:
                 _UNCONSTRAINED_SHAPES[key] = shapes
-        return ravel_pytree(jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))[1]
+        return unravel_like(shapes)
 
     def _shapes_key(self, view, trace):
         leaves, treedef = jax.tree_util.tree_flatten(trace)
@@ -193,9 +193,15 @@ class UnconstrainedKernel(Kernel):
             vg = lambda v: self._value_and_grad(view, trace, v, unravel)  # noqa: E731
             u2, lp2, g2, log_q = self._propose(k1, vg, u, lp, g, eps)
             new_trace, _ = view.write(trace, unravel(u2))
+        return self._accept(k2, state, (u, lp, g), (u2, lp2, g2), log_q, eps, new_trace, trace)
+
+    def _accept(self, key, state, pos, pos2, log_q, eps, new_trace, trace):
+        """``(trace, state, info)`` after the Metropolis-Hastings test of ``pos2 = (u2, lp2, g2)``
+        against ``pos = (u, lp, g)`` (``new_trace``/``trace``: the traces at them, or positions)."""
+        (u, lp, g), (u2, lp2, g2) = pos, pos2
         log_alpha = lp2 - lp + log_q
         diverging = jnp.logical_not(jnp.isfinite(log_alpha)) | (-log_alpha > DIVERGENCE_THRESHOLD)
-        out, mh = accept(k2, log_alpha, new_trace, trace)
+        out, mh = accept(key, log_alpha, new_trace, trace)
         acc = mh.accepted
         pick = lambda a, b: _tmap(lambda x, y: jnp.where(acc, x, y), a, b)  # noqa: E731
         log_step, da = self._adapt(state, mh.acceptance_rate)
@@ -203,6 +209,62 @@ class UnconstrainedKernel(Kernel):
         new_state = GradState(state.i + 1, log_step, da, pick(u2, u), jnp.where(acc, lp2, lp), pick(g2, g),
                               state.n_warmup)
         return out, new_state, info
+
+    # --------------------------------------------------------- the runner's position protocol
+    #: ``mcmc.run`` may hold the trace fixed and move the position in the state only (see
+    #: :meth:`position_step`, :meth:`realize` and :mod:`inference.mcmc.base`)
+    positional = True
+
+    def position_step(self, key, template, state):
+        """One transition of the position held in ``state`` (unconstrained values, log density
+        and gradient): ``(state, info)``, the same random numbers and arithmetic as
+        ``step(key, trace, state, synced=True)`` for the trace at that position. ``template`` is
+        any trace of the model with the current unselected choices and arguments (its selected
+        values are not read). No trace is written: :meth:`realize` writes one when needed.
+
+        Examples:
+            >>> import jax, jax.numpy as jnp, ppl
+            >>> @ppl.gen
+            ... def model():
+            ...     return ppl.normal(0.0, 1.0) @ "x"
+            >>> tr = model.simulate(jax.random.key(0))
+            >>> k = hmc(ppl.select("x"), 0.5, 3)
+            >>> st = k.init(jax.random.key(1), tr)
+            >>> st2, info = k.position_step(jax.random.key(2), tr, st)
+            >>> tr2, _, _ = k.step(jax.random.key(2), tr, st, synced=True)
+            >>> bool(k.realize(tr, st2).choices["x"] == tr2.choices["x"])
+            True
+        """
+        view = self._view(template)
+        unravel = self._unravel(view, template)
+        u, lp, g = state.u, state.logp, state.grad
+        eps = jnp.exp(state.log_step)
+        k1, k2 = jax.random.split(key)
+        vg = lambda v: self._value_and_grad(view, template, v, unravel)  # noqa: E731
+        u2, lp2, g2, log_q = self._propose(k1, vg, u, lp, g, eps)
+        _, new_state, info = self._accept(k2, state, (u, lp, g), (u2, lp2, g2), log_q, eps, u2, u)
+        return new_state, info
+
+    def realize(self, template, state):
+        """The trace at ``state``'s position: ``template`` with the selected choices written from
+        the unconstrained values (one run of the model's ``update``; leaves keep ``template``'s
+        types).
+
+        Examples:
+            >>> import jax, ppl
+            >>> @ppl.gen
+            ... def model():
+            ...     return ppl.gamma(2.0, 1.0) @ "s"
+            >>> tr = model.simulate(jax.random.key(0))
+            >>> k = hmc(ppl.select("s"))
+            >>> tr2 = k.realize(tr, k.init(jax.random.key(1), tr))
+            >>> bool(abs(tr2.choices["s"] - tr.choices["s"]) < 1e-5)
+            True
+        """
+        view = self._view(template)
+        with batched():  # scores per site from one stacked density per shape: a smaller program
+            new, _ = view.write(template, self._unravel(view, template)(state.u))
+        return _tmap(lambda a, b: jax.lax.convert_element_type(a, jnp.result_type(b)), new, template)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,10 +38,11 @@ from numpyro.infer.hmc import ParamInfo
 from numpyro.infer.hmc import hmc as numpyro_hmc
 
 from ppl.choicemap import Selection
+from ppl.scores import batched
 
 from .base import Kernel, as_selection, selected_paths
 from .infos import NUTSInfo
-from .transforms import UnconstrainedView
+from .transforms import UnconstrainedView, unravel_like
 
 __all__ = ["nuts", "NUTS", "NUTSState"]
 
@@ -108,8 +109,7 @@ class NUTS(Kernel):
     def _unravel(view, trace):
         """``flat -> {path: u}`` for the selected sites of ``trace`` (shapes only: nothing of the
         model is evaluated)."""
-        shapes = jax.eval_shape(view.read, trace)
-        return ravel_pytree(jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))[1]
+        return unravel_like(jax.eval_shape(view.read, trace))
 
     def _flat_potential(self, view, trace):
         """``flat -> -log density`` of the selected sites' raveled unconstrained values."""
@@ -136,12 +136,59 @@ class NUTS(Kernel):
         if not synced:
             z, pe, g = self._synced_state(view, trace)
             st = st._replace(z=z, potential_energy=pe, z_grad=g)
-        st = st._replace(rng_key=key)
-        new = sample_kernel(st, model_args=(trace,))
-        out, _ = view.write(trace, self._unravel(view, trace)(new.z))
+        new_state, info = self._transition(key, sample_kernel, trace, st, state.n_warmup)
+        return self.realize(trace, new_state), new_state, info
+
+    @staticmethod
+    def _transition(key, sample_kernel, trace, st, n_warmup):
+        new = sample_kernel(st._replace(rng_key=key), model_args=(trace,))
         info = NUTSInfo(new.accept_prob, jnp.logical_not(new.diverging), new.diverging, new.num_steps,
                         new.adapt_state.step_size, new.energy)
-        return out, NUTSState(new, state.n_warmup), info
+        return NUTSState(new, n_warmup), info
+
+    #: ``mcmc.run`` may hold the trace fixed and move the position in the state only (see
+    #: :mod:`inference.mcmc.base`)
+    positional = True
+
+    def position_step(self, key, template, state):
+        """One transition of the position held in ``state``: ``(state, info)``, as
+        ``step(key, trace, state, synced=True)`` for the trace at that position, without writing
+        a trace (``template`` supplies the unselected choices and arguments; see :meth:`realize`).
+
+        Examples:
+            >>> import jax, ppl
+            >>> @ppl.gen
+            ... def model():
+            ...     return ppl.normal(0.0, 1.0) @ "x"
+            >>> tr = model.simulate(jax.random.key(0))
+            >>> k = nuts(ppl.select("x"), step_size=0.5)
+            >>> st = k.init(jax.random.key(1), tr)
+            >>> st2, info = k.position_step(jax.random.key(2), tr, st)
+            >>> tr2, _, _ = k.step(jax.random.key(2), tr, st, synced=True)
+            >>> bool(k.realize(tr, st2).choices["x"] == tr2.choices["x"])
+            True
+        """
+        _, sample_kernel = self._pair(state.n_warmup, template)
+        return self._transition(key, sample_kernel, template, state.hmc, state.n_warmup)
+
+    def realize(self, template, state):
+        """The trace at ``state``'s position: ``template`` with the selected choices written from
+        the flat unconstrained vector (one run of the model's ``update``).
+
+        Examples:
+            >>> import jax, ppl
+            >>> @ppl.gen
+            ... def model():
+            ...     return ppl.normal(0.0, 1.0) @ "x"
+            >>> tr = model.simulate(jax.random.key(0))
+            >>> k = nuts(ppl.select("x"))
+            >>> bool(k.realize(tr, k.init(jax.random.key(1), tr)).choices["x"] == tr.choices["x"])
+            True
+        """
+        view = self._view(template)
+        with batched():  # scores per site from one stacked density per shape: a smaller program
+            out, _ = view.write(template, self._unravel(view, template)(state.hmc.z))
+        return jax.tree_util.tree_map(lambda a, b: jax.lax.convert_element_type(a, jnp.result_type(b)), out, template)
 
 
 @jax.tree_util.register_dataclass

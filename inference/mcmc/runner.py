@@ -8,7 +8,9 @@ whose step function vmaps one step over the chains; :func:`sample` runs the same
 for one chain as a pure, traceable function. The programs are compiled once per kernel, shapes
 and chunk length (new data values of the same shapes do not recompile): the model's arguments
 are the loops' data, shared by the chains, never copied per chain. The kernel's key at step
-``i`` of a loop is ``fold_in(fold_in(loop_key, i), chain)`` and the adaptation state is carried
+``i`` of a loop is ``k_i = fold_in(loop_key, i)`` for a one-chain run, ``fold_in(k_i, chain)`` for
+each of several chains (with ``thin > 1``, a draw's ``thin`` steps use ``split(k_i, thin)``), and
+the adaptation state is carried
 from one chunk to the next, so with ``progress=True`` (or automatically for long runs), which
 runs the loops in chunks with a tqdm bar between them, the draws and infos are bit-identical
 to a run without it, whatever ``chunk_size``. With ``checkpoint_dir`` the chains' state is saved
@@ -117,7 +119,8 @@ class _Steps:
     ``state, out = step(key, (own, kernel_state), shared)``: with ``thin == 0`` one kernel step
     and no output (burn-in), else one draw of ``thin`` kernel steps with output ``(choices, info)``
     (the stored choices, the last step's info); for one chain (``n_chains is None``) or vmapped
-    over ``n_chains`` chains, chain ``c`` using key ``fold_in(key, c)``."""
+    over ``n_chains`` chains, chain ``c`` using key ``fold_in(key, c)`` (one chain held without
+    its chain axis uses ``key``)."""
 
     kernel: Kernel
     thin: int = 0
@@ -131,8 +134,8 @@ class _Steps:
         if self.n_chains is None:
             return self._chain(key, own, st, shared)
         if self.n_chains == 1 and self.squeezed:
-            # one chain held without its chain axis (see run): chain 0's key, no vmap of size one
-            return self._chain(jax.random.fold_in(key, 0), own, st, shared)
+            # one chain held without its chain axis (see run): the step's key, no vmap of size one
+            return self._chain(key, own, st, shared)
         axes = own.batch_axes(0)
         keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(self.n_chains, dtype=jnp.uint32))
         (own, st), out = jax.vmap(lambda k, o, s: self._chain(k, o, s, shared), in_axes=(0, axes, 0),
@@ -141,6 +144,8 @@ class _Steps:
 
     def _chain(self, key, own, st, shared):
         tr = _merge(own, shared)
+        if _positional(self.kernel):
+            return self._position_chain(key, own, tr, st)
 
         def one(carry, k):
             tr, st = carry
@@ -151,11 +156,58 @@ class _Steps:
             (tr, st), _ = one((tr, st), key)
             return (_split(tr)[0], st), None
         if self.thin == 1:  # the scan's one step, without a loop of length one in the program
-            (tr, st), info = one((tr, st), jax.random.split(key, 1)[0])
+            (tr, st), info = one((tr, st), key)
         else:
             (tr, st), infos = jax.lax.scan(one, (tr, st), jax.random.split(key, self.thin))
             info = jax.tree_util.tree_map(lambda x: x[-1], infos)
         return (_split(tr)[0], st), (collect(tr.get_choices(), self.stored) | deterministics(tr), info)
+
+    def _position_chain(self, key, own, template, st):
+        """:meth:`_chain` for a kernel that moves a position held in its state (see
+        :func:`_positional`): the trace part of the loop state stays the starting trace (a
+        loop constant, not carried), and a trace is written only for the stored choices of a
+        draw (and by :func:`_realized` after the loop)."""
+        def one(st, k):
+            st2, info = self.kernel.position_step(k, template, st)
+            return _match(st2, st), info
+
+        if not self.thin:
+            return (own, one(st, key)[0]), None
+        if self.thin == 1:
+            st, info = one(st, key)
+        else:
+            st, infos = jax.lax.scan(one, st, jax.random.split(key, self.thin))
+            info = jax.tree_util.tree_map(lambda x: x[-1], infos)
+        tr = self.kernel.realize(template, st)
+        return (own, st), (collect(tr.get_choices(), self.stored) | deterministics(tr), info)
+
+
+def _positional(kernel):
+    """Whether ``kernel`` moves a position held in its state (``positional = True`` with
+    ``position_step`` and ``realize``, see :mod:`inference.mcmc.base`): ``mcmc.run`` then keeps
+    the starting trace as the loops' trace part and writes the final trace once, at the end."""
+    return bool(getattr(kernel, "positional", False))
+
+
+def _realized(kernel, own, st, shared, n_chains=None):
+    """The per-chain trace part at the kernel state's position (``own`` unchanged for kernels
+    that keep their trace in the loop state); vmapped over ``n_chains`` chains when given."""
+    if not _positional(kernel):
+        return own
+
+    def one(o, s):
+        return _split(kernel.realize(_merge(o, shared), s))[0]
+
+    if n_chains is None:
+        return one(own, st)
+    axes = own.batch_axes(0)
+    return jax.vmap(one, in_axes=(axes, 0), out_axes=axes)(own, st)
+
+
+@jax.jit(static_argnums=(0, 1))
+def _finish(kernel, n_chains, own, st, shared):
+    """:func:`_realized` as one program (after a chunked run)."""
+    return _realized(kernel, own, st, shared, n_chains)
 
 
 def _shared_chunk(n_burn, n_samples, max_chunks=32):
@@ -195,8 +247,8 @@ def _init(kernel, n_warmup, n_chains, mesh, batched, key, own, shared):
 
     if n_chains is None:
         return one(key, own)
-    if n_chains == 1 and not batched:  # one chain, held without a chain axis (chain 0's key)
-        return one(jax.random.split(key, 1)[0], own)
+    if n_chains == 1 and not batched:  # one chain, held without a chain axis
+        return one(key, own)
     axes = own.batch_axes(0)
     out = jax.vmap(one, in_axes=(0, axes if batched else None), out_axes=(axes, 0))(
         jax.random.split(key, n_chains), own)
@@ -219,7 +271,7 @@ def _whole_run(kernel, stored, n_samples, thin, key, own, shared):
     state = jax.lax.optimization_barrier(_init(kernel, 0, 1, None, False, k_init, own, shared))
     draws = _Steps(kernel, thin, stored, 1, None, True)
     state, (choices, info) = jax.lax.optimization_barrier(run_chunk(draws, n_samples, True, k_draw, 0, state, shared))
-    return _add_chain_axis(choices, info, state[0])
+    return _add_chain_axis(choices, info, _realized(kernel, state[0], state[1], shared))
 
 
 @jax.jit(static_argnums=(0, 1, 2, 3, 4))
@@ -257,7 +309,7 @@ def sample(key, kernel: Kernel, trace, n_samples: int, burn_in: int = 0, thin: i
     if burn_in:
         state, _ = run_chunk(_Steps(kernel), burn_in, True, k_burn, 0, state, shared)
     state, (choices, info) = run_chunk(_Steps(kernel, thin, stored), n_samples, True, k_draw, 0, state, shared)
-    return choices, info, _merge(state[0], shared)
+    return choices, info, _merge(_realized(kernel, state[0], state[1], shared), shared)
 
 
 @jax.tree_util.register_dataclass
@@ -499,11 +551,11 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
         k_draw, draws, state, n_samples, draw_chunk, where("draws"), desc=f"mcmc.{kernel.name}", masked=whole,
         **loop)
     # the loop stacks draws first: (n_samples, n_chains, ...) -> (n_chains, n_samples, ...)
+    own = _finish(kernel, None if squeezed else n_chains, *state, shared) if _positional(kernel) else state[0]
     if squeezed:
-        choices, info, own = _add_chain_axis(choices, info, state[0])
+        choices, info, own = _add_chain_axis(choices, info, own)
     else:
         choices, info = _chains_first((choices, info))
-        own = state[0]
     res = _result(kernel, trace, choices, info, own, shared, fixed)
     warn_health(kernel, info)
     return res

