@@ -36,7 +36,6 @@ from numpyro.infer.hmc_util import dual_averaging
 
 from ppl.choicemap import Selection
 from ppl.lru import LRUCache
-from ppl.scores import batched
 
 from .base import Kernel, accept, as_selection, selected_paths
 from .infos import HMCInfo
@@ -262,9 +261,7 @@ class UnconstrainedKernel(Kernel):
             True
         """
         view = self._view(template)
-        with batched():  # scores per site from one stacked density per shape: a smaller program
-            new, _ = view.write(template, self._unravel(view, template)(state.u))
-        return _tmap(lambda a, b: jax.lax.convert_element_type(a, jnp.result_type(b)), new, template)
+        return view.realize(template, self._unravel(view, template)(state.u))
 
 
 @dataclasses.dataclass(frozen=True)

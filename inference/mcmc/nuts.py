@@ -38,7 +38,6 @@ from numpyro.infer.hmc import ParamInfo
 from numpyro.infer.hmc import hmc as numpyro_hmc
 
 from ppl.choicemap import Selection
-from ppl.scores import batched
 
 from .base import Kernel, as_selection, selected_paths
 from .infos import NUTSInfo
@@ -186,9 +185,7 @@ class NUTS(Kernel):
             True
         """
         view = self._view(template)
-        with batched():  # scores per site from one stacked density per shape: a smaller program
-            out, _ = view.write(template, self._unravel(view, template)(state.hmc.z))
-        return jax.tree_util.tree_map(lambda a, b: jax.lax.convert_element_type(a, jnp.result_type(b)), out, template)
+        return view.realize(template, self._unravel(view, template)(state.hmc.z))
 
 
 @jax.tree_util.register_dataclass

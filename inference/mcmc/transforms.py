@@ -133,6 +133,14 @@ class UnconstrainedView:
             new, w, _ = self.model.update(_const_key(), trace, chm, *trace.get_args())
         return new, w + trace.get_score()
 
+    def realize(self, trace, u):
+        """The trace with the selected sites at ``T(u)`` (:meth:`write`'s trace, its leaves cast to
+        ``trace``'s types so it can replace ``trace`` in a loop), scored with normal sites batched:
+        the kernels' position protocol writes its traces with it."""
+        with batched():
+            new, _ = self.write(trace, u)
+        return jax.tree_util.tree_map(lambda a, b: jax.lax.convert_element_type(a, jnp.result_type(b)), new, trace)
+
     def log_density(self, trace, u):
         """Log density of ``u`` given the other choices of ``trace`` (differentiable in ``u``).
         Only the total is needed, so normal sites are scored together (:class:`ppl.scores.batched`)."""
