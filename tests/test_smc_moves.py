@@ -362,9 +362,12 @@ def test_dimension_mismatch_under_masks_is_caught_in_debug_mode():
         new, _ = split_merge(ch, u)
         return new, ChoiceMap.empty()
 
-    ps = smc.init(jax.random.key(0), either, (YA, YB), OBS_C, 32)
+    # 4 particles: debug mode's run-time checks compile per particle (a 32-particle move compiled for
+    # ~40 s); the population holds both a split (k = 0) and merges (k = 1), which is all the checks need
+    ps = smc.init(jax.random.key(0), either, (YA, YB), OBS_C, 4)
     out = smc.move(jax.random.key(1), ps, sm_kernel, nothing, broken, observations=OBS_C)
     k = np.asarray(ps.traces.choices["k"])
+    assert 0 < k.sum() < len(k)
     lw = np.asarray(out.log_weights)
     assert np.all(np.isneginf(lw[k == 1])) and np.all(np.isfinite(lw[k == 0]))   # merges lose a coordinate
     with ppl.debug(), pytest.raises(ppl.ModelError, match="present continuous coordinates"):
