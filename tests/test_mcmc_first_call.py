@@ -118,3 +118,24 @@ def test_positional_runs_agree_across_chunking_chains_and_sample():
     assert float(last.choices["mu"]) == float(ch["mu"][-1])
     score, _ = _model.assess(last.choices, _YS)
     np.testing.assert_allclose(float(last.get_score()), float(score), rtol=1e-5)
+
+
+def test_log_density_is_exact_whatever_trace_it_is_written_into():
+    """The unconstrained log density at u does not depend on the trace that supplies the other
+    choices' values through its own score: it is the written trace's fresh score plus the
+    log-Jacobians (``weight + old score`` lost the precision of float32 when the old score is
+    huge: a starting trace far from the data). The position protocol writes every position into
+    the starting trace, so NUTS's adaptation depended on it (a dense-mass run collapsed its step
+    size to 1e-6)."""
+    from inference.mcmc.transforms import UnconstrainedView
+
+    ys = jnp.linspace(-1.0, 1.0, 1000)
+    near = _model.generate(jax.random.key(0), ppl.ChoiceMap({"ys": ys, "mu": 0.1, "s": 1.0}), ys)[0]
+    far = _model.generate(jax.random.key(0), ppl.ChoiceMap({"ys": ys, "mu": 3000.0, "s": 0.5}), ys)[0]
+    assert float(far.get_score()) < -1e9
+    view = UnconstrainedView(_model, (("mu",), ("s",)))
+    u = view.read(near)
+    at_near, at_far = float(view.log_density(near, u)), float(view.log_density(far, u))
+    assert at_near == at_far
+    exact, _ = _model.assess(ppl.ChoiceMap({"ys": ys, "mu": 0.1, "s": 1.0}), ys)
+    np.testing.assert_allclose(at_far, float(exact) + float(u[("s",)]), rtol=1e-6)  # log|d exp(v)/dv| = v

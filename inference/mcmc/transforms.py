@@ -100,11 +100,12 @@ class _Unconstrain(Interceptor):
         t = biject_to(d.support)
         if self.read:
             return old_value, 0.0, t.inv(old_value)
+        # the discard reports the site's log-Jacobian (write sums them: see UnconstrainedView.write)
         if isinstance(t, IdentityTransform):  # a real site: no transform, no log-Jacobian ops
-            return value, 0.0, old_value
+            return value, 0.0, jnp.zeros((), jnp.result_type(value))
         x = t(value)
         ldj = jnp.sum(t.log_abs_det_jacobian(value, x))
-        return x, ldj, old_value
+        return x, ldj, ldj
 
 
 class UnconstrainedView:
@@ -130,8 +131,12 @@ class UnconstrainedView:
         log density of ``u`` (model log density plus log-Jacobians)."""
         chm = ChoiceMap({p: u[p] for p in self.paths})
         with intercept(_Unconstrain(self.paths, False, self.who)):
-            new, w, _ = self.model.update(_const_key(), trace, chm, *trace.get_args())
-        return new, w + trace.get_score()
+            new, _, ldjs = self.model.update(_const_key(), trace, chm, *trace.get_args())
+        # the new trace's score (a fresh sum of its sites' log densities) plus the log-Jacobians,
+        # not ``weight + trace.get_score()``: that difference of two large numbers loses the
+        # density's precision when the trace's score is far from the new one (float32: a score of
+        # -1e7 leaves a resolution of about 1), e.g. a position held away from the starting trace
+        return new, new.get_score() + sum(jnp.sum(ldjs[p]) for p in self.paths)
 
     def realize(self, trace, u):
         """The trace with the selected sites at ``T(u)`` (:meth:`write`'s trace, its leaves cast to
