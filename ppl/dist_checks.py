@@ -119,6 +119,24 @@ _FOLD_MAX_NODES = 256  # per parameter: bounds trace-time cost for values that a
 _FOLD_MAX_SIZE = 1 << 16
 
 
+def _np_broadcast_in_dim(x, shape, broadcast_dimensions, **_):
+    x = np.asarray(x)
+    expanded = [1] * len(shape)
+    for i, d in enumerate(broadcast_dimensions):
+        expanded[d] = x.shape[i]
+    return np.broadcast_to(x.reshape(expanded), shape)
+
+
+# the primitives that build constants (jnp.zeros, jnp.full, casts, reshapes) folded with numpy:
+# binding them eagerly would compile one tiny XLA program per primitive and shape while tracing
+_NUMPY_RULES = {
+    "broadcast_in_dim": _np_broadcast_in_dim,
+    "convert_element_type": lambda x, new_dtype, **_: np.asarray(x).astype(new_dtype),
+    "reshape": lambda x, new_sizes, dimensions=None, **_: (
+        np.reshape(np.asarray(x), new_sizes) if dimensions is None else None),
+}
+
+
 def known_value(x):
     """The value of ``x`` if it is known at trace time (a constant expression), else None."""
     if not isinstance(x, jax.core.Tracer):
@@ -155,7 +173,8 @@ def _fold(t, memo, depth):
         if v is None:
             return None
         ins.append(v)
-    outs = eqn.primitive.bind(*ins, **eqn.params)
+    rule = _NUMPY_RULES.get(eqn.primitive.name)
+    outs = rule(*ins, **eqn.params) if rule is not None else eqn.primitive.bind(*ins, **eqn.params)
     if eqn.primitive.multiple_results:
         idx = [i for i, var in enumerate(eqn.outvars) if var is t.val]
         if len(idx) != 1:
