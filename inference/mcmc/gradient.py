@@ -133,8 +133,8 @@ class UnconstrainedKernel(Kernel):
 
     def init(self, key, trace, n_warmup=0):
         view = self._view(trace)
-        u, unravel = self._read(view, trace)
-        lp, g = self._value_and_grad(view, trace, u, unravel)
+        u, _ = self._read(view, trace)
+        lp, g = _staged_vg(self, trace, u)
         da_init, _ = dual_averaging()
         log_step = jnp.log(jnp.asarray(self.step_size, jnp.float32))
         da = da_init(jnp.log(10.0) + log_step)
@@ -180,7 +180,7 @@ class UnconstrainedKernel(Kernel):
             u, lp, g = state.u, state.logp, state.grad
         else:
             u, _ = self._read(view, trace)
-            lp, g = self._value_and_grad(view, trace, u, unravel)
+            lp, g = _staged_vg(self, trace, u)
         eps = jnp.exp(state.log_step)
         k1, k2 = jax.random.split(key)
         if self._carries_trace:
@@ -189,7 +189,7 @@ class UnconstrainedKernel(Kernel):
             vg = lambda v: self._value_and_grad_trace(view, trace, v, unravel)  # noqa: E731
             u2, (lp2, new_trace), g2, log_q = self._propose(k1, vg, u, (lp, trace), g, eps)
         else:
-            vg = lambda v: self._value_and_grad(view, trace, v, unravel)  # noqa: E731
+            vg = lambda v: _staged_vg(self, trace, v)  # noqa: E731
             u2, lp2, g2, log_q = self._propose(k1, vg, u, lp, g, eps)
             new_trace, _ = view.write(trace, unravel(u2))
         return self._accept(k2, state, (u, lp, g), (u2, lp2, g2), log_q, eps, new_trace, trace)
@@ -234,12 +234,10 @@ class UnconstrainedKernel(Kernel):
             >>> bool(k.realize(tr, st2).choices["x"] == tr2.choices["x"])
             True
         """
-        view = self._view(template)
-        unravel = self._unravel(view, template)
         u, lp, g = state.u, state.logp, state.grad
         eps = jnp.exp(state.log_step)
         k1, k2 = jax.random.split(key)
-        vg = lambda v: self._value_and_grad(view, template, v, unravel)  # noqa: E731
+        vg = lambda v: _staged_vg(self, template, v)  # noqa: E731
         u2, lp2, g2, log_q = self._propose(k1, vg, u, lp, g, eps)
         _, new_state, info = self._accept(k2, state, (u, lp, g), (u2, lp2, g2), log_q, eps, u2, u)
         return new_state, info
@@ -260,8 +258,23 @@ class UnconstrainedKernel(Kernel):
             >>> bool(abs(tr2.choices["s"] - tr.choices["s"]) < 1e-5)
             True
         """
-        view = self._view(template)
-        return view.realize(template, self._unravel(view, template)(state.u))
+        return _staged_realize(self, template, state.u)
+
+
+# The kernels' log density with its gradient, and the write of a position, as nested jitted
+# functions: a program evaluates them at several places (the initial state, every leapfrog
+# step; each draw's stored choices, the final trace) and JAX traces the model once for all of
+# them (same kernel and argument types); XLA inlines the calls, so the compiled code is unchanged.
+@jax.jit(static_argnums=0)
+def _staged_vg(kernel, trace, u):
+    view = kernel._view(trace)
+    return kernel._value_and_grad(view, trace, u, kernel._unravel(view, trace))
+
+
+@jax.jit(static_argnums=0)
+def _staged_realize(kernel, template, u):
+    view = kernel._view(template)
+    return view.realize(template, kernel._unravel(view, template)(u))
 
 
 @dataclasses.dataclass(frozen=True)
