@@ -81,14 +81,14 @@ _KERNELS = {
 def test_positional_run_matches_trace_steps(name):
     """mcmc.run moves only the kernel state's position (the trace is written for the stored
     choices and once at the end); the draws equal a loop of ``kernel.step`` over traces with
-    the runner's keys (step i: fold_in(k_draw, i)): exactly for the real site, to rounding for
+    the runner's keys (step i: fold_in(key, i)): exactly for the real site, to rounding for
     the positive one (a rejected draw is exp(log s)). The final trace is the last draw, with
     the model's score there."""
     kernel, tr, key = _KERNELS[name], _trace(), jax.random.key(3)
     assert kernel.positional
     n = 12
     res = mcmc.run(key, kernel, tr, n)
-    k_init, _, k_draw = jax.random.split(key, 3)
+    k_init, k_draw = jax.random.fold_in(key, 0xFFFFFFFF), key  # the documented phase keys
     state = kernel.init(k_init, tr, 0)
     step = jax.jit(lambda k, t, s: kernel.step(k, t, s, True))
     mus, ss, t = [], [], tr

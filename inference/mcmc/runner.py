@@ -255,6 +255,15 @@ def _init(kernel, n_warmup, n_chains, mesh, batched, key, own, shared):
     return constrain_batch(out, mesh)
 
 
+def _phase_keys(key):
+    """``(k_init, k_burn, k_draw)`` of a run: the draws' loop uses ``key`` itself (step ``i``:
+    ``fold_in(key, i)``), initialization and burn-in ``fold_in(key, 2**32 - 1)`` and
+    ``fold_in(key, 2**32 - 2)`` (indices no draw loop reaches). A split into three keys costs one
+    more random-bits computation in every program; a derivation that is not used (an
+    initialization that draws nothing, no burn-in) compiles to nothing."""
+    return jax.random.fold_in(key, 0xFFFFFFFF), jax.random.fold_in(key, 0xFFFFFFFE), key
+
+
 @jax.jit(static_argnums=(0, 1, 2, 3))
 def _whole_run(kernel, stored, n_samples, thin, key, own, shared):
     """A one-chain run (held without its chain axis) without burn-in, progress bar or
@@ -267,7 +276,7 @@ def _whole_run(kernel, stored, n_samples, thin, key, own, shared):
     fixed step size, ...) into the loop, so that the loop computes as a chunked run's programs
     do, bit for bit. (Several chains are not run this way: their vmapped loop compiled with
     the initialization differed from the chunked run's in the last bits.)"""
-    k_init, _, k_draw = jax.random.split(key, 3)
+    k_init, _, k_draw = _phase_keys(key)
     state = jax.lax.optimization_barrier(_init(kernel, 0, 1, None, False, k_init, own, shared))
     draws = _Steps(kernel, thin, stored, 1, None, True)
     state, (choices, info) = jax.lax.optimization_barrier(run_chunk(draws, n_samples, True, k_draw, 0, state, shared))
@@ -278,7 +287,7 @@ def _whole_run(kernel, stored, n_samples, thin, key, own, shared):
 def _start(kernel, n_warmup, n_chains, mesh, batched, key, own, shared):
     """The phase keys ``(k_burn, k_draw)`` and the chains' initial state (:func:`_init` with
     ``k_init``), from ``key``, in one program."""
-    k_init, k_burn, k_draw = jax.random.split(key, 3)
+    k_init, k_burn, k_draw = _phase_keys(key)
     return k_burn, k_draw, _init(kernel, n_warmup, n_chains, mesh, batched, k_init, own, shared)
 
 
@@ -303,7 +312,7 @@ def sample(key, kernel: Kernel, trace, n_samples: int, burn_in: int = 0, thin: i
     """
     n_samples, burn_in, thin = int(n_samples), int(burn_in), int(thin)
     stored = stored_selection(kernel, trace, False)
-    k_init, k_burn, k_draw = jax.random.split(key, 3)
+    k_init, k_burn, k_draw = _phase_keys(key)
     own, shared = _split(trace)
     state = _init(kernel, burn_in, None, None, False, k_init, own, shared)
     if burn_in:
