@@ -130,6 +130,30 @@ def select_trace(pred, new, old):
     return tree_select(pred, new, old)
 
 
+def strong_types(tree):
+    """``tree`` with weak-typed leaves (Python scalars promoted lazily by JAX) made strong, so that
+    a loop carry keeps one type from its first iteration on.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> strong_types({"x": jnp.asarray(1.0)})["x"].weak_type
+        False
+    """
+    return jax.tree_util.tree_map(lambda x: jax.lax.convert_element_type(x, jnp.result_type(x)), tree)
+
+
+def cast_like(new, like):
+    """``new``'s leaves cast to the types of ``like``'s (same structure): a trace or state a kernel
+    wrote can then replace ``like`` in a loop carry.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> cast_like({"x": jnp.ones(2, jnp.int32)}, {"x": jnp.zeros(2)})["x"].dtype
+        dtype('float32')
+    """
+    return jax.tree_util.tree_map(lambda a, b: jax.lax.convert_element_type(a, jnp.result_type(b)), new, like)
+
+
 def index_trace(batched, j, like):
     """Entry ``j`` of a batch of traces whose per-trace data has a leading axis (see
     :meth:`ppl.core.Trace.batch_axes`); the model arguments are ``like``'s.

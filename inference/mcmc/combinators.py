@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from ppl.choicemap import Selection, select
 from ppl.core import tree_select
 
-from .base import Kernel, select_trace
+from .base import Kernel, select_trace, strong_types as _strong
 from .infos import MixtureInfo
 
 __all__ = ["cycle", "mixture", "repeat", "Cycle", "Mixture", "Repeat"]
@@ -111,10 +111,6 @@ class Repeat(Kernel):
         (trace, state, info), _ = jax.lax.scan(body, _strong((trace, state, info)),
                                                jax.random.split(krest, self.n - 1))
         return trace, state, info
-
-
-def _strong(tree):
-    return jax.tree_util.tree_map(lambda x: jax.lax.convert_element_type(x, jnp.result_type(x)), tree)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,7 @@ from numpyro.infer.hmc_util import dual_averaging
 from ppl.choicemap import Selection
 from ppl.lru import LRUCache
 
-from .base import Kernel, accept, as_selection, selected_paths
+from .base import Kernel, accept, as_selection, cast_like, selected_paths
 from .infos import HMCInfo
 from .transforms import UnconstrainedView, unravel_like
 
@@ -122,7 +122,7 @@ class UnconstrainedKernel(Kernel):
             return lp, new
 
         (lp, new), g = jax.value_and_grad(f, has_aux=True)(u)
-        return (lp, _tmap(lambda a, b: jax.lax.convert_element_type(a, jnp.result_type(b)), new, trace)), g
+        return (lp, cast_like(new, trace)), g
 
     def _read(self, view, trace):
         tree = view.read(trace)
@@ -191,7 +191,7 @@ class UnconstrainedKernel(Kernel):
         else:
             vg = lambda v: _staged_vg(self, trace, v)  # noqa: E731
             u2, lp2, g2, log_q = self._propose(k1, vg, u, lp, g, eps)
-            new_trace, _ = view.write(trace, unravel(u2))
+            new_trace = _staged_realize(self, trace, u2)
         return self._accept(k2, state, (u, lp, g), (u2, lp2, g2), log_q, eps, new_trace, trace)
 
     def _accept(self, key, state, pos, pos2, log_q, eps, new_trace, trace):

@@ -74,7 +74,7 @@ from ppl.sites import deterministics
 
 from ..checkpoint import chunked_loop, run_chunk
 from ..sharding import active_mesh, constrain_batch
-from .base import Kernel
+from .base import Kernel, cast_like as _match, strong_types as _strong
 from .draws import OBSERVED, DrawMap, collect, fixed_choices, stored_selection
 from .health import check_finite, warn_health
 from .infos import MixtureInfo, is_info
@@ -82,14 +82,6 @@ from .infos import MixtureInfo, is_info
 __all__ = ["run", "sample", "init_chains", "MCMCResult", "DrawMap"]
 
 # acceptance rate below which mcmc.run warns that a chain is stuck
-
-
-def _strong(tree):
-    return jax.tree_util.tree_map(lambda x: jax.lax.convert_element_type(x, jnp.result_type(x)), tree)
-
-
-def _match(new, old):
-    return jax.tree_util.tree_map(lambda a, b: jax.lax.convert_element_type(a, jnp.result_type(b)), new, old)
 
 
 # ------------------------------------------------------- a trace's per-chain and shared parts
@@ -204,10 +196,14 @@ def _realized(kernel, own, st, shared, n_chains=None):
     return jax.vmap(one, in_axes=(axes, 0), out_axes=axes)(own, st)
 
 
-@jax.jit(static_argnums=(0, 1))
-def _finish(kernel, n_chains, own, st, shared):
-    """:func:`_realized` as one program (after a chunked run)."""
-    return _realized(kernel, own, st, shared, n_chains)
+@jax.jit(static_argnums=(0, 1, 2))
+def _finish(kernel, n_chains, squeezed, choices, info, own, st, shared):
+    """After a chunked run, one program: the final per-chain trace part (:func:`_realized`) and
+    the outputs with their chain axis first (added for a run ``squeezed`` without one)."""
+    own = _realized(kernel, own, st, shared, None if squeezed else n_chains)
+    if squeezed:
+        return _add_chain_axis(choices, info, own)
+    return (*_chains_first((choices, info)), own)
 
 
 def _shared_chunk(n_burn, n_samples, max_chunks=32):
@@ -560,11 +556,7 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
         k_draw, draws, state, n_samples, draw_chunk, where("draws"), desc=f"mcmc.{kernel.name}", masked=whole,
         **loop)
     # the loop stacks draws first: (n_samples, n_chains, ...) -> (n_chains, n_samples, ...)
-    own = _finish(kernel, None if squeezed else n_chains, *state, shared) if _positional(kernel) else state[0]
-    if squeezed:
-        choices, info, own = _add_chain_axis(choices, info, own)
-    else:
-        choices, info = _chains_first((choices, info))
+    choices, info, own = _finish(kernel, n_chains, squeezed, choices, info, *state, shared)
     res = _result(kernel, trace, choices, info, own, shared, fixed)
     warn_health(kernel, info)
     return res

@@ -39,6 +39,8 @@ from ppl.core import Interceptor, intercept
 from ppl.errors import ModelError, fmt_addr
 from ppl.scores import batched
 
+from .base import cast_like
+
 __all__ = ["UnconstrainedView", "unravel_like"]
 
 def _const_key():
@@ -144,7 +146,7 @@ class UnconstrainedView:
         the kernels' position protocol writes its traces with it."""
         with batched():
             new, _ = self.write(trace, u)
-        return jax.tree_util.tree_map(lambda a, b: jax.lax.convert_element_type(a, jnp.result_type(b)), new, trace)
+        return cast_like(new, trace)
 
     def log_density(self, trace, u):
         """Log density of ``u`` given the other choices of ``trace`` (differentiable in ``u``).
