@@ -18,9 +18,12 @@ Examples:
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from ppl.choicemap import ChoiceMap, Masked, Selection, normalize_addr, select
 from ppl.errors import AddressError, fmt_addr
@@ -28,7 +31,7 @@ from ppl.lru import LRUCache
 
 from .base import map_batched
 
-__all__ = ["DrawMap", "stored_selection", "collect", "fixed_choices", "OBSERVED"]
+__all__ = ["DrawMap", "stored_selection", "collect", "fixed_choices", "OBSERVED", "Packed", "pack", "unpack"]
 
 #: init_chains traces -> the observed addresses (weak keys: dropped with the traces)
 OBSERVED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -90,6 +93,75 @@ def _stored_selection(kernel, trace, batched, observed):
 def collect(choices, stored):
     """The stored part of ``choices`` (all of them when ``stored`` is ``None``)."""
     return choices if stored is None else choices.filter(stored)
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class Packed:
+    """A draw's stored choices as one array: the leaves of a pytree of one dtype, flattened and
+    concatenated along the last axis (leading axes, such as the draws' and chains', come before
+    it). ``mcmc.run`` stores draws this way inside its compiled loop (one output instead of one
+    per site: a smaller program for models with many sites) and :meth:`unpack` splits them on
+    the host afterwards, without compiling anything.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> p = pack({"a": jnp.zeros(2), "b": jnp.ones(())})
+        >>> p.block.shape
+        (3,)
+        >>> unpack(p)["b"].shape
+        ()
+    """
+
+    __slots__ = ("block", "treedef", "shapes")
+
+    def __init__(self, block, treedef, shapes):
+        self.block, self.treedef, self.shapes = block, treedef, shapes
+
+    def tree_flatten_with_keys(self):
+        return [(jax.tree_util.GetAttrKey("block"), self.block)], (self.treedef, self.shapes)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(children[0], *aux)
+
+    def unpack(self):
+        """The pytree, each leaf with the block's leading axes: split on the host (NumPy) and put
+        back on the default device."""
+        block = np.asarray(self.block)
+        lead = block.shape[:-1]
+        sizes = [math.prod(s) for s in self.shapes]
+        pieces = np.split(block, np.cumsum(sizes)[:-1], axis=-1)
+        leaves = [jax.device_put(np.ascontiguousarray(x).reshape(lead + s)) for x, s in zip(pieces, self.shapes)]
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+def pack(tree):
+    """``tree`` as a :class:`Packed` array when it has at least two leaves, all of one dtype;
+    else ``tree`` unchanged (traceable).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> type(pack({"a": jnp.zeros(2), "b": jnp.ones(())})).__name__
+        'Packed'
+        >>> type(pack({"a": jnp.zeros(2), "n": jnp.ones((), jnp.int32)})).__name__
+        'dict'
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    if len(leaves) < 2 or len({jnp.dtype(x.dtype) for x in leaves}) != 1:
+        return tree
+    shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
+    return Packed(jnp.concatenate([jnp.reshape(x, (-1,)) for x in leaves]), treedef, shapes)
+
+
+def unpack(tree):
+    """The pytree a :class:`Packed` holds (anything else unchanged).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> unpack(pack([jnp.zeros(()), jnp.ones(())]))[1].tolist()
+        1.0
+    """
+    return tree.unpack() if isinstance(tree, Packed) else tree
 
 
 @jax.tree_util.register_pytree_with_keys_class

@@ -75,7 +75,7 @@ from ppl.sites import deterministics
 from ..checkpoint import chunked_loop, run_chunk
 from ..sharding import active_mesh, constrain_batch
 from .base import Kernel, cast_like as _match, strong_types as _strong
-from .draws import OBSERVED, DrawMap, collect, fixed_choices, stored_selection
+from .draws import OBSERVED, DrawMap, collect, fixed_choices, pack, stored_selection, unpack
 from .health import check_finite, warn_health
 from .infos import MixtureInfo, is_info
 
@@ -112,7 +112,8 @@ class _Steps:
     and no output (burn-in), else one draw of ``thin`` kernel steps with output ``(choices, info)``
     (the stored choices, the last step's info); for one chain (``n_chains is None``) or vmapped
     over ``n_chains`` chains, chain ``c`` using key ``fold_in(key, c)`` (one chain held without
-    its chain axis uses ``key``)."""
+    its chain axis uses ``key``). ``packed``: a draw's stored choices leave the loop as one
+    :class:`~inference.mcmc.draws.Packed` array (when they share a dtype)."""
 
     kernel: Kernel
     thin: int = 0
@@ -120,6 +121,7 @@ class _Steps:
     n_chains: int | None = None
     mesh: Any = None
     squeezed: bool = False
+    packed: bool = False
 
     def __call__(self, key, state, shared):
         own, st = state
@@ -152,7 +154,11 @@ class _Steps:
         else:
             (tr, st), infos = jax.lax.scan(one, (tr, st), jax.random.split(key, self.thin))
             info = jax.tree_util.tree_map(lambda x: x[-1], infos)
-        return (_split(tr)[0], st), (collect(tr.get_choices(), self.stored) | deterministics(tr), info)
+        return (_split(tr)[0], st), (self._stored(tr), info)
+
+    def _stored(self, tr):
+        out = collect(tr.get_choices(), self.stored) | deterministics(tr)
+        return pack(out) if self.packed else out
 
     def _position_chain(self, key, own, template, st):
         """:meth:`_chain` for a kernel that moves a position held in its state (see
@@ -170,8 +176,7 @@ class _Steps:
         else:
             st, infos = jax.lax.scan(one, st, jax.random.split(key, self.thin))
             info = jax.tree_util.tree_map(lambda x: x[-1], infos)
-        tr = self.kernel.realize(template, st)
-        return (own, st), (collect(tr.get_choices(), self.stored) | deterministics(tr), info)
+        return (own, st), (self._stored(self.kernel.realize(template, st)), info)
 
 
 def _positional(kernel):
@@ -274,7 +279,7 @@ def _whole_run(kernel, stored, n_samples, thin, key, own, shared):
     the initialization differed from the chunked run's in the last bits.)"""
     k_init, _, k_draw = _phase_keys(key)
     state = jax.lax.optimization_barrier(_init(kernel, 0, 1, None, False, k_init, own, shared))
-    draws = _Steps(kernel, thin, stored, 1, None, True)
+    draws = _Steps(kernel, thin, stored, 1, None, True, packed=True)
     state, (choices, info) = jax.lax.optimization_barrier(run_chunk(draws, n_samples, True, k_draw, 0, state, shared))
     return _add_chain_axis(choices, info, _realized(kernel, state[0], state[1], shared))
 
@@ -525,7 +530,7 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     squeezed = n_chains == 1 and not batched  # no vmap of size one: a smaller, faster program
     if squeezed and not chunked and not burn_in:  # one compiled program for the whole run
         choices, info, own = _whole_run(kernel, stored, n_samples, thin, key, own, shared)
-        res = _result(kernel, trace, choices, info, own, shared, fixed)
+        res = _result(kernel, trace, unpack(choices), info, own, shared, fixed)
         warn_health(kernel, info)
         return res
     k_burn, k_draw, state = _start(kernel, burn_in, n_chains, mesh, batched, key, own, shared)
@@ -535,7 +540,10 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     def where(phase):
         return None if checkpoint_dir is None else os.path.join(checkpoint_dir, phase)
 
-    draws = _Steps(kernel, thin, stored, n_chains, mesh, squeezed)
+    # draws packed into one array per step, split on the host after the run: not across devices
+    # or processes (the split would gather them) nor into checkpoints (their stored layout)
+    packed = mesh is None and jax.process_count() == 1 and checkpoint_dir is None
+    draws = _Steps(kernel, thin, stored, n_chains, mesh, squeezed, packed)
     # burn-in made of whole draw steps runs through the draws' compiled program (its outputs
     # dropped): one compile instead of two; chunk lengths chosen so that both loops share it
     whole = bool(burn_in) and burn_in % thin == 0
@@ -557,7 +565,7 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
         **loop)
     # the loop stacks draws first: (n_samples, n_chains, ...) -> (n_chains, n_samples, ...)
     choices, info, own = _finish(kernel, n_chains, squeezed, choices, info, *state, shared)
-    res = _result(kernel, trace, choices, info, own, shared, fixed)
+    res = _result(kernel, trace, unpack(choices), info, own, shared, fixed)
     warn_health(kernel, info)
     return res
 
