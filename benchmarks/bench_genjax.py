@@ -15,6 +15,7 @@ Workloads (each reported as time / hand-written JAX time):
    30, standardized) with the weights as one vector site and as 31 scalar sites: steady state
    and first call (trace + compile);
 4. first call of simulate and generate for models with 10, 100 and 1,000 scalar sites.
+(ppl now needs jax 0.10, so first calls are compared across environments in ``bench_genjax_compile.py``.)
 """
 
 from __future__ import annotations
