@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ppl
-from benchmarks.harness import block, time_first_call, time_interleaved, write_results
+from benchmarks.harness import block, time_first_call_phases, time_interleaved, write_results
 from inference import mcmc
 from inference.diagnostics import mcmc as dg
 
@@ -220,16 +220,23 @@ def bench_hmc(n_steps=200, step=0.02, n_leap=10, n_first=5):
         # sample of a ~2 s compile swings by 20-40% on a shared machine)
         firsts = {"ppl": [], "hand": []}
         for _ in range(n_first):
-            firsts["ppl"].append(time_first_call(lambda: (lambda: mcmc.run(jax.random.key(2), k, tr, n_steps).choices)))
-            firsts["hand"].append(time_first_call(
+            firsts["ppl"].append(time_first_call_phases(
+                lambda: (lambda: mcmc.run(jax.random.key(2), k, tr, n_steps).choices)))
+            firsts["hand"].append(time_first_call_phases(
                 lambda: (lambda: hand_hmc(X, y, step, n_leap)(jax.random.key(2), th0, idx))))
-        first_ppl, first_hand = float(np.median(firsts["ppl"])), float(np.median(firsts["hand"]))
+        first_ppl, first_hand = (float(np.median([f[0] for f in firsts[c]])) for c in ("ppl", "hand"))
+        # first call = XLA compile + Python (trace, lower, dispatch) + one run
+        xla = {c: float(np.median([f[1] for f in firsts[c]])) for c in firsts}
+        py = {c: float(np.median([f[0] - f[1] for f in firsts[c]])) - t[n] for c, n in
+              (("ppl", "ppl"), ("hand", "hand-written"))}
         res = mcmc.run(jax.random.key(1), k, tr, n_steps)
         rows.append({"workload": f"hmc logreg, {label}", "ppl_us_per_grad": per_grad["ppl"] * 1e6,
                      "hand_us_per_grad": per_grad["hand-written"] * 1e6,
                      "ratio_per_grad": per_grad["ppl"] / per_grad["hand-written"],
                      "first_call_ppl_s": first_ppl, "first_call_hand_s": first_hand,
                      "ratio_first_call": first_ppl / first_hand,
+                     "python_ppl_s": py["ppl"], "python_hand_s": py["hand"],
+                     "xla_compile_ppl_s": xla["ppl"], "xla_compile_hand_s": xla["hand"],
                      "accept_rate": float(np.mean(res.acceptance_rate()))})
     return rows
 
@@ -241,7 +248,7 @@ def main(argv):
         "1000 draws, 2 vectorized chains, seeds interleaved; ESS = min bulk ESS (ArviZ) over the 31 "
         "coefficients; seconds = second (compiled) call of the whole run incl. warm-up. HMC: 10 leapfrog "
         "steps, step 0.02, 200 transitions; per-gradient time = median run time / (200*10); first call = "
-        "trace + compile + run after jax.clear_caches(), median of 5 alternating (ppl, hand) rounds."
+        "trace + compile + run after jax.clear_caches(), median of 5 alternating (ppl, hand) rounds; python_*_s = first call - XLA compile (JAX's backend-compile events) - one steady-state run: tracing, lowering, dispatch."
     )
     rows = []
     if "nuts" in which:

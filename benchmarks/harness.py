@@ -59,6 +59,24 @@ def time_first_call(make: Callable[[], Callable[[], object]]) -> float:
     return time.perf_counter() - t0
 
 
+def time_first_call_phases(make: Callable[[], Callable[[], object]]) -> tuple[float, float]:
+    """``(first call s, XLA compile s)``: :func:`time_first_call` and the part of it spent in XLA
+    compiles (JAX's backend-compile events of every program compiled during the call). The rest
+    is Python (tracing to a jaxpr, lowering to StableHLO, dispatch) plus the run itself."""
+    compile_s = []
+
+    def listen(name, duration, **_):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compile_s.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        total = time_first_call(make)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    return total, float(sum(compile_s))
+
+
 def environment() -> dict:
     return {
         "jax": jax.__version__,

@@ -63,6 +63,7 @@ __all__ = [
     "pop_callback_error",
     "callback_errors",
     "defer_value_check",
+    "buffered_map",
 ]
 
 
@@ -484,3 +485,34 @@ def staged(fn=None, *, static_argnames=(), packed_argnames=(), contexts=()):
     if fn is None:
         return lambda f: StagedFunction(f, static_argnames, packed_argnames, contexts)
     return StagedFunction(fn, static_argnames, packed_argnames, contexts)
+
+
+# ------------------------------------------------------------------------------ compiled layout
+def buffered_map(f, xs):
+    """``jax.vmap(f)(xs)``, the same values, computed into a buffer that XLA does not fuse into
+    its consumers: a loop of two iterations, each vectorized over half of ``xs``'s leading axis.
+
+    Many sites each reading their own slice of one vectorized result (the standard normal noise
+    of a model's sites, drawn together) would otherwise each get a copy of the whole vectorized
+    computation: XLA fuses a cheap-looking elementwise producer into every consumer, so a
+    100-site model's ``simulate`` compiled to 23,742 HLO instructions (2,812 with the buffer) and
+    took 4.5 s to compile (2.4 s). Two iterations, not one: a loop of one is inlined again.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> keys = jax.random.split(jax.random.key(0), 5)
+        >>> z = buffered_map(lambda k: jax.random.normal(k, ()), keys)
+        >>> bool(jnp.all(z == jax.vmap(lambda k: jax.random.normal(k, ()))(keys)))
+        True
+    """
+    n = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    half = -(-n // 2)
+
+    def halves(x):
+        x = jax.numpy.asarray(x)
+        if 2 * half != n:  # one extra (discarded) entry makes two equal halves
+            x = jax.numpy.concatenate([x, x[:1]])
+        return x.reshape((2, half) + x.shape[1:])
+
+    out = jax.lax.map(jax.vmap(f), jax.tree_util.tree_map(halves, xs))
+    return jax.tree_util.tree_map(lambda o: o.reshape((2 * half,) + o.shape[2:])[:n], out)

@@ -57,6 +57,7 @@ from .errors import (
     fmt_addr,
 )
 from .lru import LRUCache
+from .staging import buffered_map
 from .scores import Deferred, ScoreSink, active_sink, batching
 
 _NORMAL = _nd.Normal
@@ -248,7 +249,8 @@ def _site_keys(gf, key, args, constraints=None, fresh=False):
         for shape, idx in groups.items():
             if len(idx) < 2:
                 continue
-            z = jax.vmap(lambda k, shape=shape: jax.random.normal(k, shape))(derived[np.asarray(idx)])
+            # one buffer read by every site (not one copy of the vectorized draw per site)
+            z = buffered_map(lambda k, shape=shape: jax.random.normal(k, shape), derived[np.asarray(idx)])
             for j, i in enumerate(idx):
                 table[addrs[i]] = _keys.Noise(derived[i], z[j])
     return _keys.KeyTable(key, table)
