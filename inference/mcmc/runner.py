@@ -71,6 +71,7 @@ import numpy as np
 from ppl.choicemap import ChoiceMap
 from ppl.core import Trace, as_args_tuple, pack_args, unpack_args
 from ppl.sites import deterministics
+from ppl.staging import gc_paused
 
 from ..checkpoint import chunked_loop, run_chunk
 from ..sharding import active_mesh, constrain_batch
@@ -529,11 +530,13 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     own, shared = _split(trace)
     squeezed = n_chains == 1 and not batched  # no vmap of size one: a smaller, faster program
     if squeezed and not chunked and not burn_in:  # one compiled program for the whole run
-        choices, info, own = _whole_run(kernel, stored, n_samples, thin, key, own, shared)
+        with gc_paused():  # (see ppl.staging.gc_paused: a first call is mostly tracing and compiling)
+            choices, info, own = _whole_run(kernel, stored, n_samples, thin, key, own, shared)
         res = _result(kernel, trace, unpack(choices), info, own, shared, fixed)
         warn_health(kernel, info)
         return res
-    k_burn, k_draw, state = _start(kernel, burn_in, n_chains, mesh, batched, key, own, shared)
+    with gc_paused():
+        k_burn, k_draw, state = _start(kernel, burn_in, n_chains, mesh, batched, key, own, shared)
     loop = dict(progress=bool(progress), data=shared, device_outputs=True, keep=keep_checkpoints,
                 settings={"kernel": kernel.name, "n_chains": n_chains, "burn_in": burn_in, "thin": thin})
 
@@ -564,7 +567,8 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
         k_draw, draws, state, n_samples, draw_chunk, where("draws"), desc=f"mcmc.{kernel.name}", masked=whole,
         **loop)
     # the loop stacks draws first: (n_samples, n_chains, ...) -> (n_chains, n_samples, ...)
-    choices, info, own = _finish(kernel, n_chains, squeezed, choices, info, *state, shared)
+    with gc_paused():
+        choices, info, own = _finish(kernel, n_chains, squeezed, choices, info, *state, shared)
     res = _result(kernel, trace, unpack(choices), info, own, shared, fixed)
     warn_health(kernel, info)
     return res

@@ -70,6 +70,7 @@ from ppl.core import (
     unpack_args,
 )
 from ppl.errors import ModelError, fmt_addr
+from ppl.staging import gc_paused
 
 from .marginal import DETACH
 from .estimators import EstimatorError, Site, as_strategy, default_strategy, plain_key
@@ -433,7 +434,8 @@ class Expectation:
             return _check_scalar(self(key, params, *args), self.name)
         if _tracing():
             return self._value(key, params, args)
-        return self._jit_value(key, params, pack_args(args))
+        with gc_paused():
+            return self._jit_value(key, params, pack_args(args))
 
     def value_and_grad_estimate(self, key, params, *args):
         """``(estimate, gradient estimate)`` from one pass; the gradient is a pytree like ``params``."""
@@ -444,7 +446,8 @@ class Expectation:
                 "outer program's estimator differentiates through it")
         if _tracing():
             return self._vg(key, params, args)
-        return self._jit_vg(key, params, pack_args(args))
+        with gc_paused():
+            return self._jit_vg(key, params, pack_args(args))
 
     def grad_estimate(self, key, params, *args):
         """An unbiased estimate of ``d/dparams E[f]`` (a pytree like ``params``)."""
