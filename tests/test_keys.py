@@ -155,3 +155,30 @@ def test_lane_draw_of_an_expanded_family_with_batched_parameters():
 
     tr = jax.vmap(model.simulate, in_axes=(keys.LANE_AXES, 0))(keys.lanes(jax.random.key(1), 4), m)
     assert tr.choices["x"].shape == (4, 2, 3)
+
+
+def test_noise_drawn_ahead_equals_each_sites_own_draw():
+    """The standard normal noise of a body's normal sites is drawn ahead, vectorized per shape and
+    computed in one buffer (ppl.staging.buffered_map); each site still gets exactly the draw of
+    its own key, fold_in(key, address_hash(address)), also for an odd number of sites (the buffer
+    pads one) and under jax.vmap."""
+    from ppl.core import address_hash
+
+    @ppl.gen
+    def many():
+        xs = [ppl.normal(1.0, 2.0) @ f"x{i}" for i in range(7)]
+        vs = [ppl.normal(jnp.zeros(3), 1.0) @ f"v{i}" for i in range(2)]
+        return xs, vs, ppl.gamma(2.0, 1.0) @ "g"
+
+    def own(key, addr, shape):
+        return jax.random.normal(jax.random.fold_in(key, address_hash(addr)), shape)
+
+    key = jax.random.key(3)
+    tr = many.simulate(key)
+    for i in range(7):
+        assert float(tr.choices[f"x{i}"]) == float(1.0 + 2.0 * own(key, f"x{i}", ()))
+    for i in range(2):
+        np.testing.assert_array_equal(np.asarray(tr.choices[f"v{i}"]), np.asarray(own(key, f"v{i}", (3,))))
+    keys = jax.random.split(jax.random.key(4), 3)
+    batch = jax.vmap(lambda k: many.simulate(k).choices["x3"])(keys)
+    np.testing.assert_array_equal(np.asarray(batch), np.asarray([many.simulate(k).choices["x3"] for k in keys]))
