@@ -28,6 +28,7 @@ import numpyro.distributions as nd
 
 import genjax
 import ppl
+from benchmarks.bench_genjax_compile import _sum_of_sites
 from benchmarks.harness import block, time_interleaved, write_results
 from ppl.keys import LANE_AXES, lanes
 
@@ -248,20 +249,7 @@ def compile_rows():
     rows = []
     sizes = (10, 100, 1000) if os.environ.get("PPL_BENCH_1000") == "1" else (10, 100)
     for n in sizes:
-        @ppl.gen
-        def p_many():
-            s = 0.0
-            for i in range(n):
-                s = s + ppl.normal(0.0, 1.0) @ f"x{i}"
-            return s
-
-        @genjax.gen
-        def g_many():
-            s = 0.0
-            for i in range(n):
-                s = s + genjax.normal(0.0, 1.0) @ f"x{i}"
-            return s
-
+        p_many, g_many = _sum_of_sites(ppl, n), _sum_of_sites(genjax, n)
         p_cm = ppl.ChoiceMap({f"x{i}": 0.1 for i in range(0, n, 2)})
         g_cm = genjax.ChoiceMap.d({f"x{i}": 0.1 for i in range(0, n, 2)})
         row = {"workload": f"first call, {n} sites"}

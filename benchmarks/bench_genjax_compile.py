@@ -77,13 +77,7 @@ def build(system: str, n: int, method: str):
     if system == "ppl":
         import ppl
 
-        @ppl.gen
-        def model():
-            s = 0.0
-            for i in range(n):
-                s = s + ppl.normal(0.0, 1.0) @ f"x{i}"
-            return s
-
+        model = _sum_of_sites(ppl, n)
         if method == "simulate":
             f = lambda k: model.simulate(k)
         else:
@@ -93,13 +87,7 @@ def build(system: str, n: int, method: str):
     if system == "genjax":
         import genjax
 
-        @genjax.gen
-        def model():
-            s = 0.0
-            for i in range(n):
-                s = s + genjax.normal(0.0, 1.0) @ f"x{i}"
-            return s
-
+        model = _sum_of_sites(genjax, n)
         if method == "simulate":
             f = lambda k: model.simulate(k, ())
         else:
@@ -110,6 +98,20 @@ def build(system: str, n: int, method: str):
         f = _hand(n, method)
         return (lambda k: jax.jit(f)(k)), f
     raise ValueError(f"unknown system {system!r}: expected one of {SYSTEMS}")
+
+
+def _sum_of_sites(lib, n: int):
+    """The model in ``lib``'s own modeling language (``ppl`` or ``genjax``: both spell it the same):
+    ``n`` scalar sites ``x{i} ~ normal(0, 1)``, summed."""
+
+    @lib.gen
+    def model():
+        s = 0.0
+        for i in range(n):
+            s = s + lib.normal(0.0, 1.0) @ f"x{i}"
+        return s
+
+    return model
 
 
 def _hand(n: int, method: str):

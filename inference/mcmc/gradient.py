@@ -175,7 +175,6 @@ class UnconstrainedKernel(Kernel):
 
     def step(self, key, trace, state, synced=False):
         view = self._view(trace)
-        unravel = self._unravel(view, trace)
         if synced:
             u, lp, g = state.u, state.logp, state.grad
         else:
@@ -186,6 +185,7 @@ class UnconstrainedKernel(Kernel):
         if self._carries_trace:
             # "log density" = (log density, trace at the position): the proposal's trace is the one
             # its last gradient evaluation wrote
+            unravel = self._unravel(view, trace)
             vg = lambda v: self._value_and_grad_trace(view, trace, v, unravel)  # noqa: E731
             u2, (lp2, new_trace), g2, log_q = self._propose(k1, vg, u, (lp, trace), g, eps)
         else:
