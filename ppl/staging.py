@@ -38,6 +38,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import inspect
@@ -250,9 +251,10 @@ _N_DATA = {"simulate": 1, "assess": 1, "generate": 2, "update": 3, "regenerate":
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _staged_runner(gf, method, treedef, static_spec, debug_flag, dyn_leaves):
-    leaves = list(static_spec)
     it = iter(dyn_leaves)
-    leaves = [next(it) if s is _DYN else s.value for s in leaves]
+    leaves = []
+    for s in static_spec:
+        leaves.append(next(it) if s is _DYN else leaves[s.index] if isinstance(s, _SameAs) else s.value)
     data_part, model_part = jax.tree_util.tree_unflatten(treedef, leaves)
     all_args = tuple(data_part) + tuple(model_part)
     with inline(debug=debug_flag):
@@ -265,6 +267,14 @@ class _DynMarker:
 
 
 _DYN = _DynMarker()
+
+
+_EDITS = ("update", "regenerate")
+
+
+@dataclasses.dataclass(frozen=True)
+class _SameAs:
+    index: int  # the leaf is the same object as this earlier leaf
 
 
 class _HashableStatic:
@@ -360,8 +370,13 @@ def stage_gfi_call(gf, method: str, all_args: tuple):
     leaves, treedef = jax.tree_util.tree_flatten((data_part, model_part))
     n_data_leaves = len(jax.tree_util.tree_leaves(data_part))
     spec, dyn = [], []
+    # update/regenerate: a model argument that is the old trace's own (``*trace.args``) is passed as
+    # that same traced value, so the call can tell it did not change (ppl.changes)
+    firsts = {id(x): i for i, x in enumerate(leaves[:n_data_leaves])} if method in _EDITS else {}
     for i, leaf in enumerate(leaves):
-        if i < n_data_leaves or is_data(leaf):
+        if i >= n_data_leaves and id(leaf) in firsts and is_data(leaf):
+            spec.append(_SameAs(firsts[id(leaf)]))
+        elif i < n_data_leaves or is_data(leaf):
             spec.append(_DYN)
             dyn.append(leaf)
         else:

@@ -56,6 +56,7 @@ from .errors import (
     TracedControlFlowError,
     fmt_addr,
 )
+from .changes import NO_PLAN, dependency_site, site_plan
 from .lru import LRUCache
 from .staging import buffered_map
 from .scores import Deferred, ScoreSink, active_sink, batching
@@ -97,8 +98,9 @@ class GenTrace(Trace):
 class _Handler:
     """Interprets ``@`` for one execution of a ``@gen`` body in one GFI mode."""
 
-    def __init__(self, gf, mode, key=None, constraints=None, old=None, selection=None):
+    def __init__(self, gf, mode, key=None, constraints=None, old=None, selection=None, plan=NO_PLAN):
         self.gf = gf
+        self.plan = plan  # update/regenerate: the sites kept as they were (ppl.changes)
         self.mode = mode
         self.key = key
         self.constraints = constraints
@@ -161,6 +163,15 @@ class _Handler:
             )
         self.last_addr = addr
         mode = self.mode
+        if mode == "deps":  # the dependency trace of ppl.changes
+            self.subtraces[addr] = None
+            with push_path(addr):
+                return dependency_site(addr, gf, args, self.old.subtraces.get(addr))
+        if addr in self.plan.kept:  # update/regenerate: value and parameters unchanged
+            tr = self.old.subtraces[addr]
+            self.subtraces[addr] = tr
+            self.score = add(self.score, tr.score)
+            return tr.value
         with push_path(addr), active_sink(self._sink_for(gf)):
             if mode == "assess":
                 lp, retval = gf.assess(self.constraints.get_submap(addr), *args)
@@ -177,7 +188,11 @@ class _Handler:
                 self.weight = add(self.weight, w)
             elif mode == "update":
                 sub = self.constraints.get_submap(addr)
-                if addr in self.old.subtraces:
+                if addr in self.plan.same_args:  # a @gen call whose arguments did not change
+                    tr, w, d = gf._update(key, self.old.subtraces[addr], sub, *args, _same_args=True)
+                    if not d.is_empty():
+                        self.discard[addr] = d
+                elif addr in self.old.subtraces:
                     tr, w, d = gf.update(key, self.old.subtraces[addr], sub, *args)
                     if not d.is_empty():
                         self.discard[addr] = d
@@ -185,7 +200,13 @@ class _Handler:
                     tr, w = gf.generate(key, sub, *args)
                 self.weight = add(self.weight, w)
             elif mode == "regenerate":
-                if addr in self.old.subtraces:
+                if addr in self.plan.same_args:
+                    tr, w, d = gf._regenerate(key, self.old.subtraces[addr], self.selection.child(addr), *args,
+                                              _same_args=True)
+                    if not d.is_empty():
+                        self.discard[addr] = d
+                    self.weight = add(self.weight, w)
+                elif addr in self.old.subtraces:
                     tr, w, d = gf.regenerate(key, self.old.subtraces[addr], self.selection.child(addr), *args)
                     if not d.is_empty():
                         self.discard[addr] = d
@@ -220,7 +241,7 @@ class _Discovering(threading.local):
 _DISCOVERING = _Discovering()
 
 
-def _site_keys(gf, key, args, constraints=None, fresh=False):
+def _site_keys(gf, key, args, constraints=None, fresh=False, kept=frozenset()):
     """The site keys of one execution of ``gf``: a :class:`ppl.keys.KeyTable` of all its direct sites'
     keys (one vectorized hash). With ``fresh`` (simulate, generate), the normal sites that will be
     sampled (not in ``constraints``) also get their standard normal noise drawn ahead, grouped by
@@ -235,6 +256,10 @@ def _site_keys(gf, key, args, constraints=None, fresh=False):
     if found is None or len(found[0]) < 2:
         return key
     addrs, normals = found
+    if kept:  # update/regenerate: the sites kept as they were need no key
+        addrs = tuple(a for a in addrs if a not in kept)
+        if len(addrs) < 2:
+            return key
     hashes = jnp.asarray([address_hash(a) for a in addrs], dtype=jnp.uint32)
     base = key.base if isinstance(key, _keys.LaneKey) else key
     derived = jax.vmap(lambda h: jax.random.fold_in(base, h))(hashes)
@@ -409,16 +434,19 @@ class GenFn(GenerativeFunction):
         w = h.weight if not isinstance(h.weight, float) else jnp.zeros(())
         return self._make_trace(args, retval, h), w
 
-    def _update(self, key, trace, constraints, *args):
+    def _update(self, key, trace, constraints, *args, _same_args=None):
         self._check_trace(trace, "update")
-        h = _Handler(self, "update", key=_site_keys(self, key, args), constraints=constraints, old=trace)
+        plan = site_plan(self, args, trace, "update", constraints, _same_args)
+        h = _Handler(self, "update", key=_site_keys(self, key, args, kept=plan.kept), constraints=constraints, old=trace, plan=plan)
         retval = self._execute(h, args)
         self._finish_check(h, constraints, "update")
         return self._edit_result(args, retval, h, trace)
 
-    def _regenerate(self, key, trace, selection, *args):
+    def _regenerate(self, key, trace, selection, *args, _same_args=None):
         self._check_trace(trace, "regenerate")
-        h = _Handler(self, "regenerate", key=_site_keys(self, key, args), old=trace, selection=selection)
+        plan = site_plan(self, args, trace, "regenerate", selection, _same_args)
+        h = _Handler(self, "regenerate", key=_site_keys(self, key, args, kept=plan.kept), old=trace, selection=selection,
+                     plan=plan)
         retval = self._execute(h, args)
         return self._edit_result(args, retval, h, trace)
 
