@@ -77,8 +77,8 @@ from ..checkpoint import chunked_loop, run_chunk
 from ..sharding import active_mesh, constrain_batch
 from .base import Kernel, cast_like as _match, strong_types as _strong
 from .draws import OBSERVED, DrawMap, collect, fixed_choices, pack, stored_selection, unpack
+from .result import MCMCResult, PendingTrace
 from .health import check_finite, warn_health
-from .infos import MixtureInfo, is_info
 
 __all__ = ["run", "sample", "init_chains", "MCMCResult", "DrawMap"]
 
@@ -204,9 +204,11 @@ def _realized(kernel, own, st, shared, n_chains=None):
 
 @jax.jit(static_argnums=(0, 1, 2))
 def _finish(kernel, n_chains, squeezed, choices, info, own, st, shared):
-    """After a chunked run, one program: the final per-chain trace part (:func:`_realized`) and
-    the outputs with their chain axis first (added for a run ``squeezed`` without one)."""
-    own = _realized(kernel, own, st, shared, None if squeezed else n_chains)
+    """After a chunked run, one program: the outputs with their chain axis first (added for a run
+    ``squeezed`` without one) and the final per-chain trace part (added for a squeezed run; left to
+    :func:`_final_trace` for a positional kernel)."""
+    if _positional(kernel):  # the final trace is written when first read (_final_trace)
+        return (*(_chain_axis if squeezed else _chains_first)((choices, info)), own)
     if squeezed:
         return _add_chain_axis(choices, info, own)
     return (*_chains_first((choices, info)), own)
@@ -220,16 +222,51 @@ def _shared_chunk(n_burn, n_samples, max_chunks=32):
     return c if max(n_burn, n_samples) // c <= max_chunks else None
 
 
+def _chain_axis(outputs):
+    """``(n_samples, ...) -> (1, n_samples, ...)`` for every leaf of a one-chain run's outputs."""
+    return jax.tree_util.tree_map(lambda x: x[None], outputs)
+
+
+def _own_chain_axis(own):
+    """A one-chain trace part held without its chain axis, given one (at each leaf's batch axis)."""
+    def add(a, part):
+        return part if a is None else jax.tree_util.tree_map(lambda leaf: jnp.expand_dims(leaf, a), part)
+
+    return jax.tree_util.tree_map(add, own.batch_axes(0), own, is_leaf=_is_none)
+
+
 @jax.jit
 def _add_chain_axis(choices, info, own):
     """The outputs and final per-chain trace part of a one-chain run held without its chain axis,
     given one: ``(n_samples, ...) -> (1, n_samples, ...)``, trace leaves ``(...) -> (1, ...)``."""
-    choices, info = jax.tree_util.tree_map(lambda x: x[None], (choices, info))
-    def add(a, part):
-        return part if a is None else jax.tree_util.tree_map(lambda leaf: jnp.expand_dims(leaf, a), part)
+    return (*_chain_axis((choices, info)), _own_chain_axis(own))
 
-    own = jax.tree_util.tree_map(add, own.batch_axes(0), own, is_leaf=_is_none)
-    return choices, info, own
+
+@jax.jit(static_argnums=(0, 1, 2))
+def _write_final(kernel, n_chains, squeezed, own, st, shared):
+    """The final per-chain trace part of a positional kernel's run, with its chain axis."""
+    own = _realized(kernel, own, st, shared, None if squeezed else n_chains)
+    return _own_chain_axis(own) if squeezed else own
+
+
+def _final_trace(kernel, n_chains, squeezed, own, st, shared, start):
+    """The run's final trace: for a positional kernel, a :class:`PendingTrace` written from the
+    final state when first read (most runs only read the draws: no compile of the model's
+    update for it); else the trace from the loop's state."""
+    observed = OBSERVED.get(start)  # a run continued from res.final_trace knows the observations too
+
+    def write(*parts):
+        tr = _merge(_write_final(kernel, n_chains, squeezed, *parts), shared)
+        if observed is not None:
+            OBSERVED[tr] = observed
+        return tr
+
+    if _positional(kernel):
+        return PendingTrace(write, own, st, shared)
+    tr = _merge(own, shared)
+    if observed is not None:
+        OBSERVED[tr] = observed
+    return tr
 
 
 @jax.jit
@@ -272,7 +309,9 @@ def _whole_run(kernel, stored, n_samples, thin, key, own, shared):
     checkpoints as one compiled program: the phase keys, :func:`_init`, the draws' loop
     (:func:`run_chunk`, traced inline: the keys and states of :func:`chunked_loop`'s chunks) and
     the chain axis added to the outputs; one program instead of four (the first call of a short
-    run is mostly compile time). Returns ``(choices, info, own)`` with a chain axis.
+    run is mostly compile time). Returns ``(choices, info, own, kernel state)``, the outputs with
+    a chain axis; ``own`` is the final trace part with a chain axis, or for a positional kernel
+    the starting one without (see :func:`_final_trace`).
 
     The optimization barriers keep the compiler from folding the initial state's constants (a
     fixed step size, ...) into the loop, so that the loop computes as a chunked run's programs
@@ -281,8 +320,11 @@ def _whole_run(kernel, stored, n_samples, thin, key, own, shared):
     k_init, _, k_draw = _phase_keys(key)
     state = jax.lax.optimization_barrier(_init(kernel, 0, 1, None, False, k_init, own, shared))
     draws = _Steps(kernel, thin, stored, 1, None, True, packed=True)
-    state, (choices, info) = jax.lax.optimization_barrier(run_chunk(draws, n_samples, True, k_draw, 0, state, shared))
-    return _add_chain_axis(choices, info, _realized(kernel, state[0], state[1], shared))
+    (own, st), (choices, info) = jax.lax.optimization_barrier(run_chunk(draws, n_samples, True, k_draw, 0, state,
+                                                                       shared))
+    if _positional(kernel):  # the final trace is written when first read (_final_trace)
+        return (*_chain_axis((choices, info)), own, st)
+    return (*_add_chain_axis(choices, info, own), None)
 
 
 @jax.jit(static_argnums=(0, 1, 2, 3, 4))
@@ -321,118 +363,6 @@ def sample(key, kernel: Kernel, trace, n_samples: int, burn_in: int = 0, thin: i
         state, _ = run_chunk(_Steps(kernel), burn_in, True, k_burn, 0, state, shared)
     state, (choices, info) = run_chunk(_Steps(kernel, thin, stored), n_samples, True, k_draw, 0, state, shared)
     return choices, info, _merge(_realized(kernel, state[0], state[1], shared), shared)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class MCMCResult:
-    """Result of :func:`run`.
-
-    - ``choices``: a :class:`DrawMap` of the choices the kernel moves, leaves shaped
-      ``(n_chains, n_samples, *site_shape)``;
-    - ``info``: the per-kernel info (same leading axes; a tuple for combinators);
-    - ``final_trace``: the chains' last traces (batched, sharing the model's arguments), to
-      continue from;
-    - ``fixed_choices``: the choices not stored per draw (observations and unselected choices),
-      once, from the initial trace (with a leading chain axis if the run started from a batch);
-    - ``kernel``: the kernel that ran.
-    """
-
-    choices: ChoiceMap
-    info: Any
-    final_trace: Any
-    fixed_choices: Any = None
-    kernel: Any = dataclasses.field(default=None, metadata=dict(static=True))
-
-    @property
-    def n_chains(self) -> int:
-        return int(jax.tree_util.tree_leaves(self.choices)[0].shape[0])
-
-    @property
-    def n_samples(self) -> int:
-        return int(jax.tree_util.tree_leaves(self.choices)[0].shape[1])
-
-    def acceptance_rate(self):
-        """Mean acceptance probability per chain: an array ``(n_chains,)`` for one kernel, a
-        tuple of them (one per component) for combinators."""
-
-        def rate(info):
-            if is_info(info):
-                return jnp.mean(info.acceptance_rate, axis=1)
-            if isinstance(info, MixtureInfo):
-                return (None, tuple(rate(i) for i in info.infos))
-            if isinstance(info, (tuple, list)):
-                return tuple(rate(i) for i in info)
-            return None
-
-        return rate(self.info)
-
-    def divergences(self):
-        """Number of divergent transitions per chain over the stored draws: an integer array
-        ``(n_chains,)`` for a kernel that reports them (``hmc``, ``mala``, ``nuts``), ``None``
-        for one that does not (``mh``, ``gibbs``), and for combinators a tuple shaped like
-        :meth:`acceptance_rate`'s (a ``mixture`` counts a component's steps only when it was
-        the one chosen).
-
-        Examples:
-            >>> import jax, ppl
-            >>> from inference import mcmc
-            >>> @ppl.gen
-            ... def model():
-            ...     return ppl.normal(0.0, 1.0) @ "x"
-            >>> tr = model.simulate(jax.random.key(0))
-            >>> res = mcmc.run(jax.random.key(1), mcmc.hmc(ppl.select("x"), 0.5, 5), tr, 100, n_chains=2)
-            >>> res.divergences().tolist()
-            [0, 0]
-        """
-
-        def count(info, mask=None):
-            if is_info(info):
-                if "diverging" not in info:
-                    return None
-                d = np.asarray(info.diverging).astype(bool)
-                if mask is not None:
-                    d = d & mask
-                return d.reshape(d.shape[:2] + (-1,)).any(axis=2).sum(axis=1)
-            if isinstance(info, MixtureInfo):
-                j = np.asarray(info.chosen)
-                return (None, tuple(count(sub, j == i) for i, sub in enumerate(info.infos)))
-            if isinstance(info, (tuple, list)):
-                return tuple(count(i, mask) for i in info)
-            return None
-
-        return count(self.info)
-
-    def to_arviz(self):
-        """An ArviZ ``InferenceData`` with the choices as the posterior and kernel statistics."""
-        from inference.diagnostics.mcmc import to_arviz
-
-        return to_arviz(self)
-
-    def summary(self, **kw):
-        """ArviZ summary table (mean, sd, HDI, MCSE, bulk/tail ESS, R-hat) as a pandas DataFrame,
-        one row per stored choice (per element of an array choice) and deterministic value.
-
-        Keyword arguments are forwarded to ``arviz.summary`` through
-        :func:`inference.diagnostics.mcmc.summary`: ``var_names`` (ArviZ names: ``"slope"``, a
-        nested address ``("group", "theta")`` as ``"group/theta"``; default: every stored value
-        that varies), ``hdi_prob`` (default 0.94), ``kind`` (``"all"``, ``"stats"`` or
-        ``"diagnostics"``), ``round_to``, ``stat_focus``, ``filter_vars``, ``coords``, ...
-
-        Examples:
-            >>> import jax, ppl
-            >>> from inference import mcmc
-            >>> @ppl.gen
-            ... def model():
-            ...     return ppl.normal(0.0, 1.0) @ "x"
-            >>> res = mcmc.run(jax.random.key(0), mcmc.mh(ppl.select("x")), model.simulate(jax.random.key(1)), 50,
-            ...                n_chains=2)
-            >>> list(res.summary(hdi_prob=0.9, kind="stats").columns)
-            ['mean', 'sd', 'hdi_5%', 'hdi_95%']
-        """
-        from inference.diagnostics.mcmc import summary
-
-        return summary(self, **kw)
 
 
 @jax.jit(static_argnums=0)
@@ -531,8 +461,8 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     squeezed = n_chains == 1 and not batched  # no vmap of size one: a smaller, faster program
     if squeezed and not chunked and not burn_in:  # one compiled program for the whole run
         with gc_paused():  # (see ppl.staging.gc_paused: a first call is mostly tracing and compiling)
-            choices, info, own = _whole_run(kernel, stored, n_samples, thin, key, own, shared)
-        res = _result(kernel, trace, unpack(choices), info, own, shared, fixed)
+            choices, info, own, st = _whole_run(kernel, stored, n_samples, thin, key, own, shared)
+        res = _result(kernel, unpack(choices), info, _final_trace(kernel, 1, True, own, st, shared, trace), fixed)
         warn_health(kernel, info)
         return res
     with gc_paused():
@@ -569,15 +499,12 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     # the loop stacks draws first: (n_samples, n_chains, ...) -> (n_chains, n_samples, ...)
     with gc_paused():
         choices, info, own = _finish(kernel, n_chains, squeezed, choices, info, *state, shared)
-    res = _result(kernel, trace, unpack(choices), info, own, shared, fixed)
+    final = _final_trace(kernel, n_chains, squeezed, own, state[1], shared, trace)
+    res = _result(kernel, unpack(choices), info, final, fixed)
     warn_health(kernel, info)
     return res
 
 
-def _result(kernel, trace, choices, info, own, shared, fixed):
-    tr = _merge(own, shared)
+def _result(kernel, choices, info, final, fixed):
     fixed_paths = tuple(p for p, _ in fixed.leaves())
-    res = MCMCResult(DrawMap.wrap(choices, fixed_paths), info, tr, fixed, kernel)
-    if trace in OBSERVED:  # a run continued from res.final_trace knows the observations too
-        OBSERVED[tr] = OBSERVED[trace]
-    return res
+    return MCMCResult(DrawMap.wrap(choices, fixed_paths), info, final, fixed, kernel)
