@@ -58,7 +58,7 @@ from .errors import (
 )
 from .changes import NO_PLAN, dependency_site, site_plan
 from .lru import LRUCache
-from .staging import buffered_map
+from .staging import buffered_map, inline
 from .scores import Deferred, ScoreSink, active_sink, batching
 
 _NORMAL = _nd.Normal
@@ -318,7 +318,8 @@ def _discover(gf, args, is_data):
         ls = list(leaves)
         for i, v in zip(dyn, dyn_vals):
             ls[i] = v
-        tr = gf.simulate(k, *jax.tree_util.tree_unflatten(treedef, ls))
+        with inline():  # the body itself, never a (possibly cached) staged program of it
+            tr = gf.simulate(k, *jax.tree_util.tree_unflatten(treedef, ls))
         found.append((tuple(tr.subtraces), dict(_DISCOVERING.normals)))
 
     _DISCOVERING.depth += 1

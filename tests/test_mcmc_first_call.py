@@ -191,3 +191,43 @@ def test_pack_keeps_mixed_dtypes_apart():
     res = mcmc.run(jax.random.key(1), mcmc.mh(ppl.select("k", "x")), tr, 5)
     assert res.choices["k"].dtype == tr.choices["k"].dtype
     assert res.choices["x"].dtype == tr.choices["x"].dtype
+
+
+def test_final_trace_of_a_positional_kernel_is_written_when_first_read():
+    from inference.mcmc.result import PendingTrace
+
+    tr, key = _trace(), jax.random.key(5)
+    kernel = mcmc.hmc(ppl.select("mu", "s"), 0.3, 3)
+    jax.clear_caches()
+    res = None
+
+    def run():
+        nonlocal res
+        res = mcmc.run(key, kernel, tr, 15)
+
+    names = _compiled_during(run)
+    assert "jit(_write_final)" not in names, names  # the run alone does not write it
+    assert isinstance(object.__getattribute__(res, "final_trace"), PendingTrace)
+    names = _compiled_during(lambda: res.final_trace)
+    assert names.count("jit(_write_final)") == 1, names
+    final = res.final_trace
+    assert final is res.final_trace  # written once, kept
+    for addr in ("mu", "s"):
+        np.testing.assert_array_equal(np.asarray(final.choices[addr]), np.asarray(res.choices[addr][:, -1]))
+    # a complete trace at the last draw: its score is the model's log density there
+    one = jax.tree_util.tree_map(lambda x: x[0], final.choices)
+    lp, _ = _model.assess(one, _YS)
+    np.testing.assert_allclose(np.asarray(final.get_score())[0], float(lp), rtol=1e-5)
+    # the result is a pytree with a written trace (flattening reads the field)
+    leaves = jax.tree_util.tree_leaves(mcmc.run(key, kernel, tr, 15))
+    assert not any(isinstance(x, PendingTrace) for x in leaves)
+
+
+def test_final_trace_written_later_still_knows_the_observations():
+    from inference.mcmc.draws import OBSERVED
+
+    trs = mcmc.init_chains(jax.random.key(0), _model, (_YS,), ppl.ChoiceMap({"ys": _YS}), n_chains=2)
+    kernel = mcmc.hmc(ppl.select("mu", "s"), 0.3, 3)
+    res = mcmc.run(jax.random.key(1), kernel, trs, 10, burn_in=4)
+    assert OBSERVED.get(res.final_trace) == (("ys",),)  # registered when the trace is written
+    np.testing.assert_array_equal(np.asarray(res.final_trace.choices["ys"]), np.asarray(trs.choices["ys"]))
