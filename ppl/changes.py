@@ -57,10 +57,12 @@ _site_p.def_impl(lambda *vals, addr, n_params: vals[n_params:])
 class SitePlan:
     """What one ``update``/``regenerate`` execution revisits: ``kept`` distribution sites keep their
     old subtrace (value and log density, weight 0); ``same_args`` nested ``@gen`` calls get their
-    arguments unchanged (so they propagate changes inside too)."""
+    arguments unchanged (so they propagate changes inside too); ``addresses`` are all the sites
+    the body visits (so the site keys need no discovery trace of their own)."""
 
     kept: frozenset = frozenset()
     same_args: frozenset = frozenset()
+    addresses: tuple | None = None  # the body's top-level addresses in visiting order, if known
 
 
 NO_PLAN = SitePlan()
@@ -249,4 +251,4 @@ def site_plan(gf, args, old, mode, edits, same_args=None) -> SitePlan:
             value_changed = touched or not present or not args_same
         if value_changed:
             changed |= 1 << (deps.n_args + i)
-    return SitePlan(frozenset(kept), frozenset(same_calls))
+    return SitePlan(frozenset(kept), frozenset(same_calls), tuple(a for a, _, _ in deps.sites))

@@ -241,7 +241,7 @@ class _Discovering(threading.local):
 _DISCOVERING = _Discovering()
 
 
-def _site_keys(gf, key, args, constraints=None, fresh=False, kept=frozenset()):
+def _site_keys(gf, key, args, constraints=None, fresh=False, plan=NO_PLAN):
     """The site keys of one execution of ``gf``: a :class:`ppl.keys.KeyTable` of all its direct sites'
     keys (one vectorized hash). With ``fresh`` (simulate, generate), the normal sites that will be
     sampled (not in ``constraints``) also get their standard normal noise drawn ahead, grouped by
@@ -252,12 +252,13 @@ def _site_keys(gf, key, args, constraints=None, fresh=False, kept=frozenset()):
 
     if isinstance(key, _keys.KeyTable) or _DISCOVERING.depth or STATE.interceptors:
         return key
-    found = _discover(gf, args, is_data)
+    # update/regenerate: the plan knows the addresses, and the sites it keeps need no key
+    found = _discover(gf, args, is_data) if plan.addresses is None else (plan.addresses, {})
     if found is None or len(found[0]) < 2:
         return key
     addrs, normals = found
-    if kept:  # update/regenerate: the sites kept as they were need no key
-        addrs = tuple(a for a in addrs if a not in kept)
+    if plan.kept:
+        addrs = tuple(a for a in addrs if a not in plan.kept)
         if len(addrs) < 2:
             return key
     hashes = jnp.asarray([address_hash(a) for a in addrs], dtype=jnp.uint32)
@@ -438,7 +439,8 @@ class GenFn(GenerativeFunction):
     def _update(self, key, trace, constraints, *args, _same_args=None):
         self._check_trace(trace, "update")
         plan = site_plan(self, args, trace, "update", constraints, _same_args)
-        h = _Handler(self, "update", key=_site_keys(self, key, args, kept=plan.kept), constraints=constraints, old=trace, plan=plan)
+        h = _Handler(self, "update", key=_site_keys(self, key, args, plan=plan), constraints=constraints, old=trace,
+                     plan=plan)
         retval = self._execute(h, args)
         self._finish_check(h, constraints, "update")
         return self._edit_result(args, retval, h, trace)
@@ -446,7 +448,7 @@ class GenFn(GenerativeFunction):
     def _regenerate(self, key, trace, selection, *args, _same_args=None):
         self._check_trace(trace, "regenerate")
         plan = site_plan(self, args, trace, "regenerate", selection, _same_args)
-        h = _Handler(self, "regenerate", key=_site_keys(self, key, args, kept=plan.kept), old=trace, selection=selection,
+        h = _Handler(self, "regenerate", key=_site_keys(self, key, args, plan=plan), old=trace, selection=selection,
                      plan=plan)
         retval = self._execute(h, args)
         return self._edit_result(args, retval, h, trace)
