@@ -11,7 +11,8 @@ following the dataflow of that jaxpr. Each ``update``/``regenerate`` then decide
 from its static constraint addresses or selection, which sites it keeps.
 
 What counts as changed: a model argument that is not the same object (the same traced value) as
-the old trace's argument; a constrained (``update``) or selected (``regenerate``) address; an
+the old trace's argument (and any static argument: with other static arguments, or for a nested
+trace called with static arguments whose old values are unknown, every site is revisited); a constrained (``update``) or selected (``regenerate``) address; an
 address the old trace does not have; a nested generative function call whose arguments changed or
 that has constrained or selected addresses under it. Anything computed from a changed value
 inside a nested jaxpr (``jax.jit``, ``lax.cond``, ...) is changed as a whole (an over-approximation,
@@ -56,12 +57,14 @@ _site_p.def_impl(lambda *vals, addr, n_params: vals[n_params:])
 @dataclasses.dataclass(frozen=True)
 class SitePlan:
     """What one ``update``/``regenerate`` execution revisits: ``kept`` distribution sites keep their
-    old subtrace (value and log density, weight 0); ``same_args`` nested ``@gen`` calls get their
-    arguments unchanged (so they propagate changes inside too); ``addresses`` are all the sites
-    the body visits (so the site keys need no discovery trace of their own)."""
+    old subtrace (value and log density, weight 0); the nested ``@gen`` ``calls`` propagate changes
+    inside too (their arguments have the shapes and static values of the old execution; those in
+    ``same_args`` also the same values); ``addresses`` are all the sites the body visits (so the
+    site keys need no discovery trace of their own)."""
 
     kept: frozenset = frozenset()
     same_args: frozenset = frozenset()
+    calls: frozenset = frozenset()  # the nested @gen calls (old subtrace present) to edit with a plan
     addresses: tuple | None = None  # the body's top-level addresses in visiting order, if known
 
 
@@ -188,7 +191,8 @@ def _read(jaxpr, n_args, visited):
 
 def same_arg_leaves(args, old_packed_args):
     """Per data leaf of ``args``: is it the very same object (the same traced value) as the old
-    trace's? ``None`` when the structures differ (then every argument counts as changed)."""
+    trace's? ``None`` when the structures, static values or shapes differ, or the old trace has
+    no arguments (a nested trace): then no site can be assumed unchanged."""
     from .arguments import is_data, pack_args
 
     if old_packed_args is None:
@@ -197,14 +201,18 @@ def same_arg_leaves(args, old_packed_args):
     old_leaves, old_def = jax.tree_util.tree_flatten(old_packed_args)
     if new_def != old_def or len(new_leaves) != len(old_leaves):
         return None
+    if any(_aval(a) != _aval(b) for a, b in zip(new_leaves, old_leaves)):
+        return None  # a site's shape may follow an argument's shape (no dataflow to see)
     return [a is b for a, b in zip(new_leaves, old_leaves) if is_data(a)]
 
 
 def site_plan(gf, args, old, mode, edits, same_args=None) -> SitePlan:
     """The :class:`SitePlan` of ``gf.update(key, old, edits, *args)`` (``mode="update"``, ``edits``
     the constraints) or ``gf.regenerate(key, old, edits, *args)`` (``mode="regenerate"``, ``edits``
-    the selection). ``same_args`` is True when the caller knows the arguments are unchanged;
-    otherwise an argument is unchanged when it is the old trace's own (see :func:`same_arg_leaves`).
+    the selection). ``same_args`` is given by a planned parent execution for a nested call (True:
+    the arguments are unchanged; False: they may have new values, with the old shapes and static
+    values); otherwise an argument is unchanged when it is the old trace's own (see
+    :func:`same_arg_leaves`).
 
     Examples:
         >>> import jax, ppl
@@ -221,17 +229,16 @@ def site_plan(gf, args, old, mode, edits, same_args=None) -> SitePlan:
     deps = _dependencies(gf, args, old)
     if deps is None:
         return NO_PLAN
-    if same_args:
-        changed = 0
+    if same_args is not None:  # a nested call of a planned execution: shapes and statics as before
+        changed = 0 if same_args else (1 << deps.n_args) - 1
     else:
         same = same_arg_leaves(args, getattr(old, "packed_args", None))
         if same is None or len(same) != deps.n_args:
-            changed = (1 << deps.n_args) - 1
-        else:
-            changed = sum(1 << j for j, s in enumerate(same) if not s)
+            return NO_PLAN  # other static arguments, shapes or structure (or unknown: a nested trace)
+        changed = sum(1 << j for j, s in enumerate(same) if not s)
     update = mode == "update"
     subs = old.subtraces
-    kept, same_calls = set(), set()
+    kept, same_calls, calls = set(), set(), set()
     for i, (addr, kind, pm) in enumerate(deps.sites):
         is_dist = kind == _DIST
         present = addr in subs
@@ -246,9 +253,11 @@ def site_plan(gf, args, old, mode, edits, same_args=None) -> SitePlan:
                 kept.add(addr)
             value_changed = touched or not present
         else:
-            if present and args_same and kind == _GEN:
-                same_calls.add(addr)
+            if present and kind == _GEN:
+                calls.add(addr)
+                if args_same:
+                    same_calls.add(addr)
             value_changed = touched or not present or not args_same
         if value_changed:
             changed |= 1 << (deps.n_args + i)
-    return SitePlan(frozenset(kept), frozenset(same_calls), tuple(a for a, _, _ in deps.sites))
+    return SitePlan(frozenset(kept), frozenset(same_calls), frozenset(calls), tuple(a for a, _, _ in deps.sites))

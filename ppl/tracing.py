@@ -188,8 +188,9 @@ class _Handler:
                 self.weight = add(self.weight, w)
             elif mode == "update":
                 sub = self.constraints.get_submap(addr)
-                if addr in self.plan.same_args:  # a @gen call whose arguments did not change
-                    tr, w, d = gf._update(key, self.old.subtraces[addr], sub, *args, _same_args=True)
+                if addr in self.plan.calls:  # a nested @gen call of a planned execution
+                    tr, w, d = gf._update(key, self.old.subtraces[addr], sub, *args,
+                                          _same_args=addr in self.plan.same_args)
                     if not d.is_empty():
                         self.discard[addr] = d
                 elif addr in self.old.subtraces:
@@ -200,9 +201,9 @@ class _Handler:
                     tr, w = gf.generate(key, sub, *args)
                 self.weight = add(self.weight, w)
             elif mode == "regenerate":
-                if addr in self.plan.same_args:
+                if addr in self.plan.calls:
                     tr, w, d = gf._regenerate(key, self.old.subtraces[addr], self.selection.child(addr), *args,
-                                              _same_args=True)
+                                              _same_args=addr in self.plan.same_args)
                     if not d.is_empty():
                         self.discard[addr] = d
                     self.weight = add(self.weight, w)

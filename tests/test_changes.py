@@ -233,3 +233,49 @@ def test_update_of_one_site_does_not_score_the_kept_ones():
     # a kept site costs its parameter (dead code, removed by XLA) and one add to the score; a
     # rescored normal density is about ten more
     assert per_site <= 3, per_site
+
+
+@gen
+def scaled(k):  # k: a static (Python int) argument
+    x = ppl.normal(0.0, 1.0 * k) @ "x"
+    return ppl.normal(x, 1.0) @ "y"
+
+
+@gen
+def calls_scaled(k):
+    s = ppl.normal(0.0, 1.0) @ "s"
+    return scaled(k) @ "in", s
+
+
+def test_a_changed_static_argument_revisits_every_site():
+    tr = scaled.simulate(jax.random.key(0), 2)
+    new, w, _ = scaled.update(jax.random.key(1), tr, ChoiceMap.empty(), 3)
+    c = ChoiceMap({"x": tr.choices["x"], "y": tr.choices["y"]})
+    np.testing.assert_allclose(float(w), _assess(scaled, c, 3) - _assess(scaled, c, 2), rtol=1e-5, atol=1e-6)
+    tr = calls_scaled.simulate(jax.random.key(0), 2)
+    new, w, _ = calls_scaled.update(jax.random.key(1), tr, ChoiceMap.empty(), 3)
+    c = tr.choices
+    np.testing.assert_allclose(float(w), _assess(calls_scaled, c, 3) - _assess(calls_scaled, c, 2), rtol=1e-5,
+                               atol=1e-6)
+
+
+@gen
+def by_length(xs):
+    z = ppl.normal(jnp.zeros(xs.shape[0]), 1.0) @ "z"  # reads only the argument's shape
+    u = ppl.normal(0.0, 1.0) @ "u"
+    return ppl.normal(jnp.sum(z * xs) + u, 1.0) @ "y"
+
+
+@gen
+def calls_by_length(xs):
+    return by_length(xs) @ "in"
+
+
+def test_an_argument_of_another_shape_revisits_every_site():
+    tr = by_length.simulate(jax.random.key(0), jnp.ones(3))
+    assert site_plan(by_length, (jnp.ones(3),), tr, "update", ChoiceMap.empty()).kept == {"z", "u"}
+    assert site_plan(by_length, (jnp.ones(4),), tr, "update", ChoiceMap.empty()).kept == frozenset()
+    # a nested trace keeps no arguments: without its parent's plan nothing is assumed unchanged
+    inner_tr = calls_by_length.simulate(jax.random.key(0), jnp.ones(3)).get_subtrace("in")
+    assert site_plan(by_length, (jnp.ones(4),), inner_tr, "update", ChoiceMap.empty()).kept == frozenset()
+    assert site_plan(by_length, (jnp.ones(3),), inner_tr, "update", ChoiceMap.empty(), False).kept == {"z", "u"}
