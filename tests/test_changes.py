@@ -279,3 +279,54 @@ def test_an_argument_of_another_shape_revisits_every_site():
     inner_tr = calls_by_length.simulate(jax.random.key(0), jnp.ones(3)).get_subtrace("in")
     assert site_plan(by_length, (jnp.ones(4),), inner_tr, "update", ChoiceMap.empty()).kept == frozenset()
     assert site_plan(by_length, (jnp.ones(3),), inner_tr, "update", ChoiceMap.empty(), False).kept == {"z", "u"}
+
+
+# ------------------------------------------------------------- planned == revisit-everything
+def _random_model(seed):
+    """Six normal sites, each reading a random subset of the earlier ones and maybe the argument."""
+    rng = np.random.default_rng(seed)
+    parents = [sorted(rng.choice(i, size=rng.integers(0, i + 1), replace=False).tolist()) if i else []
+               for i in range(6)]
+    reads_arg = rng.random(6) < 0.4
+
+    @gen
+    def model(theta):
+        xs = []
+        for i in range(6):
+            loc = sum((0.5 * xs[j] for j in parents[i]), 0.0) + (theta if reads_arg[i] else 0.0)
+            xs.append(ppl.normal(loc, 1.0 + 0.1 * i) @ f"x{i}")
+        return xs[-1]
+
+    return model
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_planned_edits_equal_revisiting_every_site(seed, monkeypatch):
+    import ppl.tracing as tracing
+    from ppl.changes import NO_PLAN
+
+    model = _random_model(seed)
+    tr = model.simulate(jax.random.key(seed), 0.4)
+    rng = np.random.default_rng(100 + seed)
+    cases = []
+    for _ in range(4):
+        addrs = [f"x{i}" for i in sorted(rng.choice(6, size=rng.integers(1, 3), replace=False))]
+        cases.append(("update", ChoiceMap({a: float(rng.normal()) for a in addrs}), tr.args))
+        cases.append(("update", ChoiceMap({a: float(rng.normal()) for a in addrs}), (jnp.float32(-0.3),)))
+        cases.append(("regenerate", select(*addrs), tr.args))
+
+    def run(mode, edits, args):
+        f = model.update if mode == "update" else model.regenerate
+        new, w, _ = f(jax.random.key(7), tr, edits, *args)
+        return np.asarray(w), {a: (np.asarray(new.choices[a]), np.asarray(new.get_scores()[a]))
+                               for a in new.choices.addresses()}
+
+    planned = [run(*c) for c in cases]
+    monkeypatch.setattr(tracing, "site_plan", lambda *a, **k: NO_PLAN)
+    jax.clear_caches()  # the staged programs were traced with plans
+    for (mode, edits, args), (w, sites) in zip(cases, planned):
+        w_ref, sites_ref = run(mode, edits, args)
+        np.testing.assert_allclose(w, w_ref, rtol=1e-5, atol=1e-5)
+        for a, (v, lp) in sites.items():
+            np.testing.assert_array_equal(v, sites_ref[a][0])  # same values (same keys)
+            np.testing.assert_allclose(lp, sites_ref[a][1], rtol=1e-6, atol=1e-6)
