@@ -26,7 +26,8 @@ from . import keys
 from .choicemap import ChoiceMap
 from .errors import ModelError, fmt_addr  # noqa: F401  (ModelError: used by the doctests)
 
-__all__ = ["Static", "is_data", "pack_args", "unpack_args", "as_choicemap", "as_args_tuple", "check_key"]
+__all__ = ["Static", "is_data", "pack_args", "unpack_args", "data_split", "as_choicemap", "as_args_tuple",
+           "check_key"]
 
 
 @jax.tree_util.register_pytree_node_class
@@ -64,6 +65,35 @@ def unpack_args(args):
     return jax.tree_util.tree_map(
         lambda x: x.value if isinstance(x, Static) else x, args, is_leaf=lambda x: isinstance(x, Static)
     )
+
+
+def data_split(args):
+    """``(structure, data, rebuild)`` of a tuple of model arguments: ``structure`` is hashable (if
+    the static leaves are) and equal for arguments that trace to the same program (tree structure,
+    static leaves, the data leaves' shapes and dtypes); ``data`` are the data leaves;
+    ``rebuild(new_data)`` is ``args`` with those leaves replaced (e.g. by tracers).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> structure, data, rebuild = data_split((jnp.ones(2), 3))
+        >>> len(data), rebuild([jnp.zeros(2)])[1]
+        (1, 3)
+        >>> structure == data_split((jnp.zeros(2), 3))[0]
+        True
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    dyn = [i for i, x in enumerate(leaves) if is_data(x)]
+    is_dyn = set(dyn)
+    static = tuple(x for i, x in enumerate(leaves) if i not in is_dyn)
+    structure = (treedef, static, tuple((jnp.shape(leaves[i]), jnp.result_type(leaves[i])) for i in dyn))
+
+    def rebuild(values):
+        new = list(leaves)
+        for i, v in zip(dyn, values):
+            new[i] = v
+        return jax.tree_util.tree_unflatten(treedef, new)
+
+    return structure, [leaves[i] for i in dyn], rebuild
 
 
 def as_choicemap(x, what: str = "choices") -> ChoiceMap:

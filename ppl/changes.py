@@ -119,15 +119,13 @@ def dependency_site(addr, gf, args, old_sub):
 def _dependencies(gf, args, old):
     """The (cached) :class:`_Deps` of ``gf`` for arguments like ``args`` and an old trace like
     ``old``; ``None`` if the body cannot be analysed."""
-    from .arguments import is_data
+    from .arguments import data_split
     from .tracing import _Handler
 
-    leaves, treedef = jax.tree_util.tree_flatten(args)
-    dyn = [i for i, x in enumerate(leaves) if is_data(x)]
+    structure, data, rebuild = data_split(args)
     old_leaves, old_def = jax.tree_util.tree_flatten(old)
     try:
-        spec = (gf, treedef, tuple(x for i, x in enumerate(leaves) if i not in set(dyn)),
-                tuple(_aval(leaves[i]) for i in dyn), old_def, tuple(_aval(x) for x in old_leaves))
+        spec = (gf, *structure, old_def, tuple(_aval(x) for x in old_leaves))
         hash(spec)
     except TypeError:
         return None
@@ -136,23 +134,20 @@ def _dependencies(gf, args, old):
         return None if found is _FAILED else found
 
     def run(dyn_vals, old_vals):
-        ls = list(leaves)
-        for i, v in zip(dyn, dyn_vals):
-            ls[i] = v
         h = _Handler(gf, "deps", old=jax.tree_util.tree_unflatten(old_def, old_vals))
-        gf._execute(h, jax.tree_util.tree_unflatten(treedef, ls))
+        gf._execute(h, rebuild(dyn_vals))
         return []
 
     saved, _REC.sites = _REC.sites, []
     try:
-        closed = jax.make_jaxpr(run)([leaves[i] for i in dyn], old_leaves)
+        closed = jax.make_jaxpr(run)(data, old_leaves)
         visited = _REC.sites
     except Exception:  # the real trace reports any error with its full context
         _DEPS[spec] = _FAILED
         return None
     finally:
         _REC.sites = saved
-    deps = _read(closed.jaxpr, len(dyn), visited)
+    deps = _read(closed.jaxpr, len(data), visited)
     _DEPS[spec] = _FAILED if deps is None else deps
     return deps
 

@@ -145,6 +145,13 @@ class _Handler:
         self.weight = sink.resolve(self.weight)
         self.sink = None
 
+    def _edit(self, gf, method, addr):
+        """``gf``'s ``update``/``regenerate`` for the site at ``addr``: a nested ``@gen`` call of a
+        planned execution gets a plan of its own (its arguments same or changed)."""
+        if addr in self.plan.calls:
+            return functools.partial(getattr(gf, "_" + method), _same_args=addr in self.plan.same_args)
+        return getattr(gf, method)
+
     def visit(self, addr, gf, args):
         if not isinstance(addr, str):
             raise AddressError(
@@ -188,27 +195,17 @@ class _Handler:
                 self.weight = add(self.weight, w)
             elif mode == "update":
                 sub = self.constraints.get_submap(addr)
-                if addr in self.plan.calls:  # a nested @gen call of a planned execution
-                    tr, w, d = gf._update(key, self.old.subtraces[addr], sub, *args,
-                                          _same_args=addr in self.plan.same_args)
-                    if not d.is_empty():
-                        self.discard[addr] = d
-                elif addr in self.old.subtraces:
-                    tr, w, d = gf.update(key, self.old.subtraces[addr], sub, *args)
+                if addr in self.old.subtraces:
+                    tr, w, d = self._edit(gf, "update", addr)(key, self.old.subtraces[addr], sub, *args)
                     if not d.is_empty():
                         self.discard[addr] = d
                 else:
                     tr, w = gf.generate(key, sub, *args)
                 self.weight = add(self.weight, w)
             elif mode == "regenerate":
-                if addr in self.plan.calls:
-                    tr, w, d = gf._regenerate(key, self.old.subtraces[addr], self.selection.child(addr), *args,
-                                              _same_args=addr in self.plan.same_args)
-                    if not d.is_empty():
-                        self.discard[addr] = d
-                    self.weight = add(self.weight, w)
-                elif addr in self.old.subtraces:
-                    tr, w, d = gf.regenerate(key, self.old.subtraces[addr], self.selection.child(addr), *args)
+                if addr in self.old.subtraces:
+                    edit = self._edit(gf, "regenerate", addr)
+                    tr, w, d = edit(key, self.old.subtraces[addr], self.selection.child(addr), *args)
                     if not d.is_empty():
                         self.discard[addr] = d
                     self.weight = add(self.weight, w)
@@ -249,12 +246,12 @@ def _site_keys(gf, key, args, constraints=None, fresh=False, plan=NO_PLAN):
     shape, one vectorized draw per group (:class:`ppl.keys.Noise`): the same values as drawing each
     from its own key, in one random-number program instead of one per site."""
     from . import keys as _keys
-    from .core import address_hash, is_data
+    from .core import address_hash
 
     if isinstance(key, _keys.KeyTable) or _DISCOVERING.depth or STATE.interceptors:
         return key
     # update/regenerate: the plan knows the addresses, and the sites it keeps need no key
-    found = _discover(gf, args, is_data) if plan.addresses is None else (plan.addresses, {})
+    found = _discover(gf, args) if plan.addresses is None else (plan.addresses, {})
     if found is None or len(found[0]) < 2:
         return key
     addrs, normals = found
@@ -300,14 +297,14 @@ def _note_normal_site(addr, gf, args):
         return
 
 
-def _discover(gf, args, is_data):
+def _discover(gf, args):
     """``(addresses, normal sites)``: the top-level addresses ``gf`` visits for arguments like
     ``args`` and the shapes of its direct normal sites (None if unknown)."""
-    leaves, treedef = jax.tree_util.tree_flatten(args)
-    dyn = [i for i, leaf in enumerate(leaves) if is_data(leaf)]
-    static = tuple(leaf for i, leaf in enumerate(leaves) if i not in set(dyn))
+    from .arguments import data_split
+
+    structure, data, rebuild = data_split(args)
     try:
-        spec = (gf, treedef, static, tuple((jnp.shape(leaves[i]), jnp.result_type(leaves[i])) for i in dyn))
+        spec = (gf, *structure)
         hash(spec)
     except TypeError:
         return None
@@ -317,17 +314,14 @@ def _discover(gf, args, is_data):
     found = []
 
     def run(k, dyn_vals):
-        ls = list(leaves)
-        for i, v in zip(dyn, dyn_vals):
-            ls[i] = v
         with inline():  # the body itself, never a (possibly cached) staged program of it
-            tr = gf.simulate(k, *jax.tree_util.tree_unflatten(treedef, ls))
+            tr = gf.simulate(k, *rebuild(dyn_vals))
         found.append((tuple(tr.subtraces), dict(_DISCOVERING.normals)))
 
     _DISCOVERING.depth += 1
     _DISCOVERING.normals, _DISCOVERING.handler_depth = {}, len(STATE.handlers) + 1
     try:
-        structs = [jax.ShapeDtypeStruct(jnp.shape(leaves[i]), jnp.result_type(leaves[i])) for i in dyn]
+        structs = [jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in data]
         jax.eval_shape(run, jax.random.key(0), structs)
     except Exception:  # the real trace will report any error with its full context
         return None

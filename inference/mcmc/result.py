@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppl.choicemap import ChoiceMap
+
 from .infos import MixtureInfo, is_info
 
 __all__ = ["MCMCResult", "PendingTrace"]

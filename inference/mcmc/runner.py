@@ -255,18 +255,15 @@ def _final_trace(kernel, n_chains, squeezed, own, st, shared, start):
     update for it); else the trace from the loop's state."""
     observed = OBSERVED.get(start)  # a run continued from res.final_trace knows the observations too
 
-    def write(*parts):
-        tr = _merge(_write_final(kernel, n_chains, squeezed, *parts), shared)
+    def final(own):
+        tr = _merge(own, shared)
         if observed is not None:
             OBSERVED[tr] = observed
         return tr
 
     if _positional(kernel):
-        return PendingTrace(write, own, st, shared)
-    tr = _merge(own, shared)
-    if observed is not None:
-        OBSERVED[tr] = observed
-    return tr
+        return PendingTrace(lambda *parts: final(_write_final(kernel, n_chains, squeezed, *parts)), own, st, shared)
+    return final(own)
 
 
 @jax.jit
