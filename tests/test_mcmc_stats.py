@@ -69,7 +69,7 @@ def sbc(kernel, model, n, params, n_rep, n_draws=9, burn_in=40, seed=0):
     return out
 
 
-N_REP = 1000 if FULL else 200
+N_REP = 1000 if FULL else 120
 
 SBC_CASES = {
     "mh": (mcmc.cycle(mcmc.mh(ppl.select("mu")), mcmc.mh(ppl.select("s"))), loc_scale, ("mu", "s"), 60),
