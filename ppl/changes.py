@@ -17,8 +17,10 @@ address the old trace does not have; a nested generative function call whose arg
 that has constrained or selected addresses under it. Anything computed from a changed value
 inside a nested jaxpr (``jax.jit``, ``lax.cond``, ...) is changed as a whole (an over-approximation,
 never an under-approximation). Change propagation is off in debug mode (which re-runs the checks
-of every site), while interceptors run (they may rewrite any site), and whenever the analysis fails
-(then every site is revisited, as before).
+of every site), while interceptors run (they may rewrite any site) unless every active one keeps
+the values of the sites it handles (``Interceptor.keeps_values``: then the sites it handles are
+visited, but their given values are not changes), and whenever the analysis fails (then every site
+is revisited, as before).
 
 Examples:
     >>> import jax, ppl
@@ -41,7 +43,7 @@ import threading
 import jax
 import jax.extend.core as jex
 
-from .core import STATE
+from .core import STATE, current_path
 from .lru import LRUCache
 
 __all__ = ["SitePlan", "site_plan", "same_arg_leaves"]
@@ -66,6 +68,9 @@ class SitePlan:
     same_args: frozenset = frozenset()
     calls: frozenset = frozenset()  # the nested @gen calls (old subtrace present) to edit with a plan
     addresses: tuple | None = None  # the body's top-level addresses in visiting order, if known
+    #: distribution sites given to interceptors that keep their values, with parameters that
+    #: depend on nothing changed: visited (for the interceptors) with their old log densities
+    same_params: frozenset = frozenset()
 
 
 NO_PLAN = SitePlan()
@@ -139,6 +144,7 @@ def _dependencies(gf, args, old):
         return []
 
     saved, _REC.sites = _REC.sites, []
+    icpts, STATE.interceptors = STATE.interceptors, []  # the body's own dataflow, not theirs
     try:
         closed = jax.make_jaxpr(run)(data, old_leaves)
         visited = _REC.sites
@@ -147,6 +153,7 @@ def _dependencies(gf, args, old):
         return None
     finally:
         _REC.sites = saved
+        STATE.interceptors = icpts
     deps = _read(closed.jaxpr, len(data), visited)
     _DEPS[spec] = _FAILED if deps is None else deps
     return deps
@@ -184,6 +191,10 @@ def _read(jaxpr, n_args, visited):
     return _Deps(n_args, tuple(sites))
 
 
+def _intercepted(path) -> bool:
+    return any(i.handles(path) for i in STATE.interceptors)
+
+
 def same_arg_leaves(args, old_packed_args):
     """Per data leaf of ``args``: is it the very same object (the same traced value) as the old
     trace's? ``None`` when the structures, static values or shapes differ, or the old trace has
@@ -219,7 +230,10 @@ def site_plan(gf, args, old, mode, edits, same_args=None) -> SitePlan:
         >>> sorted(site_plan(m, (), tr, "regenerate", ppl.select("x")).kept)
         ['y']
     """
-    if STATE.debug or STATE.interceptors:
+    if STATE.debug:
+        return NO_PLAN
+    icpts = STATE.interceptors
+    if icpts and not all(getattr(i, "keeps_values", False) for i in icpts):
         return NO_PLAN
     deps = _dependencies(gf, args, old)
     if deps is None:
@@ -233,7 +247,8 @@ def site_plan(gf, args, old, mode, edits, same_args=None) -> SitePlan:
         changed = sum(1 << j for j, s in enumerate(same) if not s)
     update = mode == "update"
     subs = old.subtraces
-    kept, same_calls, calls = set(), set(), set()
+    prefix = current_path() if icpts else None
+    kept, same_calls, calls, same_params = set(), set(), set(), set()
     for i, (addr, kind, pm) in enumerate(deps.sites):
         is_dist = kind == _DIST
         present = addr in subs
@@ -243,8 +258,14 @@ def site_plan(gf, args, old, mode, edits, same_args=None) -> SitePlan:
         else:
             child = edits.child(addr)
             touched = child.has_root() if is_dist else not child.is_static_empty()
+        if icpts and update and touched and is_dist and present and _intercepted(prefix + (addr,)):
+            # given to an interceptor that keeps it (keeps_values): visited, so that the
+            # interceptor sees it, but its value is unchanged
+            if args_same:
+                same_params.add(addr)
+            continue
         if is_dist:
-            if present and args_same and not touched:
+            if present and args_same and not touched and not (icpts and _intercepted(prefix + (addr,))):
                 kept.add(addr)
             value_changed = touched or not present
         else:
@@ -255,4 +276,5 @@ def site_plan(gf, args, old, mode, edits, same_args=None) -> SitePlan:
             value_changed = touched or not present or not args_same
         if value_changed:
             changed |= 1 << (deps.n_args + i)
-    return SitePlan(frozenset(kept), frozenset(same_calls), frozenset(calls), tuple(a for a, _, _ in deps.sites))
+    return SitePlan(frozenset(kept), frozenset(same_calls), frozenset(calls), tuple(a for a, _, _ in deps.sites),
+                    frozenset(same_params))

@@ -375,11 +375,16 @@ class DistributionGF(GenerativeFunction):
         lp = self._log_prob(d, v, True)
         return DistTrace(self, pack_args(args), v, lp), lp + extra
 
-    def _update(self, key, trace, constraints, *args):
+    def _update(self, key, trace, constraints, *args, _same_params=False):
         # the kept old value is like a given one under the new arguments: -inf is a zero density
         d = self.make(args)
         given = self._given(constraints)
         old = trace.value
+        if _same_params and given is not None and not isinstance(given, Masked):
+            # (ppl.changes) the value goes to an interceptor that keeps it, and the parameters are
+            # unchanged: the old log density still holds
+            v, extra, dv = self._observe_given(d, given, old)
+            return DistTrace(self, pack_args(args), v, trace.score), extra, ChoiceMap.value(dv)
         if given is None:
             lp = self._log_prob(d, old, True)
             return DistTrace(self, pack_args(args), old, lp), lp - trace.score, ChoiceMap.empty()

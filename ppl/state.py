@@ -86,6 +86,12 @@ class Interceptor:
     #: interceptor neither reads nor replaces site log densities.
     scores_deferrable = False
 
+    #: If True, every site it handles keeps its old value in ``update`` (``observe`` returns the old
+    #: value): a site whose value is given is then not a changed value, so ``update`` may keep the
+    #: sites that depend only on it as they were (:mod:`ppl.changes`). Sites it handles are always
+    #: visited.
+    keeps_values = False
+
     def handles(self, path: tuple) -> bool:
         return True
 

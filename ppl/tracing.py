@@ -150,6 +150,8 @@ class _Handler:
         planned execution gets a plan of its own (its arguments same or changed)."""
         if addr in self.plan.calls:
             return functools.partial(getattr(gf, "_" + method), _same_args=addr in self.plan.same_args)
+        if addr in self.plan.same_params:  # given to an interceptor that keeps it: old log density
+            return functools.partial(gf._update, _same_params=True)
         return getattr(gf, method)
 
     def visit(self, addr, gf, args):

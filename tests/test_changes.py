@@ -330,3 +330,112 @@ def test_planned_edits_equal_revisiting_every_site(seed, monkeypatch):
         for a, (v, lp) in sites.items():
             np.testing.assert_array_equal(v, sites_ref[a][0])  # same values (same keys)
             np.testing.assert_allclose(lp, sites_ref[a][1], rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------- interceptors that keep values
+class _KeepOld(ppl.core.Interceptor):
+    """Keeps the old value of every site it handles and reports it doubled in the discard."""
+
+    keeps_values = True
+
+    def __init__(self, paths):
+        self.paths = frozenset(paths)
+        self.seen = []
+
+    def handles(self, path):
+        return path in self.paths
+
+    def observe(self, path, gf, d, value, old_value):
+        self.seen.append(path)
+        return old_value, 0.0, 2.0 * old_value
+
+
+def test_keeps_values_interceptor_plan_visits_its_sites_and_keeps_their_readers():
+    tr = _trace()
+    c = ChoiceMap({"x0": 9.0, "x3": 9.0})
+    with ppl.core.intercept(_KeepOld([("x0",), ("x3",)])) as icpt:
+        plan = site_plan(chain5, tr.args, tr, "update", c)
+        new, w, discard = chain5.update(jax.random.key(1), tr, c, *tr.args)
+    # x0 and x3 are visited (the interceptor sees them) with their old densities; nothing changed
+    assert plan.same_params == {"x0", "x3"} and plan.kept == {"x1", "x2", "x4"}
+    assert set(icpt.seen) == {("x0",), ("x3",)}
+    assert float(w) == 0.0
+    for a in ("x0", "x1", "x2", "x3", "x4"):
+        assert float(new.choices[a]) == float(tr.choices[a])
+    np.testing.assert_allclose(float(new.get_score()), float(tr.get_score()), rtol=1e-6)
+    assert float(discard["x0"]) == 2.0 * float(tr.choices["x0"])
+
+
+def test_keeps_values_interceptor_does_not_hide_a_constraint_it_does_not_handle():
+    # x1 is constrained but not handled: its new value is a change, so x2 and x4 are rescored
+    tr = _trace(3)
+    c = ChoiceMap({"x0": 9.0, "x1": 0.25})
+    with ppl.core.intercept(_KeepOld([("x0",)])):
+        plan = site_plan(chain5, tr.args, tr, "update", c)
+        new, w, _ = chain5.update(jax.random.key(1), tr, c, *tr.args)
+    assert plan.same_params == {"x0"} and plan.kept == {"x3", "x4"}  # x2 rescored, its value kept
+    assert "x2" not in plan.kept and "x1" not in plan.kept
+    choices = {a: float(tr.choices[a]) for a in ("x0", "x1", "x2", "x3", "x4")}
+    want = _assess(chain5, ChoiceMap({**choices, "x1": 0.25}), *tr.args) - _assess(chain5, ChoiceMap(choices), *tr.args)
+    np.testing.assert_allclose(float(w), want, rtol=1e-5, atol=1e-5)
+    assert float(new.choices["x0"]) == choices["x0"] and float(new.choices["x1"]) == 0.25
+
+
+def test_keeps_values_nested_call_and_a_changed_argument_rescore_their_sites():
+    tr = outer.simulate(jax.random.key(2))
+    paths = ["m", "k", ("in", "z"), ("in", "w"), "y"]
+    old = {p: float(tr.choices[p]) for p in paths}
+    # every site given to the interceptor: nothing changes, weight 0, the nested sites seen too
+    c = ChoiceMap({p: 5.0 for p in paths})
+    with ppl.core.intercept(_KeepOld([p if isinstance(p, tuple) else (p,) for p in paths])) as icpt:
+        new, w, _ = outer.update(jax.random.key(1), tr, c)
+    assert float(w) == 0.0 and len(icpt.seen) == 5
+    assert {p: float(new.choices[p]) for p in paths} == old
+    # an unhandled constrained site inside the nested call changes its return value: y rescored
+    c = ChoiceMap({"m": 5.0, ("in", "w"): -0.4})
+    with ppl.core.intercept(_KeepOld([("m",)])):
+        new, w, _ = outer.update(jax.random.key(1), tr, c)
+    want = _assess(outer, ChoiceMap({**old, ("in", "w"): -0.4})) - _assess(outer, ChoiceMap(old))
+    np.testing.assert_allclose(float(w), want, rtol=1e-5, atol=1e-5)
+
+
+def test_an_interceptor_that_may_change_values_turns_plans_off():
+    class Replace(_KeepOld):
+        keeps_values = False
+
+        def observe(self, path, gf, d, value, old_value):
+            return value, 0.0, old_value
+
+    tr = _trace()
+    with ppl.core.intercept(Replace([("x0",)])):
+        assert site_plan(chain5, tr.args, tr, "update", ChoiceMap({"x0": 0.5})).kept == frozenset()
+        new, w, _ = chain5.update(jax.random.key(1), tr, ChoiceMap({"x0": 0.5}), *tr.args)
+    choices = {a: float(tr.choices[a]) for a in ("x0", "x1", "x2", "x3", "x4")}
+    want = _assess(chain5, ChoiceMap({**choices, "x0": 0.5}), *tr.args) - _assess(chain5, ChoiceMap(choices), *tr.args)
+    np.testing.assert_allclose(float(w), want, rtol=1e-5, atol=1e-5)
+
+
+def test_unconstrained_read_scores_no_site():
+    # gradient kernels read the current unconstrained values with an update under an interceptor
+    # that keeps the values: no site's log density is computed (all kept or old), so the read's
+    # program has no more equations than the sites' inverse transforms need
+    from inference.mcmc.transforms import UnconstrainedView
+
+    @gen
+    def m(n):
+        s = ppl.gamma(2.0, 1.0) @ "s"
+        w = ppl.normal(jnp.zeros(n), s) @ "w"
+        return ppl.bernoulli(logits=w) @ "y"
+
+    def n_eqns(n):
+        tr = m.simulate(jax.random.key(0), n)
+        view = UnconstrainedView(m, (("s",), ("w",)))
+        with inline():
+            jaxpr = jax.make_jaxpr(view.read)(tr)
+        return jaxpr, view.read(tr), tr
+
+    jaxpr, u, tr = n_eqns(3)
+    prims = {e.primitive.name for e in jaxpr.jaxpr.eqns}
+    assert "log1p" not in prims and "integer_pow" not in prims, prims  # no bernoulli, no normal density
+    np.testing.assert_allclose(np.exp(u[("s",)]), tr.choices["s"], rtol=1e-6)
+    np.testing.assert_array_equal(u[("w",)], tr.choices["w"])

@@ -88,6 +88,7 @@ class _Unconstrain(Interceptor):
     def __init__(self, paths, read: bool, who: str):
         self.paths = frozenset(paths)
         self.read = read
+        self.keeps_values = read  # read mode stores the old values: sites reading them are kept
         self.who = who
 
     def handles(self, path):
