@@ -231,3 +231,66 @@ def test_final_trace_written_later_still_knows_the_observations():
     res = mcmc.run(jax.random.key(1), kernel, trs, 10, burn_in=4)
     assert OBSERVED.get(res.final_trace) == (("ys",),)  # registered when the trace is written
     np.testing.assert_array_equal(np.asarray(res.final_trace.choices["ys"]), np.asarray(trs.choices["ys"]))
+
+
+@ppl.gen
+def _bounded(ys):
+    b = ppl.gamma(4.0, 2.0) @ "b"
+    u = ppl.uniform(0.0, b) @ "u"  # support interval(0, b): depends on another choice
+    ppl.normal(jnp.full(ys.shape, u), 1.0) @ "ys"
+
+
+@ppl.gen
+def _with_det(ys):
+    mu = ppl.normal(0.0, 1.0) @ "mu"
+    s = ppl.gamma(2.0, 2.0) @ "s"
+    ppl.deterministic(mu / s) @ "ratio"
+    ppl.normal(jnp.full(ys.shape, mu), s) @ "ys"
+
+
+def _runs_with_and_without_position_choices(kernel, tr, monkeypatch, n=10):
+    res = mcmc.run(jax.random.key(5), kernel, tr, n)
+    calls = []
+    monkeypatch.setattr(type(kernel), "position_choices", lambda self, t, s: calls.append(1))
+    jax.clear_caches()
+    ref = mcmc.run(jax.random.key(5), kernel, tr, n)
+    assert calls, "the runner did not ask the kernel"
+    return res, ref
+
+
+@pytest.mark.parametrize("name", ["hmc", "nuts"])
+def test_draws_computed_without_the_model_equal_the_realized_ones(name, monkeypatch):
+    """With constant transforms (real ``mu``, positive ``s``) a draw's stored choices are T(u)
+    computed directly (no run of the model per draw): bit for bit the values the trace written
+    by ``realize`` holds."""
+    kernel, tr = _KERNELS[name], _trace()
+    st = kernel.init(jax.random.key(1), tr)
+    got = kernel.position_choices(tr, st)
+    assert set(got) == {("mu",), ("s",)}
+    want = kernel.realize(tr, st)
+    for p in got:
+        assert float(got[p]) == float(want.choices[p]) and got[p].dtype == want.choices[p].dtype
+    res, ref = _runs_with_and_without_position_choices(kernel, tr, monkeypatch)
+    for a in ("mu", "s"):
+        np.testing.assert_array_equal(np.asarray(res.choices[a]), np.asarray(ref.choices[a]))
+
+
+def test_a_support_that_follows_another_choice_is_realized_through_the_model():
+    """interval(0, b) with a sampled b: the transform is not constant, so no direct values; the
+    draws come from the written trace and stay inside (0, b)."""
+    ys = jnp.array([0.5, 0.9])
+    tr = _bounded.generate(jax.random.key(0), ppl.ChoiceMap({"ys": ys, "b": 2.0, "u": 0.5}), ys)[0]
+    kernel = mcmc.hmc(ppl.select("b", "u"), 0.1, 5)
+    assert kernel.position_choices(tr, kernel.init(jax.random.key(1), tr)) is None
+    res = mcmc.run(jax.random.key(2), kernel, tr, 50)
+    b, u = np.asarray(res.choices["b"][0]), np.asarray(res.choices["u"][0])
+    assert np.all((u > 0) & (u < b)) and len(set(u.tolist())) > 1
+
+
+def test_deterministic_sites_are_stored_from_the_written_trace():
+    """A model with a deterministic site: its stored value needs the model's run at the draw."""
+    tr = _with_det.generate(jax.random.key(0), ppl.ChoiceMap({"ys": _YS, "mu": 0.1, "s": 1.0}), _YS)[0]
+    kernel = _KERNELS["hmc"]
+    res = mcmc.run(jax.random.key(2), kernel, tr, 10)
+    np.testing.assert_allclose(np.asarray(res.choices["ratio"][0]),
+                               np.asarray(res.choices["mu"][0] / res.choices["s"][0]), rtol=1e-6)

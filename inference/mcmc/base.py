@@ -22,7 +22,10 @@ with two pure functions over pytrees:
   ``position_step(key, template, state) -> (state, info)``, the same transition as ``step(key,
   trace, state, synced=True)`` without writing a trace (``template`` supplies the other choices
   and the arguments), and ``realize(template, state) -> trace``, the trace at the state's
-  position. ``mcmc.run`` then keeps the starting trace fixed in its loops, writes only the
+  position; optionally ``position_choices(template, state) -> {path: value} | None``, the moved
+  choices' values at the position without running the model (the gradient kernels: when every
+  moved site's transform to its support is constant), which ``mcmc.run`` stores per draw
+  instead of writing a trace (unless the model has deterministic sites). ``mcmc.run`` then keeps the starting trace fixed in its loops, writes only the
   stored choices of each draw, and realizes the final trace once: a smaller compiled program
   (the trace's leaves are not carried, selected and stored step by step). A rejected proposal's
   draw is the realized position, ``T(T^{-1}(x))``, equal to the previous value up to rounding for

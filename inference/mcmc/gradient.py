@@ -128,7 +128,8 @@ class UnconstrainedKernel(Kernel):
         tree = view.read(trace)
         key = self._shapes_key(view, trace)
         if key is not None:  # the steps that follow need these shapes: no abstract pass of their own
-            _UNCONSTRAINED_SHAPES[key] = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+            shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+            _UNCONSTRAINED_SHAPES[key] = (shapes, view.transforms)
         return ravel_pytree(tree)[0], unravel_like(tree)
 
     def init(self, key, trace, n_warmup=0):
@@ -156,13 +157,18 @@ class UnconstrainedKernel(Kernel):
     def _unravel(self, view, trace):
         """``flat vector -> {path: unconstrained value}`` for traces shaped like ``trace`` (the
         unconstrained shapes need one abstract pass of the model: cached per trace structure)."""
+        return unravel_like(self._shapes(view, trace)[0])
+
+    def _shapes(self, view, trace):
+        """``(shapes, transforms)`` of the selected sites' unconstrained values (see
+        :meth:`UnconstrainedView.read`), cached per trace structure."""
         key = self._shapes_key(view, trace)
-        shapes = None if key is None else _UNCONSTRAINED_SHAPES.get(key)
-        if shapes is None:
-            shapes = jax.eval_shape(view.read, trace)
+        found = None if key is None else _UNCONSTRAINED_SHAPES.get(key)
+        if found is None:
+            found = (jax.eval_shape(view.read, trace), view.transforms)
             if key is not None:
-                _UNCONSTRAINED_SHAPES[key] = shapes
-        return unravel_like(shapes)
+                _UNCONSTRAINED_SHAPES[key] = found
+        return found
 
     def _shapes_key(self, view, trace):
         leaves, treedef = jax.tree_util.tree_flatten(trace)
@@ -241,6 +247,27 @@ class UnconstrainedKernel(Kernel):
         u2, lp2, g2, log_q = self._propose(k1, vg, u, lp, g, eps)
         _, new_state, info = self._accept(k2, state, (u, lp, g), (u2, lp2, g2), log_q, eps, u2, u)
         return new_state, info
+
+    def position_choices(self, template, state):
+        """``{path: value}`` of the selected choices at ``state``'s position, computed from the
+        unconstrained values without running the model when every selected site's transform is
+        constant (:func:`~inference.mcmc.transforms.constant_transform`); ``None`` otherwise (then
+        :meth:`realize` writes the trace). ``mcmc.run`` stores draws with it.
+
+        Examples:
+            >>> import jax, ppl
+            >>> @ppl.gen
+            ... def model():
+            ...     return ppl.gamma(2.0, 1.0) @ "s"
+            >>> tr = model.simulate(jax.random.key(0))
+            >>> k = hmc(ppl.select("s"))
+            >>> st = k.init(jax.random.key(1), tr)
+            >>> bool(abs(k.position_choices(tr, st)[("s",)] - tr.choices["s"]) < 1e-5)
+            True
+        """
+        view = self._view(template)
+        shapes, transforms = self._shapes(view, template)
+        return view.constrained(transforms, template, unravel_like(shapes)(state.u))
 
     def realize(self, template, state):
         """The trace at ``state``'s position: ``template`` with the selected choices written from

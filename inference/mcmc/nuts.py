@@ -170,6 +170,24 @@ class NUTS(Kernel):
         _, sample_kernel = self._pair(state.n_warmup, template)
         return self._transition(key, sample_kernel, template, state.hmc, state.n_warmup)
 
+    def position_choices(self, template, state):
+        """``{path: value}`` of the selected choices at ``state``'s position without running the
+        model, or ``None`` (see ``hmc``'s ``position_choices``).
+
+        Examples:
+            >>> import jax, ppl
+            >>> @ppl.gen
+            ... def model():
+            ...     return ppl.normal(0.0, 1.0) @ "x"
+            >>> tr = model.simulate(jax.random.key(0))
+            >>> k = nuts(ppl.select("x"))
+            >>> bool(k.position_choices(tr, k.init(jax.random.key(1), tr))[("x",)] == tr.choices["x"])
+            True
+        """
+        view = self._view(template)
+        shapes = jax.eval_shape(view.read, template)
+        return view.constrained(view.transforms, template, unravel_like(shapes)(state.hmc.z))
+
     def realize(self, template, state):
         """The trace at ``state``'s position: ``template`` with the selected choices written from
         the flat unconstrained vector (one run of the model's ``update``).

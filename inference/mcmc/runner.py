@@ -177,7 +177,21 @@ class _Steps:
         else:
             st, infos = jax.lax.scan(one, st, jax.random.split(key, self.thin))
             info = jax.tree_util.tree_map(lambda x: x[-1], infos)
-        return (own, st), (self._stored(self.kernel.realize(template, st)), info)
+        return (own, st), (self._stored_at(template, st), info)
+
+    def _stored_at(self, template, st):
+        """The stored choices at the position ``st``: the moved values computed directly when the
+        kernel can (``position_choices``) and the model has no deterministic sites, else read
+        from the trace ``realize`` writes there (one run of the model)."""
+        find = getattr(self.kernel, "position_choices", None)
+        moved = None if find is None else find(template, st)
+        if moved is None or not deterministics(template).is_empty():
+            return self._stored(self.kernel.realize(template, st))
+        choices = template.get_choices()
+        for p, v in moved.items():
+            choices = choices.set(p, v)
+        out = collect(choices, self.stored)
+        return pack(out) if self.packed else out
 
 
 def _positional(kernel):

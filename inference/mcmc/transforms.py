@@ -32,7 +32,8 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
-from numpyro.distributions.transforms import IdentityTransform, biject_to
+from numpyro.distributions.constraints import Constraint
+from numpyro.distributions.transforms import IdentityTransform, Transform, biject_to
 
 from ppl.choicemap import ChoiceMap
 from ppl.core import Interceptor, intercept
@@ -81,6 +82,28 @@ def unravel_like(tree):
     return unravel
 
 
+def constant_transform(t) -> bool:
+    """Whether the transform (or constraint) ``t`` holds no array: its parameters, if any, are
+    Python numbers (``real``, ``positive``, ``simplex``, ``interval(0.0, 2.0)``), so it is the same
+    in every execution of the model, unlike ``interval(0.0, b)`` with a traced ``b``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from numpyro.distributions import constraints
+        >>> constant_transform(biject_to(constraints.interval(0.0, 2.0)))
+        True
+        >>> constant_transform(biject_to(constraints.interval(0.0, jnp.array(2.0))))
+        False
+    """
+    if t is None or isinstance(t, (bool, int, float, str)):
+        return True
+    if isinstance(t, (tuple, list)):
+        return all(constant_transform(x) for x in t)
+    if isinstance(t, (Transform, Constraint)):
+        return all(constant_transform(v) for k, v in vars(t).items() if k != "_inv")
+    return False
+
+
 class _Unconstrain(Interceptor):
     raw_values = True
     scores_deferrable = True  # only values and log-Jacobians change: site densities stay batched
@@ -90,6 +113,7 @@ class _Unconstrain(Interceptor):
         self.read = read
         self.keeps_values = read  # read mode stores the old values: sites reading them are kept
         self.who = who
+        self.transforms = {}  # read mode: path -> its transform if constant (else None)
 
     def handles(self, path):
         return path in self.paths
@@ -102,6 +126,8 @@ class _Unconstrain(Interceptor):
             )
         t = biject_to(d.support)
         if self.read:
+            seen = path in self.transforms  # (twice: e.g. in both branches of a cond)
+            self.transforms[path] = None if seen or not constant_transform(t) else t
             return old_value, 0.0, t.inv(old_value)
         # the discard reports the site's log-Jacobian (write sums them: see UnconstrainedView.write)
         if isinstance(t, IdentityTransform):  # a real site: no transform, no log-Jacobian ops
@@ -121,13 +147,32 @@ class UnconstrainedView:
         self.model = model
         self.paths = tuple(paths)
         self.who = who
+        #: after :meth:`read`: per selected path, its transform ``T`` when constant (see
+        #: :func:`constant_transform`), else ``None``
+        self.transforms = None
 
     def read(self, trace):
         """Current unconstrained values of the selected sites."""
         chm = ChoiceMap({p: trace.choices[p] for p in self.paths})
-        with intercept(_Unconstrain(self.paths, True, self.who)):
+        icpt = _Unconstrain(self.paths, True, self.who)
+        with intercept(icpt):
             _, _, discard = self.model.update(_const_key(), trace, chm, *trace.get_args())
+        self.transforms = tuple(icpt.transforms.get(p) for p in self.paths)
         return {p: discard[p] for p in self.paths}
+
+    def constrained(self, transforms, trace, u):
+        """``{path: T(u[path])}`` (cast to ``trace``'s types) without running the model, given
+        the ``transforms`` a :meth:`read` recorded; ``None`` unless every one is constant."""
+        if transforms is None or any(t is None for t in transforms):
+            return None
+        out = {}
+        for p, t in zip(self.paths, transforms):
+            like = trace.choices[p]
+            x = u[p] if isinstance(t, IdentityTransform) else t(u[p])
+            if jnp.shape(x) != jnp.shape(like):
+                return None
+            out[p] = x.astype(jnp.result_type(like))
+        return out
 
     def write(self, trace, u):
         """``(new_trace, log_density)``: the trace with the selected sites at ``T(u)``, and the
