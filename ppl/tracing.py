@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as _nd
 
-from .choicemap import ChoiceMap
+from .choicemap import ChoiceMap, Masked
 from .core import (
     STATE,
     GenerativeFunction,
@@ -125,11 +125,15 @@ class _Handler:
 
     def _site_key(self, addr, gf):
         """The site's key; a distribution site that keeps its value (update, or regenerate when not
-        selected) draws nothing, so it gets the execution's key without a derivation of its own."""
-        if self.old is not None and getattr(gf, "builder", None) is not None and addr in self.old.subtraces:
+        selected) or is given one (generate) draws nothing, so it gets the execution's key without
+        a derivation of its own."""
+        if getattr(gf, "builder", None) is not None:
             from . import keys as _keys
 
-            if self.mode == "update" or not self.selection.child(addr).has_root():
+            if self.old is not None and addr in self.old.subtraces:
+                if self.mode == "update" or not self.selection.child(addr).has_root():
+                    return _keys.raw(self.key)
+            elif self.mode == "generate" and _given_value(self.constraints, addr):
                 return _keys.raw(self.key)
         return site_key(self.key, addr)
 
@@ -257,8 +261,8 @@ def _site_keys(gf, key, args, constraints=None, fresh=False, plan=NO_PLAN):
     if found is None or len(found[0]) < 2:
         return key
     addrs, normals = found
-    if plan.kept:
-        addrs = tuple(a for a in addrs if a not in plan.kept)
+    if plan.kept or constraints is not None:  # kept sites and given values draw nothing
+        addrs = tuple(a for a in addrs if a not in plan.kept and not _given_value(constraints, a))
         if len(addrs) < 2:
             return key
     hashes = jnp.asarray([address_hash(a) for a in addrs], dtype=jnp.uint32)
@@ -280,6 +284,15 @@ def _site_keys(gf, key, args, constraints=None, fresh=False, plan=NO_PLAN):
             for j, i in enumerate(idx):
                 table[addrs[i]] = _keys.Noise(derived[i], z[j])
     return _keys.KeyTable(key, table)
+
+
+def _given_value(constraints, addr) -> bool:
+    """Whether ``constraints`` give a whole value (not a masked one) at ``addr``: a distribution
+    site there draws nothing."""
+    if constraints is None:
+        return False
+    sub = constraints.get_submap(addr)
+    return sub.has_value() and not sub.child_names() and not isinstance(sub.raw_value(), Masked)
 
 
 def _note_normal_site(addr, gf, args):

@@ -182,3 +182,37 @@ def test_noise_drawn_ahead_equals_each_sites_own_draw():
     keys = jax.random.split(jax.random.key(4), 3)
     batch = jax.vmap(lambda k: many.simulate(k).choices["x3"])(keys)
     np.testing.assert_array_equal(np.asarray(batch), np.asarray([many.simulate(k).choices["x3"] for k in keys]))
+
+
+def test_given_values_get_no_key_and_the_drawn_sites_keep_theirs():
+    """generate derives no key for a site given a whole value (it draws nothing): a body with one
+    drawn site and observed ones folds in one address hash, not a table of them, and the drawn
+    site's value is still the draw of its own key (as in simulate); a masked value still draws."""
+    from ppl.choicemap import Masked
+    from ppl.staging import inline
+
+    @ppl.gen
+    def step(x0):
+        x = ppl.normal(x0, 1.0) @ "x"
+        ppl.normal(x, 0.5) @ "y"
+        return ppl.normal(x, 2.0) @ "z"
+
+    key = jax.random.key(9)
+    obs = ppl.ChoiceMap({"y": 0.3, "z": -1.0})
+    from ppl.core import address_hash
+
+    tr, _ = step.generate(key, obs, 0.2)
+    own = ppl.normal.simulate(jax.random.fold_in(key, address_hash("x")), 0.2, 1.0).retval
+    np.testing.assert_allclose(float(tr.choices["x"]), float(own), rtol=1e-6)  # (eager vs compiled rounding)
+
+    def n_folded(c):
+        with inline():
+            jaxpr = jax.make_jaxpr(lambda k: step.generate(k, c, 0.2)[0].choices["x"])(key)
+        return sum(int(np.prod(e.outvars[0].aval.shape)) for e in jaxpr.jaxpr.eqns if e.primitive.name == "random_fold_in")
+
+    assert n_folded(obs) == 1
+    # a masked value may be drawn: its site keeps a key (a table of the two drawn sites)
+    masked = ppl.ChoiceMap({"y": Masked(jnp.float32(0.3), jnp.array(False)), "z": -1.0})
+    assert n_folded(masked) == 2
+    tr_m, _ = step.generate(key, masked, 0.2)
+    assert float(tr_m.choices["x"]) == float(tr.choices["x"])
