@@ -191,10 +191,16 @@ class _Handler:
                 self.subtraces[addr] = None
                 self.score = add(self.score, lp)
                 return retval
+            if mode == "simulate" and _DISCOVERING.depth:
+                _note_normal_site(addr, gf, args)
+                tr = _discovery_site(gf, args)  # a stand-in: nothing drawn or scored
+                if tr is None:
+                    tr = gf.simulate(self._site_key(addr, gf), *args)
+                self.subtraces[addr] = tr.strip()
+                self.score = add(self.score, tr.score)
+                return tr.retval
             key = self._site_key(addr, gf)
             if mode == "simulate":
-                if _DISCOVERING.depth:
-                    _note_normal_site(addr, gf, args)
                 tr = gf.simulate(key, *args)
             elif mode == "generate":
                 tr, w = gf.generate(key, self.constraints.get_submap(addr), *args)
@@ -240,6 +246,7 @@ class _Discovering(threading.local):
         self.depth = 0  # > 0 while this thread runs an abstract discovery trace
         self.normals: dict = {}  # the direct normal sites found by the running discovery trace
         self.handler_depth = 0  # the handler depth of the function being discovered
+        self.zero = None  # an abstract f32 scalar of the running discovery trace (site stand-ins)
 
 
 _DISCOVERING = _Discovering()
@@ -295,6 +302,20 @@ def _given_value(constraints, addr) -> bool:
     return sub.has_value() and not sub.child_names() and not isinstance(sub.raw_value(), Masked)
 
 
+def _discovery_site(gf, args):
+    """A distribution site's stand-in during a discovery trace: a value of the site's shape and
+    dtype (abstract, not drawn) with an abstract score, so the body runs on to its next addresses
+    without sampling or scoring anything (``None`` for other generative functions)."""
+    from .distributions import DistributionGF, DistTrace, _sample_dtype
+
+    zero = _DISCOVERING.zero
+    if zero is None or not isinstance(gf, DistributionGF):
+        return None
+    d = gf.make(args)
+    value = jnp.broadcast_to(zero.astype(_sample_dtype(d)), tuple(d.batch_shape) + tuple(d.event_shape))
+    return DistTrace(gf, pack_args(args), value, zero)
+
+
 def _note_normal_site(addr, gf, args):
     """During a discovery trace, record ``addr``'s shape if it is a direct ``normal`` site of the
     function being discovered (so that its noise can be drawn ahead, see :func:`_site_keys`)."""
@@ -328,7 +349,8 @@ def _discover(gf, args):
         return cached
     found = []
 
-    def run(k, dyn_vals):
+    def run(k, zero, dyn_vals):
+        _DISCOVERING.zero = zero
         with inline():  # the body itself, never a (possibly cached) staged program of it
             tr = gf.simulate(k, *rebuild(dyn_vals))
         found.append((tuple(tr.subtraces), dict(_DISCOVERING.normals)))
@@ -337,11 +359,12 @@ def _discover(gf, args):
     _DISCOVERING.normals, _DISCOVERING.handler_depth = {}, len(STATE.handlers) + 1
     try:
         structs = [jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in data]
-        jax.eval_shape(run, jax.random.key(0), structs)
+        jax.eval_shape(run, jax.random.key(0), jax.ShapeDtypeStruct((), jnp.float32), structs)
     except Exception:  # the real trace will report any error with its full context
         return None
     finally:
         _DISCOVERING.depth -= 1
+        _DISCOVERING.zero = None
     addrs = found[0] if found else None
     _ADDRESS_CACHE[spec] = addrs
     return addrs

@@ -216,3 +216,33 @@ def test_given_values_get_no_key_and_the_drawn_sites_keep_theirs():
     assert n_folded(masked) == 2
     tr_m, _ = step.generate(key, masked, 0.2)
     assert float(tr_m.choices["x"]) == float(tr.choices["x"])
+
+
+def test_address_discovery_draws_and_scores_nothing(monkeypatch):
+    """The discovery pass behind the site-key table (the addresses a body visits, its normal sites'
+    shapes) runs the body with stand-in values: no distribution is sampled or scored, a nested
+    @gen call's sites included, and it still finds every address and shape."""
+    from ppl.distributions import DistributionGF
+    import ppl.tracing as tracing
+
+    @ppl.gen
+    def inner(s):
+        return ppl.gamma(s, 1.0) @ "g"
+
+    @ppl.gen
+    def body(n):
+        z = ppl.categorical(probs=jnp.ones(3) / 3) @ "z"
+        v = ppl.normal(jnp.zeros(n), 1.0) @ "v"
+        g = inner(jnp.exp(v[z])) @ "in"
+        return ppl.normal(g, 1.0) @ "y"
+
+    calls = []
+    for name in ("_simulate", "_log_prob", "draw"):
+        orig = getattr(DistributionGF, name)
+        monkeypatch.setattr(DistributionGF, name, lambda self, *a, _o=orig, _n=name, **k: (calls.append(_n), _o(self, *a, **k))[1])
+    tracing._ADDRESS_CACHE.clear()
+    addrs, normals = tracing._discover(body, (4,))
+    assert calls == []
+    assert addrs == ("z", "v", "in", "y") and normals == {"v": (4,), "y": ()}
+    tr = body.simulate(jax.random.key(0), 4)  # the real run draws (and finds the same addresses)
+    assert calls and {a for a, _ in tr.choices} == {"v", "y", "z", ("in", "g")}
