@@ -264,9 +264,9 @@ def _clear_structure_caches():
     """Forget ppl's trace-time caches of model structure (the addresses a body visits, the site
     dependencies of update), so that a first call pays for finding them."""
     import ppl.changes
-    import ppl.tracing
+    import ppl.sitekeys
 
-    ppl.tracing._ADDRESS_CACHE.clear()
+    ppl.sitekeys._ADDRESS_CACHE.clear()
     ppl.changes._DEPS.clear()
 
 

@@ -223,7 +223,7 @@ def test_address_discovery_draws_and_scores_nothing(monkeypatch):
     shapes) runs the body with stand-in values: no distribution is sampled or scored, a nested
     @gen call's sites included, and it still finds every address and shape."""
     from ppl.distributions import DistributionGF
-    import ppl.tracing as tracing
+    import ppl.sitekeys as sitekeys
 
     @ppl.gen
     def inner(s):
@@ -240,8 +240,8 @@ def test_address_discovery_draws_and_scores_nothing(monkeypatch):
     for name in ("_simulate", "_log_prob", "draw"):
         orig = getattr(DistributionGF, name)
         monkeypatch.setattr(DistributionGF, name, lambda self, *a, _o=orig, _n=name, **k: (calls.append(_n), _o(self, *a, **k))[1])
-    tracing._ADDRESS_CACHE.clear()
-    addrs, normals = tracing._discover(body, (4,))
+    sitekeys._ADDRESS_CACHE.clear()
+    addrs, normals = sitekeys._discover(body, (4,))
     assert calls == []
     assert addrs == ("z", "v", "in", "y") and normals == {"v": (4,), "y": ()}
     tr = body.simulate(jax.random.key(0), 4)  # the real run draws (and finds the same addresses)

@@ -4,7 +4,7 @@
   ambient contexts in the compilation key, GFI calls traced inline (no nested staged program per
   GFI call), run-time check failures raised as the ppl error with its own message.
 - ``inline`` / ``is_top_level`` / ``callback_errors`` / ``debug_enabled``.
-- ``ppl.lru.LRUCache`` and the address cache of ``ppl.tracing`` (bounded, least recently used
+- ``ppl.lru.LRUCache`` and the address cache of ``ppl.sitekeys`` (bounded, least recently used
   dropped); discovery state is per thread (concurrent tracing gives the same keys).
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import ppl
-from ppl import staging, tracing
+from ppl import sitekeys, staging
 from ppl.errors import ParameterError
 from ppl.lru import LRUCache
 
@@ -182,7 +182,7 @@ def test_lru_cache_evicts_least_recently_used():
 
 def test_address_cache_is_bounded(monkeypatch):
     small = LRUCache(2)
-    monkeypatch.setattr(tracing, "_ADDRESS_CACHE", small)
+    monkeypatch.setattr(sitekeys, "_ADDRESS_CACHE", small)
     for n in range(3):  # three argument structures (n is static), traced abstractly
         jax.eval_shape(lambda k: model.simulate(k, 0.0, n + 10).score, jax.random.key(0))
     assert len(small) == 2 and all(spec[0] is model for spec in small.keys())
@@ -193,9 +193,9 @@ def test_address_cache_is_bounded(monkeypatch):
 
 
 def test_discovery_state_is_per_thread():
-    assert isinstance(tracing._DISCOVERING, threading.local)
+    assert isinstance(sitekeys._DISCOVERING, threading.local)
     want = np.asarray(model.simulate(jax.random.key(5), 0.0, 7).choices["x"])
-    tracing._ADDRESS_CACHE.clear()
+    sitekeys._ADDRESS_CACHE.clear()
     out, errors = [None] * 4, []
 
     def work(i):
