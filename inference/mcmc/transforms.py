@@ -114,6 +114,7 @@ class _Unconstrain(Interceptor):
         self.keeps_values = read  # read mode stores the old values: sites reading them are kept
         self.who = who
         self.transforms = {}  # read mode: path -> its transform if constant (else None)
+        self.identity = set()  # write mode: the paths written without a transform (log-Jacobian 0)
 
     def handles(self, path):
         return path in self.paths
@@ -131,6 +132,7 @@ class _Unconstrain(Interceptor):
             return old_value, 0.0, t.inv(old_value)
         # the discard reports the site's log-Jacobian (write sums them: see UnconstrainedView.write)
         if isinstance(t, IdentityTransform):  # a real site: no transform, no log-Jacobian ops
+            self.identity.add(path)
             return value, 0.0, jnp.zeros((), jnp.result_type(value))
         x = t(value)
         ldj = jnp.sum(t.log_abs_det_jacobian(value, x))
@@ -178,13 +180,15 @@ class UnconstrainedView:
         """``(new_trace, log_density)``: the trace with the selected sites at ``T(u)``, and the
         log density of ``u`` (model log density plus log-Jacobians)."""
         chm = ChoiceMap({p: u[p] for p in self.paths})
-        with intercept(_Unconstrain(self.paths, False, self.who)):
+        icpt = _Unconstrain(self.paths, False, self.who)
+        with intercept(icpt):
             new, _, ldjs = self.model.update(_const_key(), trace, chm, *trace.get_args())
         # the new trace's score (a fresh sum of its sites' log densities) plus the log-Jacobians,
         # not ``weight + trace.get_score()``: that difference of two large numbers loses the
         # density's precision when the trace's score is far from the new one (float32: a score of
         # -1e7 leaves a resolution of about 1), e.g. a position held away from the starting trace
-        return new, new.get_score() + sum(jnp.sum(ldjs[p]) for p in self.paths)
+        ldj = [jnp.sum(ldjs[p]) for p in self.paths if p not in icpt.identity]
+        return new, new.get_score() + sum(ldj) if ldj else new.get_score()
 
     def realize(self, trace, u):
         """The trace with the selected sites at ``T(u)`` (:meth:`write`'s trace, its leaves cast to
