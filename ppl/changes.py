@@ -258,14 +258,15 @@ def site_plan(gf, args, old, mode, edits, same_args=None) -> SitePlan:
         else:
             child = edits.child(addr)
             touched = child.has_root() if is_dist else not child.is_static_empty()
-        if icpts and update and touched and is_dist and present and _intercepted(prefix + (addr,)):
+        handled = bool(icpts) and is_dist and _intercepted(prefix + (addr,))
+        if handled and update and touched and present:
             # given to an interceptor that keeps it (keeps_values): visited, so that the
             # interceptor sees it, but its value is unchanged
             if args_same:
                 same_params.add(addr)
             continue
         if is_dist:
-            if present and args_same and not touched and not (icpts and _intercepted(prefix + (addr,))):
+            if present and args_same and not touched and not handled:
                 kept.add(addr)
             value_changed = touched or not present
         else:

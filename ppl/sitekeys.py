@@ -98,12 +98,14 @@ def _given_value(constraints, addr) -> bool:
     return sub.has_value() and not sub.child_names() and not isinstance(sub.raw_value(), Masked)
 
 
-def _discovery_site(gf, args):
-    """A distribution site's stand-in during a discovery trace: a value of the site's shape and
-    dtype (abstract, not drawn) with an abstract score, so the body runs on to its next addresses
-    without sampling or scoring anything (``None`` for other generative functions)."""
+def _discovery_site(addr, gf, args):
+    """A distribution site's stand-in during a discovery trace (its shape noted if it is a direct
+    normal site): a value of the site's shape and dtype (abstract, not drawn) with an abstract
+    score, so the body runs on to its next addresses without sampling or scoring anything
+    (``None`` for other generative functions)."""
     from .distributions import DistributionGF, DistTrace, _sample_dtype
 
+    _note_normal_site(addr, gf, args)
     zero = _DISCOVERING.zero
     if zero is None or not isinstance(gf, DistributionGF):
         return None

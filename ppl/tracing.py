@@ -54,7 +54,7 @@ from .errors import (
     fmt_addr,
 )
 from .changes import NO_PLAN, dependency_site, site_plan
-from .sitekeys import _DISCOVERING, _discovery_site, _given_value, _note_normal_site, _site_keys
+from .sitekeys import _DISCOVERING, _discovery_site, _given_value, _site_keys
 from .scores import Deferred, ScoreSink, active_sink, batching
 
 _NORMAL = _nd.Normal
@@ -187,17 +187,12 @@ class _Handler:
                 self.subtraces[addr] = None
                 self.score = add(self.score, lp)
                 return retval
-            if mode == "simulate" and _DISCOVERING.depth:
-                _note_normal_site(addr, gf, args)
-                tr = _discovery_site(gf, args)  # a stand-in: nothing drawn or scored
+            key = None if mode == "simulate" else self._site_key(addr, gf)
+            if mode == "simulate":
+                # in a discovery run a distribution site is a stand-in: nothing drawn or scored
+                tr = _discovery_site(addr, gf, args) if _DISCOVERING.depth else None
                 if tr is None:
                     tr = gf.simulate(self._site_key(addr, gf), *args)
-                self.subtraces[addr] = tr.strip()
-                self.score = add(self.score, tr.score)
-                return tr.retval
-            key = self._site_key(addr, gf)
-            if mode == "simulate":
-                tr = gf.simulate(key, *args)
             elif mode == "generate":
                 tr, w = gf.generate(key, self.constraints.get_submap(addr), *args)
                 self.weight = add(self.weight, w)

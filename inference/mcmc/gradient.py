@@ -35,7 +35,6 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer.hmc_util import dual_averaging
 
 from ppl.choicemap import Selection
-from ppl.lru import LRUCache
 
 from .base import Kernel, accept, as_selection, cast_like, selected_paths
 from .infos import HMCInfo
@@ -44,9 +43,6 @@ from .transforms import UnconstrainedView, unravel_like
 __all__ = ["hmc", "mala", "HMC", "MALA", "GradState", "UnconstrainedKernel", "DIVERGENCE_THRESHOLD"]
 
 _tmap = jax.tree_util.tree_map
-
-#: (selected paths, kernel, trace structure and leaf types) -> unconstrained shapes
-_UNCONSTRAINED_SHAPES: LRUCache = LRUCache(256)
 
 #: A transition diverges when its energy error ``-log(acceptance ratio)`` exceeds this (or is
 #: not finite): NumPyro's and Stan's threshold.
@@ -125,11 +121,7 @@ class UnconstrainedKernel(Kernel):
         return (lp, cast_like(new, trace)), g
 
     def _read(self, view, trace):
-        tree = view.read(trace)
-        key = self._shapes_key(view, trace)
-        if key is not None:  # the steps that follow need these shapes: no abstract pass of their own
-            shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-            _UNCONSTRAINED_SHAPES[key] = (shapes, view.transforms)
+        tree = view.read(trace)  # (also caches the shapes the steps that follow need)
         return ravel_pytree(tree)[0], unravel_like(tree)
 
     def init(self, key, trace, n_warmup=0):
@@ -157,27 +149,7 @@ class UnconstrainedKernel(Kernel):
     def _unravel(self, view, trace):
         """``flat vector -> {path: unconstrained value}`` for traces shaped like ``trace`` (the
         unconstrained shapes need one abstract pass of the model: cached per trace structure)."""
-        return unravel_like(self._shapes(view, trace)[0])
-
-    def _shapes(self, view, trace):
-        """``(shapes, transforms)`` of the selected sites' unconstrained values (see
-        :meth:`UnconstrainedView.read`), cached per trace structure."""
-        key = self._shapes_key(view, trace)
-        found = None if key is None else _UNCONSTRAINED_SHAPES.get(key)
-        if found is None:
-            found = (jax.eval_shape(view.read, trace), view.transforms)
-            if key is not None:
-                _UNCONSTRAINED_SHAPES[key] = found
-        return found
-
-    def _shapes_key(self, view, trace):
-        leaves, treedef = jax.tree_util.tree_flatten(trace)
-        key = (view.paths, self.name, treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves))
-        try:
-            hash(key)
-        except TypeError:  # an unhashable model: no caching
-            return None
-        return key
+        return unravel_like(view.read_shapes(trace)[0])
 
     def step(self, key, trace, state, synced=False):
         view = self._view(trace)
@@ -266,7 +238,7 @@ class UnconstrainedKernel(Kernel):
             True
         """
         view = self._view(template)
-        shapes, transforms = self._shapes(view, template)
+        shapes, transforms = view.read_shapes(template)
         return view.constrained(transforms, template, unravel_like(shapes)(state.u))
 
     def realize(self, template, state):

@@ -108,7 +108,7 @@ class NUTS(Kernel):
     def _unravel(view, trace):
         """``flat -> {path: u}`` for the selected sites of ``trace`` (shapes only: nothing of the
         model is evaluated)."""
-        return unravel_like(jax.eval_shape(view.read, trace))
+        return unravel_like(view.read_shapes(trace)[0])
 
     def _flat_potential(self, view, trace):
         """``flat -> -log density`` of the selected sites' raveled unconstrained values."""
@@ -185,8 +185,8 @@ class NUTS(Kernel):
             True
         """
         view = self._view(template)
-        shapes = jax.eval_shape(view.read, template)
-        return view.constrained(view.transforms, template, unravel_like(shapes)(state.hmc.z))
+        shapes, transforms = view.read_shapes(template)
+        return view.constrained(transforms, template, unravel_like(shapes)(state.hmc.z))
 
     def realize(self, template, state):
         """The trace at ``state``'s position: ``template`` with the selected choices written from

@@ -184,8 +184,8 @@ class _Steps:
         kernel can (``position_choices``) and the model has no deterministic sites, else read
         from the trace ``realize`` writes there (one run of the model)."""
         find = getattr(self.kernel, "position_choices", None)
-        moved = None if find is None else find(template, st)
-        if moved is None or not deterministics(template).is_empty():
+        moved = None if find is None or not deterministics(template).is_empty() else find(template, st)
+        if moved is None:
             return self._stored(self.kernel.realize(template, st))
         choices = template.get_choices()
         for p, v in moved.items():

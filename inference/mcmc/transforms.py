@@ -37,12 +37,17 @@ from numpyro.distributions.transforms import IdentityTransform, Transform, bijec
 
 from ppl.choicemap import ChoiceMap
 from ppl.core import Interceptor, intercept
+from ppl.lru import LRUCache
 from ppl.errors import ModelError, fmt_addr
 from ppl.scores import batched
 
 from .base import cast_like
 
 __all__ = ["UnconstrainedView", "unravel_like"]
+
+#: (selected paths, trace structure and leaf types) -> (unconstrained shapes, transforms) of a read
+_READ_SHAPES: LRUCache = LRUCache(256)
+
 
 def _const_key():
     return jax.random.key(0)
@@ -160,7 +165,34 @@ class UnconstrainedView:
         with intercept(icpt):
             _, _, discard = self.model.update(_const_key(), trace, chm, *trace.get_args())
         self.transforms = tuple(icpt.transforms.get(p) for p in self.paths)
-        return {p: discard[p] for p in self.paths}
+        tree = {p: discard[p] for p in self.paths}
+        key = self._shapes_key(trace)
+        if key is not None:  # later steps need these shapes: no abstract pass of their own
+            _READ_SHAPES[key] = (jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree),
+                                 self.transforms)
+        return tree
+
+    def read_shapes(self, trace):
+        """``(shapes, transforms)`` of :meth:`read`'s result for traces shaped like ``trace``:
+        the unconstrained values' ``jax.ShapeDtypeStruct`` s and the transforms the read saw. One
+        abstract read per trace structure (none after a :meth:`read`), cached."""
+        key = self._shapes_key(trace)
+        found = None if key is None else _READ_SHAPES.get(key)
+        if found is None:
+            shapes = jax.eval_shape(self.read, trace)
+            found = (shapes, self.transforms)
+            if key is not None:
+                _READ_SHAPES[key] = found
+        return found
+
+    def _shapes_key(self, trace):
+        leaves, treedef = jax.tree_util.tree_flatten(trace)
+        key = (self.paths, treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves))
+        try:
+            hash(key)
+        except TypeError:  # an unhashable model: no caching
+            return None
+        return key
 
     def constrained(self, transforms, trace, u):
         """``{path: T(u[path])}`` (cast to ``trace``'s types) without running the model, given
