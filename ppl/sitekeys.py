@@ -89,6 +89,27 @@ def _site_keys(gf, key, args, constraints=None, fresh=False, plan=NO_PLAN):
     return _keys.KeyTable(key, table)
 
 
+def keyed_addresses(gf, args, constraints=None):
+    """The top-level addresses of ``gf`` (a ``@gen`` function called with arguments like ``args``)
+    that need a key when run with ``constraints``: every address but those given a whole value.
+    ``None`` when they cannot be known ahead (then keys are derived site by site). Found by one
+    abstract trace per argument structure (cached); arrays in ``args`` only give shapes.
+
+    Examples:
+        >>> import jax, ppl
+        >>> @ppl.gen
+        ... def step(x):
+        ...     x = ppl.normal(x, 1.0) @ "x"
+        ...     return ppl.normal(x, 0.5) @ "y"
+        >>> keyed_addresses(step, (0.0,), ppl.ChoiceMap({"y": 1.0}))
+        ('x',)
+    """
+    found = _discover(gf, args)
+    if found is None:
+        return None
+    return tuple(a for a in found[0] if not _given_value(constraints, a))
+
+
 def _given_value(constraints, addr) -> bool:
     """Whether ``constraints`` give a whole value (not a masked one) at ``addr``: a distribution
     site there draws nothing."""

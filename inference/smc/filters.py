@@ -196,9 +196,65 @@ def broadcast_carry(carry0, n):
     return jax.tree_util.tree_map(lambda c: jnp.broadcast_to(jnp.asarray(c), (n,) + jnp.shape(c)), carry0)
 
 
+def _lanes(key, n):
+    """``n`` lane keys of ``key`` and their ``in_axes``; a :class:`ppl.keys.KeyTable` keeps its
+    precomputed site keys (each a lane key of the same lanes)."""
+    if isinstance(key, pkeys.KeyTable):
+        ks = sharding.lanes(key.raw, n)
+        table = {a: pkeys.LaneKey(v, ks.lane) for a, v in key.table.items()}
+        return pkeys.KeyTable(ks, table), pkeys.KeyTable(pkeys.LANE_AXES, {a: pkeys.LANE_AXES for a in table})
+    return sharding.lanes(key, n), pkeys.LANE_AXES
+
+
+#: What a step's key is folded with for its resampling key: above the 31-bit range of address
+#: hashes, so it is never a site's key.
+RESAMPLE_DATA = 0x80000001
+
+
+def step_keys(step, k, carries, x_t, obs_t, proposal=None):
+    """``(resampling key, propagation key)`` of one filter step from its key ``k``.
+
+    The resampling key is ``fold_in(k, RESAMPLE_DATA)``; the step's model is run with ``k`` itself,
+    so its sites' keys are ``fold_in(k, hash(address))`` as in any ``generate``. Without a proposal
+    the model's top-level addresses are known ahead (one cached abstract trace) and all these keys
+    are derived by one vectorized hash, returned as a :class:`ppl.keys.KeyTable` (bit-identical to
+    deriving them one by one): a step costs the random-number work of a hand-written filter.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, ppl
+        >>> @ppl.gen
+        ... def step(x, _):
+        ...     x = ppl.normal(x, 1.0) @ "x"
+        ...     ppl.normal(x, 0.5) @ "y"
+        ...     return x, None
+        >>> k = jax.random.key(0)
+        >>> k_res, k_prop = step_keys(step, k, jnp.zeros(4), None, ppl.ChoiceMap({"y": 0.3}))
+        >>> bool(jnp.all(jax.random.key_data(k_prop.table["x"]) ==
+        ...               jax.random.key_data(jax.random.fold_in(k, ppl.core.address_hash("x")))))
+        True
+    """
+    import numpy as np
+
+    from ppl.core import address_hash
+    from ppl.sitekeys import keyed_addresses
+    from ppl.tracing import GenFn
+
+    addrs = None
+    if proposal is None and isinstance(step, GenFn):
+        like = (jax.tree_util.tree_map(lambda c: np.zeros(jnp.shape(c)[1:], jnp.result_type(c)), carries),
+                jax.tree_util.tree_map(lambda x: np.zeros(jnp.shape(x), jnp.result_type(x)), x_t))
+        addrs = keyed_addresses(step, like, obs_t)
+    if not addrs:
+        return jax.random.fold_in(k, RESAMPLE_DATA), k
+    data = np.asarray([RESAMPLE_DATA] + [address_hash(a) for a in addrs], np.uint32)
+    derived = jax.vmap(lambda h: jax.random.fold_in(k, h))(data)
+    return derived[0], pkeys.KeyTable(k, {a: derived[i + 1] for i, a in enumerate(addrs)})
+
+
 def propagate(step, key, carries, x_t, obs_t, n, proposal=None):
-    """Extend ``n`` carries by one step: ``(choices, new_carries, log_incremental_weights)``."""
-    ks, ax = sharding.lanes(key, n), pkeys.LANE_AXES
+    """Extend ``n`` carries by one step: ``(choices, new_carries, log_incremental_weights)``.
+    ``key`` is a key or a :class:`ppl.keys.KeyTable` of the step's site keys (:func:`step_keys`)."""
+    ks, ax = _lanes(key, n)
     if proposal is None:
         def one(k, c):
             tr, w = step.generate(k, obs_t, c, x_t)
@@ -265,7 +321,7 @@ class FilterStep:
         obs, xs, t0 = data
         i = t - t0
         obs_t, x_t = jax.tree_util.tree_map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), (obs, xs))
-        k_res, k_prop = jax.random.split(k)
+        k_res, k_prop = step_keys(self.step, k, carries, x_t, obs_t, self.proposal)
         anc, lw, log_z, dead, need = resample_step(
             k_res, lw, log_z, dead, ess_threshold=self.ess_threshold, resampling=self.resampling, when=t > 0,
             normalized=normalized)
