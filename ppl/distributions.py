@@ -54,7 +54,7 @@ from .dist_checks import (
 )
 from .errors import AddressError, ParameterError, ShapeError, fmt_addr
 from .lru import LRUCache
-from .scores import take_sink
+from .scores import log_density, take_sink
 from .sites import deterministic_view
 
 # machinery here; the named families (normal, gamma, ...) live in ppl.families, re-exported below
@@ -230,7 +230,7 @@ class DistributionGF(GenerativeFunction):
         freshly sampled value; -inf at a given (``constrained``: bool or mask over the batch
         dimensions) value is a legitimate zero likelihood (e.g. a particle that SMC will drop).
         Entries outside ``present`` (masked-out placeholders) are not checked."""
-        lp = d.log_prob(v)
+        lp = log_density(d, v)
         if STATE.debug:
             msg = f"non-finite log density at address {fmt_addr(current_path())} ({self.name})"
 

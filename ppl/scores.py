@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as nd
 
-__all__ = ["batched", "batching", "Deferred", "ScoreSink", "take_sink", "active_sink", "MIN_GROUP"]
+__all__ = ["log_density", "batched", "batching", "Deferred", "ScoreSink", "take_sink", "active_sink", "MIN_GROUP"]
 
 #: Sites of one shape computed together only from this many on; fewer keep one call each (a
 #: small model's program is unchanged).
@@ -125,6 +125,27 @@ def take_sink():
 def _SUPPORT_CHECK() -> bool:
     """Whether numpyro's log_prob masks values outside the support (its default validation)."""
     return bool(nd.Distribution._validate_args)
+
+
+def log_density(d, v):
+    """``d.log_prob(v)``, bit for bit. A ``normal``'s support check (the value is a real number:
+    numpyro's ``constraints.real``, three comparisons and two ands per element) is one ``isfinite``
+    here: the same mask, fewer ops for XLA to compile in every program that scores a normal site.
+    Concrete values keep numpyro's own method (it warns about values outside the support).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpyro.distributions as nd
+        >>> d = nd.Normal(0.5, 2.0)
+        >>> xs = jnp.array([0.1, jnp.inf, jnp.nan])
+        >>> bool(jnp.array_equal(jax.jit(lambda x: log_density(d, x))(xs), d.log_prob(xs), equal_nan=True))
+        True
+    """
+    if type(d) is nd.Normal and isinstance(v, jax.core.Tracer):
+        normalize_term = jnp.log(jnp.sqrt(2 * jnp.pi) * d.scale)  # numpyro's Normal.log_prob
+        value_scaled = (v - d.loc) / d.scale
+        lp = -0.5 * value_scaled**2 - normalize_term
+        return jnp.where(_finite(v), lp, -jnp.inf) if d._validate_args else lp
+    return d.log_prob(v)
 
 
 def _finite(x):
@@ -228,7 +249,7 @@ class ScoreSink:
         for (shape, dtype), entries in self.groups.items():
             if len(entries) < MIN_GROUP:  # a few sites: each on its own, as numpyro computes it
                 for slot, v, _, _, d in entries:
-                    s = jnp.sum(d.log_prob(v))
+                    s = jnp.sum(log_density(d, v))
                     self.values[slot] = s
                     self.per_group.append(((slot,), None, s))
                 continue
