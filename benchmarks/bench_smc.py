@@ -78,7 +78,7 @@ def split_key_filter(T, N):
             tr, w = step_gf.generate(k, obs_t, c, x_t)
             return tr.choices, tr.retval[0], w
 
-        return jax.vmap(one)(jax.random.split(key, n), carries)
+        return jax.vmap(one)(jax.random.split(ppl.keys.raw(key), n), carries)  # raw: the step's key
 
     def run(key, ys):
         orig = F.propagate
