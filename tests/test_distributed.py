@@ -189,8 +189,11 @@ def test_two_processes_match_one_process(tmp_path):
     np.testing.assert_array_equal(got["data_from_halves"], np.asarray(xs))
     np.testing.assert_array_equal(got["data_full"], np.asarray(xs))
     np.testing.assert_array_equal(got["replicated"], np.asarray(ys))
-    for k in ("mcmc_x", "is_log_weights", "is_slope", "pf_x", "pf_log_weights"):
-        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)  # per-chain / per-particle: bit for bit
+    for k in ("is_log_weights", "is_slope", "pf_x", "pf_log_weights"):
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)  # per-particle: bit for bit
+    # per chain: the same draws up to float32 rounding (XLA may vectorize a 2-chain shard and the
+    # whole batch differently on some CPUs, e.g. with AVX-512: a fused multiply-add's last bit)
+    np.testing.assert_allclose(got["mcmc_x"], ref["mcmc_x"], rtol=1e-5, atol=1e-6, err_msg="mcmc_x")
     for k in ("is_log_z", "pf_log_z", "fit_m", "fit_s", "fit_loss", "grad_m", "grad_s"):
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5, err_msg=k)  # reductions: rounding
 

@@ -246,3 +246,44 @@ def test_address_discovery_draws_and_scores_nothing(monkeypatch):
     assert addrs == ("z", "v", "in", "y") and normals == {"v": (4,), "y": ()}
     tr = body.simulate(jax.random.key(0), 4)  # the real run draws (and finds the same addresses)
     assert calls and {a for a, _ in tr.choices} == {"v", "y", "z", ("in", "g")}
+
+
+def test_filter_step_key_table_equals_site_by_site_keys(monkeypatch):
+    """The particle filter derives a step's resampling key and its model's site keys by one
+    vectorized hash (a KeyTable); without the table (addresses unknown) every key is derived
+    where it is used. Both give the same bits, and the resampling key is none of the site keys."""
+    import inference.smc.filters as F
+    import ppl.sitekeys
+    from inference import smc
+
+    @ppl.gen
+    def step(c, _):
+        a = ppl.normal(c, 1.0) @ "a"
+        b = ppl.gamma(2.0, 1.0) @ "b"
+        ppl.normal(a * b, 0.5) @ "y"
+        return a, None
+
+    model = ppl.scan(step, length=6)
+    obs = ppl.ChoiceMap({"y": jnp.linspace(-1.0, 1.0, 6)})
+
+    def run():
+        return smc.particle_filter(jax.random.key(3), model, (0.0, None), obs, 64)
+
+    with_table = run()
+    k = jax.random.key(1)
+    k_res, k_prop = F.step_keys(step, k, jnp.zeros(4), None, ppl.ChoiceMap({"y": 0.0}))
+    assert isinstance(k_prop, ppl.keys.KeyTable) and set(k_prop.table) == {"a", "b"}
+    data = lambda x: np.asarray(jax.random.key_data(x))  # noqa: E731
+    for a in ("a", "b"):
+        assert np.array_equal(data(k_prop.table[a]), data(jax.random.fold_in(k, ppl.core.address_hash(a))))
+        assert not np.array_equal(data(k_prop.table[a]), data(k_res))
+    assert np.array_equal(data(k_res), data(jax.random.fold_in(k, F.RESAMPLE_DATA)))
+
+    monkeypatch.setattr(ppl.sitekeys, "keyed_addresses", lambda *a, **kw: None)
+    jax.clear_caches()  # the filter's compiled program is traced again
+    k_res2, k_prop2 = F.step_keys(step, k, jnp.zeros(4), None, ppl.ChoiceMap({"y": 0.0}))
+    assert not isinstance(k_prop2, ppl.keys.KeyTable)
+    without = run()
+    fields = lambda r: (r.choices, r.log_weights, r.ancestors, r.log_z)  # noqa: E731
+    for x, y in zip(jax.tree_util.tree_leaves(fields(with_table)), jax.tree_util.tree_leaves(fields(without))):
+        assert np.array_equal(np.asarray(x), np.asarray(y))

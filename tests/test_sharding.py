@@ -57,7 +57,11 @@ def test_mcmc_chains_sharded_identical_to_single_device():
     with batch_sharding(device_mesh()):
         res = mcmc.run(jax.random.key(1), kernel, tr, 20, n_chains=8)
     assert len(res.choices["x"].sharding.device_set) == 4
-    np.testing.assert_array_equal(np.asarray(res.choices["x"]), np.asarray(ref.choices["x"]))
+    # the same keys and draws per chain (a different draw or accept decision differs by far more);
+    # the values agree to float32 rounding
+    # (on some CPUs, e.g. with AVX-512, XLA vectorizes a 2-chain shard and the 8-chain batch
+    # differently, so a fused multiply-add may round the last bit differently)
+    np.testing.assert_allclose(np.asarray(res.choices["x"]), np.asarray(ref.choices["x"]), rtol=1e-5, atol=1e-6)
 
 
 def test_particle_filter_and_importance_sharded_identical():
