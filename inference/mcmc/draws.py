@@ -97,47 +97,50 @@ def collect(choices, stored):
 
 @jax.tree_util.register_pytree_with_keys_class
 class Packed:
-    """A draw's stored choices as one array: the leaves of a pytree of one dtype, flattened and
-    concatenated along the last axis (leading axes, such as the draws' and chains', come before
-    it). ``mcmc.run`` stores draws this way inside its compiled loop (one output instead of one
-    per site: a smaller program for models with many sites) and :meth:`unpack` splits them on
-    the host afterwards, without compiling anything.
+    """A pytree's leaves as few arrays: the leaves of each dtype flattened and concatenated along
+    the last axis, one block per dtype (leading axes, such as the draws' and chains', come before
+    it). ``mcmc.run`` stores each draw's choices and the kernel's info this way inside its
+    compiled loop (one output per dtype instead of one per site and info field: a smaller
+    program) and :meth:`unpack` splits them on the host afterwards, without compiling anything.
 
     Examples:
         >>> import jax.numpy as jnp
-        >>> p = pack({"a": jnp.zeros(2), "b": jnp.ones(())})
-        >>> p.block.shape
-        (3,)
-        >>> unpack(p)["b"].shape
-        ()
+        >>> p = pack({"a": jnp.zeros(2), "b": jnp.ones(()), "ok": jnp.array(True)})
+        >>> [b.shape for b in p.blocks]
+        [(3,), (1,)]
+        >>> unpack(p)["b"].shape, unpack(p)["ok"].dtype.name
+        ((), 'bool')
     """
 
-    __slots__ = ("block", "treedef", "shapes")
+    __slots__ = ("blocks", "treedef", "layout")
 
-    def __init__(self, block, treedef, shapes):
-        self.block, self.treedef, self.shapes = block, treedef, shapes
+    def __init__(self, blocks, treedef, layout):
+        # layout: per leaf (block index, offset, shape), in the tree's leaf order
+        self.blocks, self.treedef, self.layout = tuple(blocks), treedef, layout
 
     def tree_flatten_with_keys(self):
-        return [(jax.tree_util.GetAttrKey("block"), self.block)], (self.treedef, self.shapes)
+        return ([(jax.tree_util.SequenceKey(i), b) for i, b in enumerate(self.blocks)],
+                (self.treedef, self.layout))
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls(children[0], *aux)
+        return cls(children, *aux)
 
     def unpack(self):
-        """The pytree, each leaf with the block's leading axes: split on the host (NumPy) and put
+        """The pytree, each leaf with the blocks' leading axes: split on the host (NumPy) and put
         back on the default device."""
-        block = np.asarray(self.block)
-        lead = block.shape[:-1]
-        sizes = [math.prod(s) for s in self.shapes]
-        pieces = np.split(block, np.cumsum(sizes)[:-1], axis=-1)
-        leaves = [jax.device_put(np.ascontiguousarray(x).reshape(lead + s)) for x, s in zip(pieces, self.shapes)]
+        blocks = [np.asarray(b) for b in self.blocks]
+        leaves = []
+        for i, off, shape in self.layout:
+            b = blocks[i]
+            piece = b[..., off:off + math.prod(shape)]
+            leaves.append(jax.device_put(np.ascontiguousarray(piece).reshape(b.shape[:-1] + shape)))
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
 
 
 def pack(tree):
-    """``tree`` as a :class:`Packed` array when it has at least two leaves, all of one dtype;
-    else ``tree`` unchanged (traceable).
+    """``tree`` as a :class:`Packed` value (one array per dtype) when that makes fewer arrays than
+    its leaves; else ``tree`` unchanged (traceable).
 
     Examples:
         >>> import jax.numpy as jnp
@@ -147,10 +150,22 @@ def pack(tree):
         'dict'
     """
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    if len(leaves) < 2 or len({jnp.dtype(x.dtype) for x in leaves}) != 1:
+    order: dict = {}  # dtype -> block index, in order of first appearance
+    for x in leaves:
+        order.setdefault(jnp.dtype(x.dtype), len(order))
+    if len(order) >= len(leaves):
         return tree
-    shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
-    return Packed(jnp.concatenate([jnp.reshape(x, (-1,)) for x in leaves]), treedef, shapes)
+    parts: list = [[] for _ in order]
+    sizes = [0] * len(order)
+    layout = []
+    for x in leaves:
+        i = order[jnp.dtype(x.dtype)]
+        shape = tuple(jnp.shape(x))
+        layout.append((i, sizes[i], shape))
+        sizes[i] += math.prod(shape)
+        parts[i].append(jnp.reshape(x, (-1,)))
+    blocks = [ps[0] if len(ps) == 1 else jnp.concatenate(ps) for ps in parts]
+    return Packed(blocks, treedef, tuple(layout))
 
 
 def unpack(tree):

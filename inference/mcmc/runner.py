@@ -76,7 +76,7 @@ from ppl.staging import gc_paused
 from ..checkpoint import chunked_loop, run_chunk
 from ..sharding import active_mesh, constrain_batch
 from .base import Kernel, cast_like as _match, strong_types as _strong
-from .draws import OBSERVED, DrawMap, collect, fixed_choices, pack, stored_selection, unpack
+from .draws import OBSERVED, DrawMap, Packed, collect, fixed_choices, pack, stored_selection
 from .result import MCMCResult, PendingTrace
 from .health import check_finite, warn_health
 
@@ -113,8 +113,9 @@ class _Steps:
     and no output (burn-in), else one draw of ``thin`` kernel steps with output ``(choices, info)``
     (the stored choices, the last step's info); for one chain (``n_chains is None``) or vmapped
     over ``n_chains`` chains, chain ``c`` using key ``fold_in(key, c)`` (one chain held without
-    its chain axis uses ``key``). ``packed``: a draw's stored choices leave the loop as one
-    :class:`~inference.mcmc.draws.Packed` array (when they share a dtype)."""
+    its chain axis uses ``key``). ``packed``: a draw's stored choices and info leave the loop as
+    one :class:`~inference.mcmc.draws.Packed` value (one array per dtype) in place of the choices,
+    and ``None`` for the info (:func:`unpacked` splits them after the run)."""
 
     kernel: Kernel
     thin: int = 0
@@ -155,11 +156,19 @@ class _Steps:
         else:
             (tr, st), infos = jax.lax.scan(one, (tr, st), jax.random.split(key, self.thin))
             info = jax.tree_util.tree_map(lambda x: x[-1], infos)
-        return (_split(tr)[0], st), (self._stored(tr), info)
+        return (_split(tr)[0], st), self._output(self._stored(tr), info)
 
     def _stored(self, tr):
-        out = collect(tr.get_choices(), self.stored) | deterministics(tr)
-        return pack(out) if self.packed else out
+        return collect(tr.get_choices(), self.stored) | deterministics(tr)
+
+    def _output(self, stored, info):
+        """A draw's output ``(stored choices, info)``; ``packed``: ``(Packed, None)``, one array
+        per dtype (see :func:`unpacked`)."""
+        if self.packed:
+            p = pack((stored, info))
+            if isinstance(p, Packed):
+                return p, None
+        return stored, info
 
     def _position_chain(self, key, own, template, st):
         """:meth:`_chain` for a kernel that moves a position held in its state (see
@@ -177,7 +186,7 @@ class _Steps:
         else:
             st, infos = jax.lax.scan(one, st, jax.random.split(key, self.thin))
             info = jax.tree_util.tree_map(lambda x: x[-1], infos)
-        return (own, st), (self._stored_at(template, st), info)
+        return (own, st), self._output(self._stored_at(template, st), info)
 
     def _stored_at(self, template, st):
         """The stored choices at the position ``st``: the moved values computed directly when the
@@ -190,8 +199,15 @@ class _Steps:
         choices = template.get_choices()
         for p, v in moved.items():
             choices = choices.set(p, v)
-        out = collect(choices, self.stored)
-        return pack(out) if self.packed else out
+        return collect(choices, self.stored)
+
+
+def unpacked(choices, info):
+    """A run's outputs ``(choices, info)`` from the loop's: a packed draw output
+    ``(Packed, None)`` (see ``_Steps(packed=True)``) is split on the host."""
+    if isinstance(choices, Packed):
+        return choices.unpack()
+    return choices, info
 
 
 def _positional(kernel):
@@ -473,7 +489,8 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     if squeezed and not chunked and not burn_in:  # one compiled program for the whole run
         with gc_paused():  # (see ppl.staging.gc_paused: a first call is mostly tracing and compiling)
             choices, info, own, st = _whole_run(kernel, stored, n_samples, thin, key, own, shared)
-        res = _result(kernel, unpack(choices), info, _final_trace(kernel, 1, True, own, st, shared, trace), fixed)
+        choices, info = unpacked(choices, info)
+        res = _result(kernel, choices, info, _final_trace(kernel, 1, True, own, st, shared, trace), fixed)
         warn_health(kernel, info)
         return res
     with gc_paused():
@@ -511,7 +528,8 @@ def run(key, kernel: Kernel, trace: Trace, n_samples: int, n_chains: int = 1, bu
     with gc_paused():
         choices, info, own = _finish(kernel, n_chains, squeezed, choices, info, *state, shared)
     final = _final_trace(kernel, n_chains, squeezed, own, state[1], shared, trace)
-    res = _result(kernel, unpack(choices), info, final, fixed)
+    choices, info = unpacked(choices, info)
+    res = _result(kernel, choices, info, final, fixed)
     warn_health(kernel, info)
     return res
 
