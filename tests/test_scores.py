@@ -191,9 +191,62 @@ def test_log_density_is_numpyros_log_prob_bit_for_bit(validate):
     for x, y in zip(g, h):
         assert np.array_equal(np.asarray(x), np.asarray(y))
     # other families and concrete values: numpyro's own method
-    bern = nd.Bernoulli(logits=jnp.array([0.3, -2.0]))
-    assert np.array_equal(np.asarray(ppl.scores.log_density(bern, jnp.array([1, 0]))),
-                          np.asarray(bern.log_prob(jnp.array([1, 0]))))
+    pois = nd.Poisson(jnp.array([0.3, 2.0]))
+    assert np.array_equal(np.asarray(jax.jit(lambda v: ppl.scores.log_density(pois, v))(jnp.array([1, 0]))),
+                          np.asarray(pois.log_prob(jnp.array([1, 0]))))
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_log_density_of_bernoulli_logits(validate):
+    """The lean Bernoulli(logits) density equals numpyro's (same bits except the cancellation
+    numpyro has at value 1 with positive logits, where it is within float32 rounding), exactly at
+    infinite logits, with the same gradients; values outside {0, 1} have density zero when
+    numpyro validates."""
+    logits = jnp.array([-30.0, -2.5, -0.1, 0.0, 0.1, 2.5, 30.0])
+    f_ours = jax.jit(lambda x, v: ppl.scores.log_density(nd.Bernoulli(logits=x, validate_args=validate), v))
+    f_theirs = jax.jit(lambda x, v: nd.Bernoulli(logits=x, validate_args=validate).log_prob(v))
+    for val in (0, 1):
+        v = jnp.full(logits.shape, val, jnp.int32)
+        a, b = np.asarray(f_ours(logits, v)), np.asarray(f_theirs(logits, v))
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        exact = np.asarray(logits <= 0) if val == 1 else np.ones(logits.shape, bool)
+        assert np.array_equal(a[exact], b[exact])
+        ga = jax.grad(lambda x: jnp.sum(f_ours(x, v)))(logits)
+        gb = jax.grad(lambda x: jnp.sum(f_theirs(x, v)))(logits)
+        off_zero = np.asarray(logits != 0)  # numpyro's gradient at logit 0 is 0 or 1, not 1/2
+        np.testing.assert_allclose(np.asarray(ga)[off_zero], np.asarray(gb)[off_zero], rtol=1e-6, atol=1e-7)
+        # the exact gradient everywhere, logit 0 included: v - sigmoid(x)
+        np.testing.assert_allclose(np.asarray(ga), val - np.asarray(jax.nn.sigmoid(logits)), rtol=1e-6, atol=1e-7)
+    inf = jnp.array([-jnp.inf, -jnp.inf, jnp.inf, jnp.inf])
+    got = np.asarray(f_ours(inf, jnp.array([0, 1, 0, 1])))
+    assert got.tolist() == [0.0, -np.inf, -np.inf, 0.0]
+    g = jax.grad(lambda x: jnp.sum(jnp.where(jnp.isfinite(f_ours(x, jnp.array([0, 1, 0, 1]))), f_ours(
+        x, jnp.array([0, 1, 0, 1])), 0.0)))(inf)
+    assert np.all(np.isfinite(np.asarray(g)))  # no NaN gradient at infinite logits
+    out = np.asarray(f_ours(jnp.zeros(2), jnp.array([2, -1])))
+    if validate:
+        assert out.tolist() == [-np.inf, -np.inf]
     if validate:  # numpyro's warning about values outside the support is kept for concrete values
         with pytest.warns(UserWarning, match="Out-of-support"):
             ppl.scores.log_density(nd.Normal(0.0, 1.0, validate_args=True), jnp.array(jnp.nan))
+
+
+def test_bernoulli_gradient_at_logit_zero_in_a_model():
+    """A logistic model whose weights start at zero has every logit exactly 0: the gradient of
+    assess there is X^T (y - 1/2) (numpyro's Bernoulli log_prob gives X^T (y - [y == 1]) there)."""
+    X = jnp.array([[1.0, 2.0], [-0.5, 1.0], [0.3, -1.0]])
+    y = jnp.array([1, 0, 0])
+
+    @ppl.gen
+    def model(X):
+        w = ppl.normal(jnp.zeros(2), 1.0) @ "w"
+        return ppl.bernoulli(logits=X @ w) @ "y"
+
+    g = jax.grad(lambda w: model.assess(ppl.ChoiceMap({"w": w, "y": y}), X)[0])(jnp.zeros(2))
+    np.testing.assert_allclose(np.asarray(g), np.asarray(X.T @ (y - 0.5)), rtol=1e-6)
+    # and with the value concrete, the logits traced (a direct call)
+    d = lambda w: nd.Bernoulli(logits=X @ w)  # noqa: E731
+    g2 = jax.grad(lambda w: jnp.sum(ppl.scores.log_density(d(w), y)))(jnp.zeros(2))
+    np.testing.assert_allclose(np.asarray(g2), np.asarray(X.T @ (y - 0.5)), rtol=1e-6)
+    with pytest.warns(UserWarning, match="Out-of-support"):
+        jax.grad(lambda w: jnp.sum(ppl.scores.log_density(d(w), jnp.array([2, 0, 1]))))(jnp.zeros(2))
