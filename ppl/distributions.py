@@ -54,7 +54,8 @@ from .dist_checks import (
 )
 from .errors import AddressError, ParameterError, ShapeError, fmt_addr
 from .lru import LRUCache
-from .scores import log_density, take_sink
+from .densities import log_density
+from .scores import take_sink
 from .sites import deterministic_view
 
 # machinery here; the named families (normal, gamma, ...) live in ppl.families, re-exported below

@@ -38,14 +38,15 @@ Examples:
 from __future__ import annotations
 
 import threading
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as nd
 
-__all__ = ["log_density", "batched", "batching", "Deferred", "ScoreSink", "take_sink", "active_sink", "MIN_GROUP"]
+from .densities import log_density
+
+__all__ = ["batched", "batching", "Deferred", "ScoreSink", "take_sink", "active_sink", "MIN_GROUP"]
 
 #: Sites of one shape computed together only from this many on; fewer keep one call each (a
 #: small model's program is unchanged).
@@ -126,71 +127,6 @@ def take_sink():
 def _SUPPORT_CHECK() -> bool:
     """Whether numpyro's log_prob masks values outside the support (its default validation)."""
     return bool(nd.Distribution._validate_args)
-
-
-def log_density(d, v):
-    """``d.log_prob(v)`` with fewer ops for two common families (numpyro's own method for
-    everything else, and for values and parameters that are not traced):
-
-    - ``normal`` (the value traced): numpyro's formula bit for bit; the support check (the value is a real number:
-      numpyro's ``constraints.real``, three comparisons and two ands per element) is one
-      ``isfinite``.
-    - ``bernoulli(logits=x)`` (the value or the logits traced): ``log sigmoid(x)`` at 1 and
-      ``log sigmoid(-x)`` at 0 as ``-(max(s, 0) + log1p(exp(-|x|)))`` with ``s = -x`` or ``x``:
-      exact at infinite logits
-      (``0`` or ``-inf``, as numpyro) without numpyro's separate handling of them, and without its
-      cancellation ``(x + L) - x`` at 1 with ``x > 0`` (there it is the more accurate one; elsewhere
-      the same bits). Values other than 0 and 1 have density zero (``-inf``), as in numpyro. Its
-      gradient is ``value - sigmoid(x)`` everywhere, also at ``x = 0``, where numpyro's is 0 or 1.
-
-    Smaller programs compile faster, and every program that scores such a site uses them.
-
-    Examples:
-        >>> import jax, jax.numpy as jnp, numpyro.distributions as nd
-        >>> d = nd.Normal(0.5, 2.0)
-        >>> xs = jnp.array([0.1, jnp.inf, jnp.nan])
-        >>> bool(jnp.array_equal(jax.jit(lambda x: log_density(d, x))(xs), d.log_prob(xs), equal_nan=True))
-        True
-        >>> b = nd.Bernoulli(logits=jnp.array([-jnp.inf, -jnp.inf, 2.0, jnp.inf]), validate_args=False)
-        >>> jax.jit(lambda y: log_density(b, y))(jnp.array([0, 1, 1, 1])).tolist()[:2]
-        [-0.0, -inf]
-    """
-    if type(d) is nd.Normal and isinstance(v, jax.core.Tracer):
-        normalize_term = jnp.log(jnp.sqrt(2 * jnp.pi) * d.scale)  # numpyro's Normal.log_prob
-        value_scaled = (v - d.loc) / d.scale
-        lp = -0.5 * value_scaled**2 - normalize_term
-        return jnp.where(_finite(v), lp, -jnp.inf) if d._validate_args else lp
-    if type(d) is nd.BernoulliLogits and (isinstance(v, jax.core.Tracer) or isinstance(d.logits, jax.core.Tracer)):
-        x, one = jnp.broadcast_arrays(d.logits, jnp.asarray(v) == 1)
-        lp = _bernoulli_logits(x, one)
-        if not d._validate_args:
-            return lp
-        ok = one | (jnp.asarray(v) == 0)
-        if not isinstance(ok, jax.core.Tracer) and not bool(np.all(ok)):  # as numpyro does
-            warnings.warn("Out-of-support values provided to log prob method. The value argument should be "
-                          "within the support.", stacklevel=2)
-        return jnp.where(ok, lp, -jnp.inf)
-    return d.log_prob(v)
-
-
-@jax.custom_jvp
-def _bernoulli_logits(x, one):
-    """``log sigmoid(x)`` where ``one``, else ``log sigmoid(-x)``: ``-(max(s, 0) + log1p(exp(-|x|)))``
-    with ``s = -x`` or ``x`` (exact at infinite logits). Its derivative ``one - sigmoid(x)`` is
-    given explicitly (sharing ``exp(-|x|)``): differentiating the formula through its two kinks
-    at ``x = 0`` would give 0 or 1 there instead of 1/2 (numpyro's ``log_prob`` does, and a model
-    whose parameters start at zero has all its logits exactly 0)."""
-    return -(jnp.maximum(jnp.where(one, -x, x), 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x))))
-
-
-@_bernoulli_logits.defjvp
-def _bernoulli_logits_jvp(primals, tangents):
-    x, one = primals
-    e = jnp.exp(-jnp.abs(x))
-    lp = -(jnp.maximum(jnp.where(one, -x, x), 0.0) + jnp.log1p(e))
-    r = 1.0 / (1.0 + e)
-    sigmoid = jnp.where(x >= 0, r, e * r)
-    return lp, (one.astype(lp.dtype) - sigmoid) * tangents[0]
 
 
 def _finite(x):

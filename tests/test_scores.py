@@ -8,6 +8,7 @@ import numpyro.distributions as nd
 import pytest
 
 import ppl
+import ppl.densities
 import ppl.scores
 from ppl.scores import Deferred, ScoreSink, batched
 
@@ -169,7 +170,7 @@ def test_deferred_arithmetic(monkeypatch, min_group):
 
 @pytest.mark.parametrize("validate", [True, False])
 def test_log_density_is_numpyros_log_prob_bit_for_bit(validate):
-    """ppl.scores.log_density (a normal's support check as one isfinite) equals numpyro's
+    """ppl.densities.log_density (a normal's support check as one isfinite) equals numpyro's
     Normal.log_prob, values and gradients, for finite, infinite and NaN values, with numpyro's
     validation on (its default here) and off."""
     d_args = (jnp.array([0.5, -1.0, 2.0, 0.0]), jnp.array([2.0, 0.3, 1.0, 4.0]))
@@ -177,7 +178,7 @@ def test_log_density_is_numpyros_log_prob_bit_for_bit(validate):
     ys = jnp.array([0.1, -3.0, 7.5, 0.0])
 
     def ours(x, loc, scale):
-        return ppl.scores.log_density(nd.Normal(loc, scale, validate_args=validate), x)
+        return ppl.densities.log_density(nd.Normal(loc, scale, validate_args=validate), x)
 
     def theirs(x, loc, scale):
         return nd.Normal(loc, scale, validate_args=validate).log_prob(x)
@@ -192,7 +193,7 @@ def test_log_density_is_numpyros_log_prob_bit_for_bit(validate):
         assert np.array_equal(np.asarray(x), np.asarray(y))
     # other families and concrete values: numpyro's own method
     pois = nd.Poisson(jnp.array([0.3, 2.0]))
-    assert np.array_equal(np.asarray(jax.jit(lambda v: ppl.scores.log_density(pois, v))(jnp.array([1, 0]))),
+    assert np.array_equal(np.asarray(jax.jit(lambda v: ppl.densities.log_density(pois, v))(jnp.array([1, 0]))),
                           np.asarray(pois.log_prob(jnp.array([1, 0]))))
 
 
@@ -203,7 +204,7 @@ def test_log_density_of_bernoulli_logits(validate):
     infinite logits, with the same gradients; values outside {0, 1} have density zero when
     numpyro validates."""
     logits = jnp.array([-30.0, -2.5, -0.1, 0.0, 0.1, 2.5, 30.0])
-    f_ours = jax.jit(lambda x, v: ppl.scores.log_density(nd.Bernoulli(logits=x, validate_args=validate), v))
+    f_ours = jax.jit(lambda x, v: ppl.densities.log_density(nd.Bernoulli(logits=x, validate_args=validate), v))
     f_theirs = jax.jit(lambda x, v: nd.Bernoulli(logits=x, validate_args=validate).log_prob(v))
     for val in (0, 1):
         v = jnp.full(logits.shape, val, jnp.int32)
@@ -228,7 +229,7 @@ def test_log_density_of_bernoulli_logits(validate):
         assert out.tolist() == [-np.inf, -np.inf]
     if validate:  # numpyro's warning about values outside the support is kept for concrete values
         with pytest.warns(UserWarning, match="Out-of-support"):
-            ppl.scores.log_density(nd.Normal(0.0, 1.0, validate_args=True), jnp.array(jnp.nan))
+            ppl.densities.log_density(nd.Normal(0.0, 1.0, validate_args=True), jnp.array(jnp.nan))
 
 
 def test_bernoulli_gradient_at_logit_zero_in_a_model():
@@ -246,7 +247,35 @@ def test_bernoulli_gradient_at_logit_zero_in_a_model():
     np.testing.assert_allclose(np.asarray(g), np.asarray(X.T @ (y - 0.5)), rtol=1e-6)
     # and with the value concrete, the logits traced (a direct call)
     d = lambda w: nd.Bernoulli(logits=X @ w)  # noqa: E731
-    g2 = jax.grad(lambda w: jnp.sum(ppl.scores.log_density(d(w), y)))(jnp.zeros(2))
+    g2 = jax.grad(lambda w: jnp.sum(ppl.densities.log_density(d(w), y)))(jnp.zeros(2))
     np.testing.assert_allclose(np.asarray(g2), np.asarray(X.T @ (y - 0.5)), rtol=1e-6)
     with pytest.warns(UserWarning, match="Out-of-support"):
-        jax.grad(lambda w: jnp.sum(ppl.scores.log_density(d(w), jnp.array([2, 0, 1]))))(jnp.zeros(2))
+        jax.grad(lambda w: jnp.sum(ppl.densities.log_density(d(w), jnp.array([2, 0, 1]))))(jnp.zeros(2))
+
+
+def test_log_density_of_binomial_logits():
+    """binomial(n, logits): numpyro's values to float rounding, and the exact gradient
+    v - n sigmoid(x) everywhere, logit 0 included (numpyro's is off there)."""
+    logits = jnp.array([-20.0, -1.5, 0.0, 0.0, 0.4, 3.0])
+    n = jnp.array([3.0, 5.0, 4.0, 4.0, 1.0, 10.0])
+    v = jnp.array([1.0, 0.0, 0.0, 4.0, 1.0, 7.0])
+    ours = jax.jit(lambda x: ppl.densities.log_density(nd.Binomial(n, logits=x), v))
+    theirs = jax.jit(lambda x: nd.Binomial(n, logits=x).log_prob(v))
+    np.testing.assert_allclose(np.asarray(ours(logits)), np.asarray(theirs(logits)), rtol=1e-5, atol=1e-6)
+    g = jax.grad(lambda x: jnp.sum(ours(x)))(logits)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(v - n * jax.nn.sigmoid(logits)), rtol=1e-5, atol=1e-6)
+    off_zero = np.asarray(logits != 0)
+    h = jax.grad(lambda x: jnp.sum(theirs(x)))(logits)
+    np.testing.assert_allclose(np.asarray(g)[off_zero], np.asarray(h)[off_zero], rtol=1e-5, atol=1e-6)
+    # outside the support {0..n}: density zero
+    out = jax.jit(lambda x: ppl.densities.log_density(nd.Binomial(3, logits=x), jnp.array([4.0, -1.0])))(
+        jnp.zeros(2))
+    assert np.asarray(out).tolist() == [-np.inf, -np.inf]
+
+    @ppl.gen
+    def model(n):
+        x = ppl.normal(0.0, 1.0) @ "x"
+        return ppl.binomial(n, logits=x) @ "k"
+
+    gx = jax.grad(lambda x: model.assess(ppl.ChoiceMap({"x": x, "k": 2}), 6)[0])(0.0)
+    assert abs(float(gx) - (2.0 - 6.0 * 0.5)) < 1e-6  # prior gradient at 0 is 0
