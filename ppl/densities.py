@@ -33,7 +33,7 @@ import numpy as np
 import numpyro.distributions as nd
 from jax.scipy.special import gammaln
 
-__all__ = ["log_density", "softplus"]
+__all__ = ["log_density", "normal_log_density", "softplus"]
 
 
 @jax.custom_jvp
@@ -57,6 +57,21 @@ def _softplus_jvp(primals, tangents):
     y = jnp.maximum(x, 0.0) + jnp.log1p(e)
     r = 1.0 / (1.0 + e)
     return y, jnp.where(x >= 0, r, e * r) * t
+
+
+def normal_log_density(v, loc, scale, support_check: bool):
+    """numpyro's ``Normal(loc, scale).log_prob(v)``, bit for bit, its support check (``v`` is a real
+    number, else ``-inf``) as one ``isfinite`` when ``support_check``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> normal_log_density(jnp.array([0.0, jnp.inf]), 0.0, 1.0, True).tolist()
+        [-0.9189385175704956, -inf]
+    """
+    normalize_term = jnp.log(jnp.sqrt(2 * jnp.pi) * scale)
+    value_scaled = (v - loc) / scale
+    lp = -0.5 * value_scaled**2 - normalize_term
+    return jnp.where(jnp.isfinite(v), lp, -jnp.inf) if support_check else lp
 
 
 def _traced(*xs) -> bool:
@@ -88,10 +103,7 @@ def log_density(d, v):
     """
     kind = type(d)
     if kind is nd.Normal and _traced(v):
-        normalize_term = jnp.log(jnp.sqrt(2 * jnp.pi) * d.scale)  # numpyro's Normal.log_prob
-        value_scaled = (v - d.loc) / d.scale
-        lp = -0.5 * value_scaled**2 - normalize_term
-        return jnp.where(jnp.isfinite(v), lp, -jnp.inf) if d._validate_args else lp
+        return normal_log_density(v, d.loc, d.scale, d._validate_args)
     if kind is nd.BernoulliLogits and _traced(v, d.logits):
         v = jnp.asarray(v)
         x, one = jnp.broadcast_arrays(d.logits, v == 1)

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as nd
 
-from .densities import log_density
+from .densities import log_density, normal_log_density
 
 __all__ = ["batched", "batching", "Deferred", "ScoreSink", "take_sink", "active_sink", "MIN_GROUP"]
 
@@ -127,11 +127,6 @@ def take_sink():
 def _SUPPORT_CHECK() -> bool:
     """Whether numpyro's log_prob masks values outside the support (its default validation)."""
     return bool(nd.Distribution._validate_args)
-
-
-def _finite(x):
-    # numpyro's constraints.real check, in one op: a non-finite value has log density -inf
-    return jnp.isfinite(x)
 
 
 def _stack(xs, shape, dtype):
@@ -237,8 +232,7 @@ class ScoreSink:
             vs = _stack([e[1] for e in entries], shape, dtype)
             locs = _stack([e[2] for e in entries], shape, dtype)
             scales = _stack([e[3] for e in entries], shape, dtype)
-            lp = nd.Normal(locs, scales, validate_args=False).log_prob(vs)
-            lp = jnp.where(_finite(vs), lp, -jnp.inf) if _SUPPORT_CHECK() else lp
+            lp = normal_log_density(vs, locs, scales, _SUPPORT_CHECK())
             per = jnp.sum(lp.reshape(len(entries), -1), axis=1) if shape else lp
             slots = tuple(e[0] for e in entries)
             self.per_group.append((slots, per, None))

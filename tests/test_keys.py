@@ -253,7 +253,6 @@ def test_filter_step_key_table_equals_site_by_site_keys(monkeypatch):
     vectorized hash (a KeyTable); without the table (addresses unknown) every key is derived
     where it is used. Both give the same bits, and the resampling key is none of the site keys."""
     import inference.smc.filters as F
-    import ppl.sitekeys
     from inference import smc
 
     @ppl.gen
@@ -279,7 +278,7 @@ def test_filter_step_key_table_equals_site_by_site_keys(monkeypatch):
         assert not np.array_equal(data(k_prop.table[a]), data(k_res))
     assert np.array_equal(data(k_res), data(jax.random.fold_in(k, F.RESAMPLE_DATA)))
 
-    monkeypatch.setattr(ppl.sitekeys, "keyed_addresses", lambda *a, **kw: None)
+    monkeypatch.setattr(F, "keyed_addresses", lambda *a, **kw: None)
     jax.clear_caches()  # the filter's compiled program is traced again
     k_res2, k_prop2 = F.step_keys(step, k, jnp.zeros(4), None, ppl.ChoiceMap({"y": 0.0}))
     assert not isinstance(k_prop2, ppl.keys.KeyTable)

@@ -24,9 +24,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ppl import keys as pkeys
 from ppl.combinators import ScanGF
+from ppl.core import address_hash
+from ppl.sitekeys import keyed_addresses
+from ppl.tracing import GenFn
 from ppl.errors import ModelError, ShapeError
 
 from .. import sharding
@@ -233,12 +237,6 @@ def step_keys(step, k, carries, x_t, obs_t, proposal=None):
         ...               jax.random.key_data(jax.random.fold_in(k, ppl.core.address_hash("x")))))
         True
     """
-    import numpy as np
-
-    from ppl.core import address_hash
-    from ppl.sitekeys import keyed_addresses
-    from ppl.tracing import GenFn
-
     addrs = None
     if proposal is None and isinstance(step, GenFn):
         like = (jax.tree_util.tree_map(lambda c: np.zeros(jnp.shape(c)[1:], jnp.result_type(c)), carries),
